@@ -1,0 +1,169 @@
+// Package agent is `coat agent`: one per edge host. It owns the host's
+// overlay (through internal/overlay), runs containers (internal/runtime),
+// serves the mutual-TLS API the CLI and the other agents call, coordinates
+// the migrations of its containers (internal/migrate) and receives those of
+// others, and keeps its VXLAN forwarding in line with the cluster records
+// it watches in the store.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/pki"
+	"github.com/coat-project/coat/internal/runtime"
+	"github.com/coat-project/coat/internal/store"
+)
+
+// Config is an agent's configuration.
+type Config struct {
+	Name        string
+	StateDir    string
+	Listen      string // ip:port of the API
+	UnderlayIP  net.IP
+	UnderlayDev string
+	VNI         int
+	Subnet      *net.IPNet
+	ExtraPeers  []net.IP // VTEPs without an agent (the lab's client node)
+	PKI         pki.Files
+	Self        string // path of this binary
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg   Config
+	st    store.Store
+	ov    *overlay.Host
+	rt    *runtime.Runtime
+	log   *slog.Logger
+	tls   *tls.Config // client side, for agent-to-agent calls
+	mu    sync.Mutex
+	busy  map[string]bool // containers with an operation under way here
+	wg    sync.WaitGroup
+	peers []net.IP
+}
+
+// New sets up the host's overlay and runtime.
+func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	ov, err := overlay.Open("")
+	if err != nil {
+		return nil, fmt.Errorf("open overlay: %w", err)
+	}
+	if err := ov.Ensure(overlay.Config{VNI: cfg.VNI, Port: 4789, LocalIP: cfg.UnderlayIP, UnderlayDev: cfg.UnderlayDev}); err != nil {
+		return nil, fmt.Errorf("set up overlay: %w", err)
+	}
+	rt, err := runtime.New(cfg.StateDir, cfg.Name, cfg.Self)
+	if err != nil {
+		return nil, err
+	}
+	ctls, err := cfg.PKI.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}}, nil
+}
+
+// Run serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	stls, err := a.cfg.PKI.ServerConfig()
+	if err != nil {
+		return err
+	}
+	ln, err := tls.Listen("tcp", a.cfg.Listen, stls)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
+	}
+	if err := a.st.RegisterHost(ctx, store.Host{
+		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(),
+	}, 5*time.Second); err != nil {
+		ln.Close()
+		return err
+	}
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.forward(ctx) }()
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	a.log.Info("agent serving", "host", a.cfg.Name, "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
+	err = srv.Serve(ln)
+	a.wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// peerClient is an API client for another agent.
+func (a *Agent) peerClient(h store.Host) *api.Client {
+	return &api.Client{
+		Base: "https://" + h.API,
+		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: a.tls, DisableCompression: true}},
+	}
+}
+
+// lock marks a container busy on this agent; false if it already is.
+func (a *Agent) lock(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.busy[name] {
+		return false
+	}
+	a.busy[name] = true
+	return true
+}
+
+func (a *Agent) unlock(name string) {
+	a.mu.Lock()
+	delete(a.busy, name)
+	a.mu.Unlock()
+}
+
+func (a *Agent) netnsPath(name string) string {
+	return filepath.Join(a.cfg.StateDir, "netns", name)
+}
+
+// vethName is the host side of a container's veth: "cv" and a hash of the
+// name, within the kernel's 15 characters.
+func vethName(name string) string {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return fmt.Sprintf("cv%08x", h.Sum32())
+}
+
+func (a *Agent) endpoint(c store.Container) (overlay.Endpoint, error) {
+	ip := net.ParseIP(c.IP)
+	mac, err := net.ParseMAC(c.MAC)
+	if err != nil || ip == nil {
+		return overlay.Endpoint{}, fmt.Errorf("container %s has a bad address %q/%q", c.Name, c.IP, c.MAC)
+	}
+	return overlay.Endpoint{
+		NetNS:    a.netnsPath(c.Name),
+		HostVeth: vethName(c.Name),
+		Addr:     net.IPNet{IP: ip, Mask: a.cfg.Subnet.Mask},
+		MAC:      mac,
+		MTU:      1450,
+	}, nil
+}
+
+func (a *Agent) spec(c store.Container) runtime.Spec {
+	return runtime.Spec{Name: c.Name, Image: c.Image, Args: c.Args, Env: c.Env, NetNS: a.netnsPath(c.Name)}
+}

@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/coat-project/coat/internal/store"
+)
+
+// forward keeps this host's VXLAN forwarding in line with the cluster:
+// flood entries for every other host (and the extra peers), and a static
+// FDB entry MAC -> VTEP for every container on another host. It follows
+// the container records through a watch, so one write (a migration's
+// commit) updates every host, and resyncs fully every few seconds so it
+// converges from any state, including a crash's leftovers.
+func (a *Agent) forward(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := a.followWatch(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("forwarding watch", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) followWatch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := a.st.WatchContainers(wctx)
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(3 * time.Second)
+	defer tick.Stop()
+	if err := a.resync(ctx); err != nil {
+		a.log.Warn("forwarding resync", "err", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			a.apply(ctx, ev)
+		case <-tick.C:
+			if err := a.resync(ctx); err != nil {
+				a.log.Warn("forwarding resync", "err", err)
+			}
+		}
+	}
+}
+
+// vteps maps host names to their underlay IPs and sets the flood list.
+func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
+	hosts, err := a.st.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]net.IP{}
+	peers := append([]net.IP(nil), a.cfg.ExtraPeers...)
+	for _, h := range hosts {
+		ip := net.ParseIP(h.UnderlayIP)
+		out[h.Name] = ip
+		if h.Name != a.cfg.Name && ip != nil {
+			peers = append(peers, ip)
+		}
+	}
+	if err := a.ov.SetPeers(peers); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (a *Agent) apply(ctx context.Context, ev store.Event) {
+	mac, err := net.ParseMAC(ev.Container.MAC)
+	if err != nil {
+		return
+	}
+	if ev.Deleted || ev.Container.Host == a.cfg.Name {
+		if err := a.ov.DelRemoteMAC(mac); err != nil {
+			a.log.Warn("fdb delete", "mac", mac, "err", err)
+		}
+		return
+	}
+	vteps, err := a.vteps(ctx)
+	if err != nil {
+		a.log.Warn("hosts", "err", err)
+		return
+	}
+	if ip := vteps[ev.Container.Host]; ip != nil {
+		if err := a.ov.SetRemoteMAC(mac, ip); err != nil {
+			a.log.Warn("fdb set", "mac", mac, "err", err)
+		}
+	}
+}
+
+// resync rewrites every entry and removes the ones no container needs.
+func (a *Agent) resync(ctx context.Context) error {
+	vteps, err := a.vteps(ctx)
+	if err != nil {
+		return err
+	}
+	cs, err := a.st.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[string]net.IP{}
+	for _, c := range cs {
+		if c.Host != a.cfg.Name && vteps[c.Host] != nil {
+			want[c.MAC] = vteps[c.Host]
+		}
+	}
+	have, err := a.ov.RemoteMACs()
+	if err != nil {
+		return err
+	}
+	for m, ip := range want {
+		if have[m].Equal(ip) {
+			continue
+		}
+		mac, _ := net.ParseMAC(m)
+		if err := a.ov.SetRemoteMAC(mac, ip); err != nil {
+			return err
+		}
+	}
+	for m := range have {
+		if _, ok := want[m]; !ok {
+			mac, _ := net.ParseMAC(m)
+			if err := a.ov.DelRemoteMAC(mac); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

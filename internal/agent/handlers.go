@@ -1,0 +1,250 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
+)
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/containers", a.handleRun)
+	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleRemove)
+	mux.HandleFunc("GET /v1/containers/{name}/logs", a.handleLogs)
+	mux.HandleFunc("POST /v1/containers/{name}/migrate", a.handleMigrate)
+	mux.HandleFunc("PUT /v1/images/{name}", a.handleImport)
+	mux.HandleFunc("POST /v1/incoming/{name}/prepare", a.handlePrepare)
+	mux.HandleFunc("PUT /v1/incoming/{name}/data", a.handleData)
+	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
+	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)
+	return mux
+}
+
+// httpError writes err with a status that fits it.
+func httpError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, store.ErrNameTaken), errors.Is(err, store.ErrIPTaken), errors.Is(err, store.ErrConflict), errors.Is(err, errBusy):
+		code = http.StatusConflict
+	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP):
+		code = http.StatusBadRequest
+	}
+	writeJSON(w, code, api.Error{Error: err.Error()})
+}
+
+var (
+	errBadRequest = errors.New("bad request")
+	errBusy       = errors.New("busy")
+)
+
+func badRequest(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errBadRequest}, args...)...)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (a *Agent) handleRun(w http.ResponseWriter, r *http.Request) {
+	var req api.RunRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	c, err := a.run(r.Context(), req)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, c)
+}
+
+// run validates, claims the name and IP, then builds the network and
+// starts the container; on any failure it undoes everything it did.
+func (a *Agent) run(ctx context.Context, req api.RunRequest) (store.Container, error) {
+	if err := store.ValidName(req.Name); err != nil {
+		return store.Container{}, badRequest("%v", err)
+	}
+	if len(req.Args) == 0 {
+		return store.Container{}, badRequest("no command given: put it after `--`")
+	}
+	if !a.rt.HasImage(req.Image) {
+		return store.Container{}, badRequest("unknown image %q on host %s: import it first with `coat image import %s DIR`", req.Image, a.cfg.Name, req.Image)
+	}
+	if req.IP != "" && net.ParseIP(req.IP).To4() == nil {
+		return store.Container{}, badRequest("invalid ip %q: want an IPv4 address in %s", req.IP, a.cfg.Subnet)
+	}
+	if req.IP != "" {
+		if err := store.InSubnet(a.cfg.Subnet, net.ParseIP(req.IP)); err != nil {
+			return store.Container{}, badRequest("%v", err)
+		}
+	}
+	c, err := a.st.CreateContainer(ctx, store.Container{
+		Name: req.Name, Host: a.cfg.Name, Image: req.Image, IP: req.IP,
+		Args: req.Args, Env: req.Env, Status: store.StatusCreated, Created: now(),
+	})
+	if err != nil {
+		return store.Container{}, err
+	}
+	if !a.lock(c.Name) {
+		return store.Container{}, fmt.Errorf("container %s: %w", c.Name, errBusy)
+	}
+	defer a.unlock(c.Name)
+	if err := a.start(ctx, c); err != nil {
+		a.teardown(context.WithoutCancel(ctx), c)
+		_ = a.st.DeleteContainer(context.WithoutCancel(ctx), c.Name)
+		return store.Container{}, fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	c.Status = store.StatusRunning
+	c, err = a.st.UpdateContainer(ctx, c)
+	if err != nil {
+		return store.Container{}, err
+	}
+	a.log.Info("container started", "container", c.Name, "ip", c.IP, "image", c.Image)
+	return c, nil
+}
+
+func (a *Agent) start(ctx context.Context, c store.Container) error {
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	if err := overlay.CreateNetNS(ep.NetNS); err != nil {
+		return err
+	}
+	if err := a.ov.AttachEndpoint(ep, true); err != nil {
+		return err
+	}
+	if err := a.rt.Prepare(a.spec(c)); err != nil {
+		return err
+	}
+	if err := a.rt.Start(ctx, c.Name); err != nil {
+		return err
+	}
+	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 1)
+}
+
+// teardown removes the container's process, rootfs and network from this
+// host. Errors are logged: it runs on cleanup paths.
+func (a *Agent) teardown(ctx context.Context, c store.Container) {
+	if err := a.rt.Remove(ctx, c.Name); err != nil {
+		a.log.Warn("remove container files", "container", c.Name, "err", err)
+	}
+	if err := a.ov.DetachEndpoint(vethName(c.Name)); err != nil {
+		a.log.Warn("detach endpoint", "container", c.Name, "err", err)
+	}
+	if err := overlay.DeleteNetNS(a.netnsPath(c.Name)); err != nil {
+		a.log.Warn("delete netns", "container", c.Name, "err", err)
+	}
+}
+
+func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	c, err := a.st.Container(r.Context(), name)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	if c.Host != a.cfg.Name {
+		httpError(w, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name))
+		return
+	}
+	if c.Status == store.StatusMigrating || !a.lock(name) {
+		httpError(w, fmt.Errorf("container %s is migrating; try again when it is done: %w", name, errBusy))
+		return
+	}
+	defer a.unlock(name)
+	a.teardown(r.Context(), c)
+	if err := a.st.DeleteContainer(r.Context(), name); err != nil {
+		httpError(w, err)
+		return
+	}
+	a.log.Info("container removed", "container", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	f, err := os.Open(a.rt.LogFile(name))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := a.st.Container(r.Context(), name); serr != nil {
+			httpError(w, serr)
+			return
+		}
+		w.WriteHeader(http.StatusOK) // no output yet
+		return
+	}
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = io.Copy(w, f)
+}
+
+// handleImport receives an image's rootfs as a tar stream and swaps it in
+// atomically.
+func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := store.ValidName(name); err != nil {
+		httpError(w, badRequest("image %v", err))
+		return
+	}
+	base := filepath.Join(a.cfg.StateDir, "images")
+	tmp, err := os.MkdirTemp(base, "."+name+"-")
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		httpError(w, err)
+		return
+	}
+	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]string{"rootfs/": filepath.Join(tmp, "rootfs")}); err != nil {
+		httpError(w, badRequest("unpack image %s: %v", name, err))
+		return
+	}
+	final := filepath.Join(base, name)
+	inUse := lowerInUse(filepath.Join(final, "rootfs"))
+	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", name, now().UnixNano()))
+	if err := os.Rename(final, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+		httpError(w, err)
+		return
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		httpError(w, err)
+		return
+	}
+	// A running container's overlay still reads the old lower layer (the
+	// mount holds it, renamed); keep it until nothing mounts it.
+	if !inUse {
+		_ = os.RemoveAll(old)
+	}
+	a.log.Info("image imported", "image", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// lowerInUse reports whether an overlay mount uses dir as its lower layer.
+func lowerInUse(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	return err == nil && strings.Contains(string(b), "lowerdir="+dir)
+}

@@ -1,0 +1,421 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/migrate"
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/runtime"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
+)
+
+func now() time.Time { return time.Now().UTC() }
+
+// handleMigrate runs a migration of one of this host's containers and
+// streams its phases to the caller as JSON lines.
+func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
+	var req api.MigrateRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	out, err := a.newOutgoing(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	send := func(p api.Progress) {
+		_ = json.NewEncoder(w).Encode(p)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	// The migration must finish (or roll back) even if the caller goes.
+	ctx := context.WithoutCancel(r.Context())
+	rep, err := migrate.Run(ctx, out, func(p migrate.Phase, d time.Duration) {
+		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
+		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
+	})
+	if err != nil {
+		a.log.Error("migration failed", "container", out.c.Name, "to", out.dest.Name, "err", err)
+		send(api.Progress{Error: err.Error()})
+		return
+	}
+	mode := "coat"
+	if req.NoTCP {
+		mode = "traditional"
+	}
+	send(api.Progress{Done: true, Result: &api.MigrateResult{
+		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode,
+		CheckpointMS: api.Ms(rep.Checkpoint), TransferMS: api.Ms(rep.Transfer), RestoreMS: api.Ms(rep.Restore),
+		TotalMS: api.Ms(rep.Total), DowntimeMS: api.Ms(rep.Downtime),
+		Bytes: rep.Bytes, ImageBytes: out.imageBytes, RootfsBytes: out.rootfsBytes,
+	}})
+}
+
+// outgoing implements migrate.Steps on the source agent.
+type outgoing struct {
+	a                       *Agent
+	c                       store.Container
+	dest                    store.Host
+	peer                    *api.Client
+	req                     api.MigrateRequest
+	ckptDir, workDir        string
+	locked, cut             bool
+	imageBytes, rootfsBytes int64
+}
+
+// newOutgoing checks a migration request before anything changes.
+func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateRequest) (*outgoing, error) {
+	c, err := a.st.Container(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if c.Host != a.cfg.Name {
+		return nil, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name)
+	}
+	if c.Status == store.StatusMigrating {
+		return nil, fmt.Errorf("container %s is already migrating to %s: %w", name, c.MigratingTo, errBusy)
+	}
+	if c.Status != store.StatusRunning {
+		return nil, badRequest("container %s is %s; only a running container can migrate", name, c.Status)
+	}
+	if req.To == a.cfg.Name {
+		return nil, badRequest("container %s already runs on %s: pick another host (`coat hosts` lists them)", name, req.To)
+	}
+	dest, err := a.st.Host(ctx, req.To)
+	if err != nil {
+		return nil, badRequest("unknown host %q: `coat hosts` lists the hosts", req.To)
+	}
+	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	return &outgoing{
+		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req,
+		ckptDir: filepath.Join(a.cfg.StateDir, "checkpoints", id),
+		workDir: filepath.Join(a.cfg.StateDir, "criu-logs", id),
+	}, nil
+}
+
+func (o *outgoing) incoming(op string) string {
+	return "/v1/incoming/" + url.PathEscape(o.c.Name) + "/" + op
+}
+
+func (o *outgoing) Lock(ctx context.Context) error {
+	if !o.a.lock(o.c.Name) {
+		return fmt.Errorf("container %s: an operation is under way: %w", o.c.Name, errBusy)
+	}
+	c := o.c
+	c.Status, c.MigratingTo, c.Error = store.StatusMigrating, o.dest.Name, ""
+	c, err := o.a.st.UpdateContainer(ctx, c)
+	if err != nil {
+		o.a.unlock(o.c.Name)
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("container %s changed or is already migrating: %w", o.c.Name, err)
+		}
+		return err
+	}
+	o.c, o.locked = c, true
+	return nil
+}
+
+func (o *outgoing) Prepare(ctx context.Context) error {
+	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c}, nil)
+}
+
+// Checkpoint cuts the container off the overlay, so no packet changes its
+// sockets after CRIU has read them and clients see drops, not resets, then
+// dumps it.
+func (o *outgoing) Checkpoint(ctx context.Context) error {
+	if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), false); err != nil {
+		return err
+	}
+	o.cut = true
+	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
+		return err
+	}
+	return o.a.rt.Checkpoint(ctx, o.c.Name, runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir})
+}
+
+// Transfer streams the checkpoint image and the rootfs upper layer as one
+// tar stream over mutual TLS.
+func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
+		o.imageBytes = n
+		if err == nil {
+			n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+			o.rootfsBytes = n
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data"), pr, "application/x-tar")
+	pr.CloseWithError(errors.New("transfer ended"))
+	if err != nil {
+		return 0, err
+	}
+	rc.Close()
+	return o.imageBytes + o.rootfsBytes, nil
+}
+
+func (o *outgoing) Restore(ctx context.Context) error {
+	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
+		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore}, nil)
+}
+
+// Commit moves the record to the destination, then deletes the source's
+// copy: its rootfs, network namespace and checkpoint image.
+func (o *outgoing) Commit(ctx context.Context) error {
+	c := o.c
+	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusRunning, ""
+	if _, err := o.a.st.UpdateContainer(ctx, c); err != nil {
+		return err
+	}
+	o.a.teardown(ctx, c)
+	o.cleanup()
+	o.a.unlock(o.c.Name)
+	return nil
+}
+
+func (o *outgoing) cleanup() {
+	if err := os.RemoveAll(o.ckptDir); err != nil {
+		o.a.log.Warn("remove checkpoint image", "dir", o.ckptDir, "err", err)
+	}
+}
+
+func (o *outgoing) Abort(ctx context.Context) error {
+	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("abort"), nil, nil)
+	var se *api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return nil
+	}
+	return err
+}
+
+// Resume brings the container back on the source: from its own checkpoint
+// if CRIU stopped it, into the network namespace that was kept.
+func (o *outgoing) Resume(ctx context.Context) error {
+	if o.a.rt.Status(ctx, o.c.Name) != "running" {
+		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume"})
+		if err != nil {
+			return err
+		}
+	}
+	if o.cut {
+		if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), true); err != nil {
+			return err
+		}
+	}
+	o.cleanup()
+	ep, err := o.a.endpoint(o.c)
+	if err != nil {
+		return err
+	}
+	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3)
+}
+
+func (o *outgoing) Unlock(ctx context.Context, cause error) error {
+	defer o.a.unlock(o.c.Name)
+	if !o.locked {
+		return nil
+	}
+	c, err := o.a.st.Container(ctx, o.c.Name)
+	if err != nil {
+		return err
+	}
+	c.Status, c.MigratingTo, c.Error = store.StatusRunning, "", cause.Error()
+	_, err = o.a.st.UpdateContainer(ctx, c)
+	return err
+}
+
+// --- destination side ---
+
+func (a *Agent) incomingDir(name string) string {
+	return filepath.Join(a.cfg.StateDir, "incoming", name)
+}
+
+func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
+	var req api.PrepareRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	c := req.Container
+	if c.Name != r.PathValue("name") || store.ValidName(c.Name) != nil {
+		httpError(w, badRequest("bad container name %q", c.Name))
+		return
+	}
+	if !a.rt.HasImage(c.Image) {
+		httpError(w, badRequest("image %q is not on host %s: import it with `coat image import`", c.Image, a.cfg.Name))
+		return
+	}
+	if a.rt.Status(r.Context(), c.Name) != "" {
+		httpError(w, fmt.Errorf("a container named %s already runs on %s: %w", c.Name, a.cfg.Name, errBusy))
+		return
+	}
+	if !a.lock(c.Name) {
+		httpError(w, fmt.Errorf("container %s: %w", c.Name, errBusy))
+		return
+	}
+	if err := a.prepareIncoming(c); err != nil {
+		a.abortIncoming(r.Context(), c.Name)
+		httpError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// prepareIncoming builds the container's network namespace with the same
+// IP and MAC, its veth down until the restore is done, so the destination
+// neither answers nor resets anything while the source still owns the
+// connections.
+func (a *Agent) prepareIncoming(c store.Container) error {
+	dir := a.incomingDir(c.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(c)
+	if err := os.WriteFile(filepath.Join(dir, "container.json"), b, 0o600); err != nil {
+		return err
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	if err := overlay.CreateNetNS(ep.NetNS); err != nil {
+		return err
+	}
+	if err := a.ov.AttachEndpoint(ep, false); err != nil {
+		return err
+	}
+	return os.MkdirAll(a.rt.UpperDir(c.Name), 0o755)
+}
+
+func (a *Agent) incomingContainer(name string) (store.Container, error) {
+	var c store.Container
+	b, err := os.ReadFile(filepath.Join(a.incomingDir(name), "container.json"))
+	if err != nil {
+		return c, fmt.Errorf("no migration of %s is prepared here: %w", name, store.ErrNotFound)
+	}
+	err = json.Unmarshal(b, &c)
+	return c, err
+}
+
+func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.incomingContainer(name); err != nil {
+		httpError(w, err)
+		return
+	}
+	dirs := map[string]string{
+		"checkpoint/": filepath.Join(a.incomingDir(name), "checkpoint"),
+		"upper/":      a.rt.UpperDir(name),
+	}
+	if _, err := transfer.Unpack(tar.NewReader(r.Body), dirs); err != nil {
+		httpError(w, fmt.Errorf("receive %s: %w", name, err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
+	var req api.RestoreRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	name := r.PathValue("name")
+	c, err := a.incomingContainer(name)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	t := time.Now()
+	if err := a.restoreIncoming(r.Context(), c, req); err != nil {
+		httpError(w, fmt.Errorf("on %s: %w", a.cfg.Name, err))
+		return
+	}
+	a.unlock(name)
+	writeJSON(w, http.StatusOK, api.RestoreReply{RestoreMS: api.Ms(time.Since(t))})
+}
+
+func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.RestoreRequest) error {
+	ckpt := filepath.Join(a.incomingDir(c.Name), "checkpoint")
+	if req.FailRestore {
+		// A real CRIU failure: its memory image is gone.
+		if err := corruptImage(ckpt); err != nil {
+			return err
+		}
+	}
+	if err := a.rt.Prepare(a.spec(c)); err != nil {
+		return err
+	}
+	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-restore", c.Name, time.Now().UnixNano()))
+	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP}); err != nil {
+		return err
+	}
+	if err := a.ov.SetEndpointUp(vethName(c.Name), true); err != nil {
+		return err
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3); err != nil {
+		a.log.Warn("gratuitous arp", "container", c.Name, "err", err)
+	}
+	// The image held the container's memory: it goes as soon as it is not
+	// needed (rollback uses the source's copy).
+	return os.RemoveAll(a.incomingDir(c.Name))
+}
+
+func corruptImage(dir string) error {
+	m, _ := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+	if len(m) == 0 {
+		return errors.New("no pages image to corrupt")
+	}
+	for _, p := range m {
+		if err := os.Truncate(p, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) handleAbort(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.incomingContainer(name); err != nil {
+		httpError(w, err)
+		return
+	}
+	a.abortIncoming(r.Context(), name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// abortIncoming throws away a half-received container.
+func (a *Agent) abortIncoming(ctx context.Context, name string) {
+	a.teardown(ctx, store.Container{Name: name})
+	if err := os.RemoveAll(a.incomingDir(name)); err != nil {
+		a.log.Warn("remove incoming", "container", name, "err", err)
+	}
+	a.unlock(name)
+}
+

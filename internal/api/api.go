@@ -1,0 +1,215 @@
+// Package api is the agent's HTTP API over mutual TLS: its request and
+// reply types, and a small typed client used by the CLI and by agents
+// talking to each other during a migration.
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/coat-project/coat/internal/store"
+)
+
+// RunRequest asks an agent to run a container.
+type RunRequest struct {
+	Name  string   `json:"name"`
+	Image string   `json:"image"`
+	IP    string   `json:"ip,omitempty"`
+	Env   []string `json:"env,omitempty"`
+	Args  []string `json:"args"`
+}
+
+// MigrateRequest asks a container's agent to move it.
+type MigrateRequest struct {
+	To    string `json:"to"`
+	NoTCP bool   `json:"no_tcp,omitempty"`
+	// FailRestore makes the destination's restore fail on purpose, to
+	// exercise rollback (used by tests and `coat migrate --fail-restore`).
+	FailRestore bool `json:"fail_restore,omitempty"`
+}
+
+// MigrateResult is what a migration reports.
+type MigrateResult struct {
+	Name         string  `json:"name"`
+	From         string  `json:"from"`
+	To           string  `json:"to"`
+	Mode         string  `json:"mode"` // "coat" or "traditional"
+	CheckpointMS float64 `json:"checkpoint_ms"`
+	TransferMS   float64 `json:"transfer_ms"`
+	RestoreMS    float64 `json:"restore_ms"`
+	TotalMS      float64 `json:"total_ms"`
+	DowntimeMS   float64 `json:"downtime_ms"`
+	Bytes        int64   `json:"bytes"`
+	ImageBytes   int64   `json:"image_bytes"`
+	RootfsBytes  int64   `json:"rootfs_bytes"`
+}
+
+// Progress is one line of a migration's streamed reply: a phase that
+// started or ended, then either Result or Error.
+type Progress struct {
+	Phase      string         `json:"phase,omitempty"`
+	DurationMS float64        `json:"duration_ms,omitempty"`
+	Done       bool           `json:"done,omitempty"`
+	Result     *MigrateResult `json:"result,omitempty"`
+	Error      string         `json:"error,omitempty"`
+}
+
+// PrepareRequest tells the destination what it is about to receive.
+type PrepareRequest struct {
+	Container store.Container `json:"container"`
+}
+
+// RestoreRequest tells the destination to restore what it received.
+type RestoreRequest struct {
+	Name        string `json:"name"`
+	NoTCP       bool   `json:"no_tcp,omitempty"`
+	FailRestore bool   `json:"fail_restore,omitempty"`
+}
+
+// RestoreReply reports the destination's restore.
+type RestoreReply struct {
+	RestoreMS float64 `json:"restore_ms"`
+}
+
+// Error is the JSON body of a failed request.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Client talks to one agent.
+type Client struct {
+	Base string // https://host:port
+	HTTP *http.Client
+}
+
+// StatusError is a non-2xx reply.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ctype string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: %w", c.Base, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: %s", method, path, bytes.TrimSpace(b))
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Msg: e.Error}
+	}
+	return resp, nil
+}
+
+// JSON sends in (if non-nil) as JSON and decodes the reply into out.
+func (c *Client) JSON(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	resp, err := c.do(ctx, method, path, body, "application/json")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Stream sends body and returns the reply body for the caller to read.
+func (c *Client) Stream(ctx context.Context, method, path string, body io.Reader, ctype string) (io.ReadCloser, error) {
+	resp, err := c.do(ctx, method, path, body, ctype)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// Run asks the agent to run a container.
+func (c *Client) Run(ctx context.Context, r RunRequest) (store.Container, error) {
+	var out store.Container
+	err := c.JSON(ctx, http.MethodPost, "/v1/containers", r, &out)
+	return out, err
+}
+
+// Remove deletes a container.
+func (c *Client) Remove(ctx context.Context, name string) error {
+	return c.JSON(ctx, http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
+}
+
+// Logs returns the container's output.
+func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, error) {
+	return c.Stream(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"/logs", nil, "")
+}
+
+// ImportImage sends a rootfs as a tar stream.
+func (c *Client) ImportImage(ctx context.Context, name string, tarStream io.Reader) error {
+	rc, err := c.Stream(ctx, http.MethodPut, "/v1/images/"+url.PathEscape(name), tarStream, "application/x-tar")
+	if err != nil {
+		return err
+	}
+	return rc.Close()
+}
+
+// Migrate starts a migration on the container's current agent and calls
+// onProgress for each phase; it returns the final result.
+func (c *Client) Migrate(ctx context.Context, name string, r MigrateRequest, onProgress func(Progress)) (*MigrateResult, error) {
+	b, _ := json.Marshal(r)
+	rc, err := c.Stream(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/migrate", bytes.NewReader(b), "application/json")
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var p Progress
+		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
+		}
+		if p.Error != "" {
+			return nil, errors.New(p.Error)
+		}
+		if p.Result != nil {
+			return p.Result, nil
+		}
+		if onProgress != nil {
+			onProgress(p)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("migration stream: %w", err)
+	}
+	return nil, errors.New("migration stream ended without a result: check the source agent's log")
+}
+
+// Ms converts a duration to float milliseconds.
+func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

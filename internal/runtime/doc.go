@@ -1,0 +1,19 @@
+// Package runtime runs, checkpoints and restores one host's containers with
+// runc (through containerd/go-runc) and CRIU.
+//
+// A container's root filesystem is an overlayfs: its image as the read-only
+// lower layer and a per-container upper layer that takes its writes, so a
+// migration ships only the upper layer. Its network namespace is made by the
+// agent before runc runs (see internal/overlay) and named by path in
+// config.json; runc then treats it as external on checkpoint, which is what
+// lets the destination restore into a namespace it built with the same IP
+// and MAC.
+//
+// Standard streams: a container's output must survive a checkpoint on one
+// host and a restore on another, so it cannot point at a host file or a pipe
+// held by the agent. The agent's own binary is bind-mounted read-only at
+// /.coat/init and runs first inside the container: it points stdin at the
+// container's /dev/null and stdout/stderr at /.coat/log (in the upper layer,
+// so it travels with the container), then execs the command. CRIU sees only
+// files of the container's own mount namespace.
+package runtime

@@ -1,0 +1,53 @@
+package runtime
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// IsInit reports whether this process was started as a container's init
+// (argv[0] is InitPath).
+func IsInit() bool { return len(os.Args) > 0 && os.Args[0] == InitPath }
+
+// RunInit points the standard streams at the container's own files and
+// execs the container's command in place of this process. It only returns
+// on error, with the exit code to use.
+func RunInit() int {
+	args := os.Args[1:]
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "coat init: no command")
+		return 127
+	}
+	if err := os.MkdirAll(filepath.Dir(LogPath), 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "coat init:", err)
+		return 126
+	}
+	logf, err := os.OpenFile(LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coat init:", err)
+		return 126
+	}
+	null, err := os.OpenFile("/dev/null", os.O_RDWR, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coat init:", err)
+		return 126
+	}
+	for fd, f := range []*os.File{null, logf, logf} {
+		if err := unix.Dup3(int(f.Fd()), fd, 0); err != nil {
+			fmt.Fprintln(os.Stderr, "coat init: dup:", err)
+			return 126
+		}
+	}
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "coat init: %s: %v\n", args[0], err)
+		return 127
+	}
+	err = unix.Exec(path, args, os.Environ())
+	fmt.Fprintf(os.Stderr, "coat init: exec %s: %v\n", path, err)
+	return 126
+}

@@ -1,0 +1,303 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// InitPath is where the agent's binary appears inside every container.
+const InitPath = "/.coat/init"
+
+// LogPath is the container's stdout/stderr file inside its rootfs.
+const LogPath = "/.coat/log"
+
+// Runtime manages the containers of one host under StateDir.
+type Runtime struct {
+	StateDir string // images/, containers/ live here
+	Host     string // host name, part of cgroup paths
+	Self     string // this binary, bind-mounted as the container init
+	runc     *runc.Runc
+}
+
+// New returns a Runtime whose runc state lives in stateDir/runc.
+func New(stateDir, host, self string) (*Runtime, error) {
+	for _, d := range []string{"images", "containers", "runc"} {
+		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &Runtime{
+		StateDir: stateDir,
+		Host:     host,
+		Self:     self,
+		runc:     &runc.Runc{Command: "runc", Root: filepath.Join(stateDir, "runc")},
+	}, nil
+}
+
+// Spec is what a container runs.
+type Spec struct {
+	Name  string
+	Image string
+	Args  []string
+	Env   []string
+	NetNS string // path of the network namespace
+}
+
+// ImageDir is the rootfs of an image on this host.
+func (r *Runtime) ImageDir(image string) string {
+	return filepath.Join(r.StateDir, "images", image, "rootfs")
+}
+
+// HasImage reports whether image is present on this host.
+func (r *Runtime) HasImage(image string) bool {
+	st, err := os.Stat(r.ImageDir(image))
+	return err == nil && st.IsDir()
+}
+
+// Dir is the container's directory (bundle, upper and work layers).
+func (r *Runtime) Dir(name string) string { return filepath.Join(r.StateDir, "containers", name) }
+
+// UpperDir holds the container's own writes.
+func (r *Runtime) UpperDir(name string) string { return filepath.Join(r.Dir(name), "upper") }
+
+func (r *Runtime) rootfs(name string) string { return filepath.Join(r.Dir(name), "rootfs") }
+
+// LogFile is the host path of the container's output.
+func (r *Runtime) LogFile(name string) string {
+	return filepath.Join(r.UpperDir(name), strings.TrimPrefix(LogPath, "/"))
+}
+
+// Prepare mounts the container's rootfs and writes its bundle. It is
+// idempotent: an already mounted rootfs is kept, so a restore can reuse a
+// received upper layer.
+func (r *Runtime) Prepare(s Spec) error {
+	if !r.HasImage(s.Image) {
+		return fmt.Errorf("image %q is not on host %s: import it with `coat image import %s DIR`", s.Image, r.Host, s.Image)
+	}
+	dir := r.Dir(s.Name)
+	for _, d := range []string{dir, r.UpperDir(s.Name), filepath.Join(dir, "work"), r.rootfs(s.Name)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(r.UpperDir(s.Name), 0o755); err != nil {
+		return err
+	}
+	if !mounted(r.rootfs(s.Name)) {
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", r.ImageDir(s.Image), r.UpperDir(s.Name), filepath.Join(dir, "work"))
+		if err := unix.Mount("overlay", r.rootfs(s.Name), "overlay", 0, opts); err != nil {
+			return fmt.Errorf("mount overlay rootfs for %s: %w", s.Name, err)
+		}
+	}
+	spec := r.spec(s)
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600)
+}
+
+// Start runs a prepared container in the background.
+func (r *Runtime) Start(ctx context.Context, name string) error {
+	if _, err := r.runc.Run(ctx, name, r.Dir(name), &runc.CreateOpts{Detach: true}); err != nil {
+		return fmt.Errorf("runc run %s: %w", name, err)
+	}
+	return nil
+}
+
+// Status is runc's view: "running", "stopped", "paused", or "" if absent.
+func (r *Runtime) Status(ctx context.Context, name string) string {
+	c, err := r.runc.State(ctx, name)
+	if err != nil {
+		return ""
+	}
+	return c.Status
+}
+
+// Pid of the container's init process, 0 if not running.
+func (r *Runtime) Pid(ctx context.Context, name string) int {
+	c, err := r.runc.State(ctx, name)
+	if err != nil {
+		return 0
+	}
+	return c.Pid
+}
+
+// CheckpointOpts tunes a checkpoint.
+type CheckpointOpts struct {
+	ImageDir string // where CRIU writes the image
+	WorkDir  string // where CRIU writes dump.log
+	// LeaveRunning keeps the container running (used for tests/pre-checks).
+	LeaveRunning bool
+}
+
+// Checkpoint dumps the container, established TCP connections included,
+// and stops it. On failure the error names CRIU's log.
+func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts) error {
+	for _, d := range []string{o.ImageDir, o.WorkDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	var actions []runc.CheckpointAction
+	if o.LeaveRunning {
+		actions = append(actions, runc.LeaveRunning)
+	}
+	err := r.runc.Checkpoint(ctx, name, &runc.CheckpointOpts{
+		ImagePath:    o.ImageDir,
+		WorkDir:      o.WorkDir,
+		AllowOpenTCP: true,
+		FileLocks:    true,
+	}, actions...)
+	if err != nil {
+		return fmt.Errorf("runc checkpoint %s: %w (CRIU log: %s)", name, err, filepath.Join(o.WorkDir, "dump.log"))
+	}
+	return nil
+}
+
+// RestoreOpts tunes a restore.
+type RestoreOpts struct {
+	ImageDir string
+	WorkDir  string
+	// CloseTCP restores established connections closed (CRIU tcp-close):
+	// the baseline "traditional" migration that drops them.
+	CloseTCP bool
+}
+
+// Restore brings a prepared container back from a checkpoint image.
+func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return err
+	}
+	if o.CloseTCP {
+		// runc 1.1 has no --tcp-close; it passes a per-container CRIU
+		// config file named by this annotation.
+		conf := filepath.Join(r.Dir(s.Name), "criu-restore.conf")
+		if err := os.WriteFile(conf, []byte("tcp-close\n"), 0o600); err != nil {
+			return err
+		}
+		if err := r.annotate(s.Name, "org.criu.config", conf); err != nil {
+			return err
+		}
+	} else if err := r.annotate(s.Name, "org.criu.config", ""); err != nil {
+		return err
+	}
+	_, err := r.runc.Restore(ctx, s.Name, r.Dir(s.Name), &runc.RestoreOpts{
+		CheckpointOpts: runc.CheckpointOpts{
+			ImagePath:    o.ImageDir,
+			WorkDir:      o.WorkDir,
+			AllowOpenTCP: true,
+			FileLocks:    true,
+		},
+		Detach: true,
+	})
+	if err != nil {
+		// A failed restore can leave a half-made runc container behind.
+		_ = r.runc.Delete(context.WithoutCancel(ctx), s.Name, &runc.DeleteOpts{Force: true})
+		return &RestoreError{Name: s.Name, Log: filepath.Join(o.WorkDir, "restore.log"), Err: err}
+	}
+	return nil
+}
+
+// RestoreError is a failed restore; Log is CRIU's restore log.
+type RestoreError struct {
+	Name, Log string
+	Err       error
+}
+
+func (e *RestoreError) Error() string {
+	return fmt.Sprintf("restore %s: %v (CRIU log: %s)", e.Name, e.Err, e.Log)
+}
+
+func (e *RestoreError) Unwrap() error { return e.Err }
+
+func (r *Runtime) annotate(name, key, value string) error {
+	p := filepath.Join(r.Dir(name), "config.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return err
+	}
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	if value == "" {
+		delete(spec.Annotations, key)
+	} else {
+		spec.Annotations[key] = value
+	}
+	b, _ = json.MarshalIndent(&spec, "", "  ")
+	return os.WriteFile(p, b, 0o600)
+}
+
+// Kill stops the container and removes runc's record of it. It is a no-op
+// for a container runc does not know.
+func (r *Runtime) Kill(ctx context.Context, name string) error {
+	if r.Status(ctx, name) == "" {
+		return nil
+	}
+	_ = r.runc.Kill(ctx, name, int(unix.SIGKILL), &runc.KillOpts{All: true})
+	if err := r.runc.Delete(ctx, name, &runc.DeleteOpts{Force: true}); err != nil {
+		return fmt.Errorf("runc delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// Remove kills the container, unmounts its rootfs and deletes its files.
+func (r *Runtime) Remove(ctx context.Context, name string) error {
+	if err := r.Kill(ctx, name); err != nil {
+		return err
+	}
+	return r.RemoveFiles(name)
+}
+
+// RemoveFiles unmounts the rootfs and deletes the container's directory.
+func (r *Runtime) RemoveFiles(name string) error {
+	if mounted(r.rootfs(name)) {
+		if err := unix.Unmount(r.rootfs(name), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount rootfs of %s: %w", name, err)
+		}
+	}
+	return os.RemoveAll(r.Dir(name))
+}
+
+// List names the containers runc knows on this host.
+func (r *Runtime) List(ctx context.Context) (map[string]string, error) {
+	cs, err := r.runc.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, c := range cs {
+		out[c.ID] = c.Status
+	}
+	return out, nil
+}
+
+// mounted reports whether dir is a mount point (its device differs from its
+// parent's, or it is listed in mountinfo).
+func mounted(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,282 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Etcd is the Store backed by an etcd cluster. Layout under the prefix:
+//
+//	hosts/<name>       Host JSON, attached to the agent's lease
+//	containers/<name>  Container JSON
+//	ips/<ip>           the name of the container holding ip
+type Etcd struct {
+	cli    *clientv3.Client
+	prefix string
+	subnet *net.IPNet
+}
+
+// NewEtcd wraps an etcd client. subnet is the overlay subnet IPs are
+// allocated from.
+func NewEtcd(cli *clientv3.Client, prefix string, subnet *net.IPNet) *Etcd {
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Etcd{cli: cli, prefix: prefix, subnet: subnet}
+}
+
+// Client exposes the underlying etcd client.
+func (s *Etcd) Client() *clientv3.Client { return s.cli }
+
+// Subnet is the overlay subnet.
+func (s *Etcd) Subnet() *net.IPNet { return s.subnet }
+
+// Close closes the etcd client.
+func (s *Etcd) Close() error { return s.cli.Close() }
+
+func (s *Etcd) hostKey(n string) string { return s.prefix + "hosts/" + n }
+func (s *Etcd) ctrKey(n string) string  { return s.prefix + "containers/" + n }
+func (s *Etcd) ipKey(ip string) string  { return s.prefix + "ips/" + ip }
+
+// RegisterHost implements Store.
+func (s *Etcd) RegisterHost(ctx context.Context, h Host, ttl time.Duration) error {
+	secs := int64(ttl / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	lease, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return fmt.Errorf("grant lease: %w", err)
+	}
+	b, _ := json.Marshal(h)
+	if _, err := s.cli.Put(ctx, s.hostKey(h.Name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("register host %s: %w", h.Name, err)
+	}
+	ka, err := s.cli.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("keep lease alive: %w", err)
+	}
+	go func() {
+		for range ka { // drained until ctx ends or the lease is lost
+		}
+	}()
+	return nil
+}
+
+// Hosts implements Store.
+func (s *Etcd) Hosts(ctx context.Context) ([]Host, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"hosts/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	out := make([]Host, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var h Host
+		if err := json.Unmarshal(kv.Value, &h); err != nil {
+			return nil, fmt.Errorf("decode host %s: %w", kv.Key, err)
+		}
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Host implements Store.
+func (s *Etcd) Host(ctx context.Context, name string) (Host, error) {
+	resp, err := s.cli.Get(ctx, s.hostKey(name))
+	if err != nil {
+		return Host{}, fmt.Errorf("get host %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Host{}, fmt.Errorf("host %q: %w", name, ErrNotFound)
+	}
+	var h Host
+	err = json.Unmarshal(resp.Kvs[0].Value, &h)
+	return h, err
+}
+
+// CreateContainer implements Store. The name and the IP are claimed in one
+// transaction; with no IP given it tries free addresses in order.
+func (s *Etcd) CreateContainer(ctx context.Context, c Container) (Container, error) {
+	if c.IP != "" {
+		if err := InSubnet(s.subnet, net.ParseIP(c.IP)); err != nil {
+			return Container{}, err
+		}
+		return s.claim(ctx, c)
+	}
+	resp, err := s.cli.Get(ctx, s.prefix+"ips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return Container{}, fmt.Errorf("list ips: %w", err)
+	}
+	taken := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		taken[strings.TrimPrefix(string(kv.Key), s.prefix+"ips/")] = true
+	}
+	for _, ip := range Allocatable(s.subnet) {
+		if taken[ip.String()] {
+			continue
+		}
+		c.IP = ip.String()
+		out, err := s.claim(ctx, c)
+		if errors.Is(err, ErrIPTaken) {
+			continue // lost a race for this address; try the next
+		}
+		return out, err
+	}
+	return Container{}, fmt.Errorf("subnet %s: %w", s.subnet, ErrNoFreeIP)
+}
+
+func (s *Etcd) claim(ctx context.Context, c Container) (Container, error) {
+	ip := net.ParseIP(c.IP).To4()
+	c.IP = ip.String()
+	c.MAC = MACFor(ip).String()
+	b, _ := json.Marshal(c)
+	nameFree := clientv3.Compare(clientv3.CreateRevision(s.ctrKey(c.Name)), "=", 0)
+	ipFree := clientv3.Compare(clientv3.CreateRevision(s.ipKey(c.IP)), "=", 0)
+	resp, err := s.cli.Txn(ctx).If(nameFree, ipFree).Then(
+		clientv3.OpPut(s.ctrKey(c.Name), string(b)),
+		clientv3.OpPut(s.ipKey(c.IP), c.Name),
+	).Else(
+		clientv3.OpGet(s.ctrKey(c.Name), clientv3.WithCountOnly()),
+	).Commit()
+	if err != nil {
+		return Container{}, fmt.Errorf("create container %s: %w", c.Name, err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return Container{}, fmt.Errorf("container %q: %w", c.Name, ErrNameTaken)
+		}
+		return Container{}, fmt.Errorf("ip %s: %w", c.IP, ErrIPTaken)
+	}
+	c.Revision = resp.Header.Revision
+	return c, nil
+}
+
+// Container implements Store.
+func (s *Etcd) Container(ctx context.Context, name string) (Container, error) {
+	resp, err := s.cli.Get(ctx, s.ctrKey(name))
+	if err != nil {
+		return Container{}, fmt.Errorf("get container %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Container{}, fmt.Errorf("container %q: %w", name, ErrNotFound)
+	}
+	var c Container
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
+		return Container{}, fmt.Errorf("decode container %s: %w", name, err)
+	}
+	c.Revision = resp.Kvs[0].ModRevision
+	return c, nil
+}
+
+// Containers implements Store.
+func (s *Etcd) Containers(ctx context.Context) ([]Container, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"containers/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]Container, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var c Container
+		if err := json.Unmarshal(kv.Value, &c); err != nil {
+			return nil, fmt.Errorf("decode container %s: %w", kv.Key, err)
+		}
+		c.Revision = kv.ModRevision
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// UpdateContainer implements Store.
+func (s *Etcd) UpdateContainer(ctx context.Context, c Container) (Container, error) {
+	b, _ := json.Marshal(c)
+	key := s.ctrKey(c.Name)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", c.Revision)).
+		Then(clientv3.OpPut(key, string(b))).Commit()
+	if err != nil {
+		return Container{}, fmt.Errorf("update container %s: %w", c.Name, err)
+	}
+	if !resp.Succeeded {
+		return Container{}, fmt.Errorf("container %q: %w", c.Name, ErrConflict)
+	}
+	c.Revision = resp.Header.Revision
+	return c, nil
+}
+
+// DeleteContainer implements Store.
+func (s *Etcd) DeleteContainer(ctx context.Context, name string) error {
+	c, err := s.Container(ctx, name)
+	if err != nil {
+		return err
+	}
+	_, err = s.cli.Txn(ctx).Then(
+		clientv3.OpDelete(s.ctrKey(name)),
+		clientv3.OpDelete(s.ipKey(c.IP)),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("delete container %s: %w", name, err)
+	}
+	return nil
+}
+
+// WatchContainers implements Store.
+func (s *Etcd) WatchContainers(ctx context.Context) (<-chan Event, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"containers/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make(chan Event, 64)
+	initial := make([]Event, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var c Container
+		if json.Unmarshal(kv.Value, &c) == nil {
+			c.Revision = kv.ModRevision
+			initial = append(initial, Event{Container: c})
+		}
+	}
+	wch := s.cli.Watch(ctx, s.prefix+"containers/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1), clientv3.WithPrevKV())
+	go func() {
+		defer close(out)
+		for _, ev := range initial {
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				var e Event
+				switch ev.Type {
+				case clientv3.EventTypeDelete:
+					e.Deleted = true
+					if ev.PrevKv != nil {
+						_ = json.Unmarshal(ev.PrevKv.Value, &e.Container)
+					}
+					e.Container.Name = strings.TrimPrefix(string(ev.Kv.Key), s.prefix+"containers/")
+				default:
+					if json.Unmarshal(ev.Kv.Value, &e.Container) != nil {
+						continue
+					}
+					e.Container.Revision = ev.Kv.ModRevision
+				}
+				select {
+				case out <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}

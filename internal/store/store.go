@@ -1,0 +1,151 @@
+// Package store holds COAT's cluster state: which edge hosts exist, which
+// containers run where, and which overlay IPs are taken.
+//
+// Everything that must agree across hosts lives behind the Store interface so
+// that agents and the CLI never share a disk or a process to find each other.
+// The only implementation is backed by etcd (see etcd.go): names and IPs are
+// claimed in one transaction, a container record carries its etcd revision so
+// updates are compare-and-swap, and hosts register with a lease so a dead
+// agent drops out of the host list on its own.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"time"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrNameTaken = errors.New("name already taken")
+	ErrIPTaken   = errors.New("ip already taken")
+	ErrConflict  = errors.New("record changed concurrently")
+	ErrNoFreeIP  = errors.New("no free overlay ip")
+)
+
+// Host is one edge host as its agent registered it.
+type Host struct {
+	Name       string    `json:"name"`
+	UnderlayIP string    `json:"underlay_ip"` // VXLAN tunnel endpoint
+	API        string    `json:"api"`         // host:port of the agent's API
+	Started    time.Time `json:"started"`
+}
+
+// Status is a container's lifecycle state as the cluster sees it.
+type Status string
+
+// Container states. A container moves created -> running, and
+// running -> migrating -> running (on the destination, or back on the
+// source after a rollback); any state -> stopped/failed on errors or rm.
+const (
+	StatusCreated   Status = "created"
+	StatusRunning   Status = "running"
+	StatusMigrating Status = "migrating"
+	StatusStopped   Status = "stopped"
+	StatusFailed    Status = "failed"
+)
+
+// Container is the cluster's record of one container.
+type Container struct {
+	Name    string    `json:"name"`
+	Host    string    `json:"host"`
+	Image   string    `json:"image"`
+	IP      string    `json:"ip"`
+	MAC     string    `json:"mac"`
+	Args    []string  `json:"args"`
+	Env     []string  `json:"env,omitempty"`
+	Status  Status    `json:"status"`
+	Error   string    `json:"error,omitempty"`
+	Created time.Time `json:"created"`
+	// MigratingTo names the destination while Status is migrating.
+	MigratingTo string `json:"migrating_to,omitempty"`
+	// Revision is the store's version of this record; UpdateContainer
+	// succeeds only if it still matches.
+	Revision int64 `json:"-"`
+}
+
+// Event is a change to the container records seen by a watch.
+type Event struct {
+	Deleted   bool
+	Container Container
+}
+
+// Store is the cluster state. Implementations must be safe for concurrent use.
+type Store interface {
+	// RegisterHost publishes h and keeps it alive until ctx ends; the record
+	// disappears within ttl after the process dies.
+	RegisterHost(ctx context.Context, h Host, ttl time.Duration) error
+	Hosts(ctx context.Context) ([]Host, error)
+	Host(ctx context.Context, name string) (Host, error)
+
+	// CreateContainer claims c.Name and c.IP atomically; an empty c.IP is
+	// allocated from the cluster's overlay subnet, and c.MAC derived from it.
+	CreateContainer(ctx context.Context, c Container) (Container, error)
+	Container(ctx context.Context, name string) (Container, error)
+	Containers(ctx context.Context) ([]Container, error)
+	// UpdateContainer writes c if its record is still at c.Revision.
+	UpdateContainer(ctx context.Context, c Container) (Container, error)
+	// DeleteContainer removes the record and frees its IP.
+	DeleteContainer(ctx context.Context, name string) error
+	// WatchContainers sends the current records, then every change, until
+	// ctx ends.
+	WatchContainers(ctx context.Context) (<-chan Event, error)
+
+	Close() error
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+
+// ValidName reports whether s can name a container or a host: lowercase
+// letters, digits and inner dashes, at most 32 characters.
+func ValidName(s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("invalid name %q: use 1-32 lowercase letters, digits and dashes, starting and ending with a letter or digit", s)
+	}
+	return nil
+}
+
+// MACFor derives the stable MAC of an overlay IPv4 address: a locally
+// administered unicast MAC whose last four bytes are the address, so a
+// container keeps its MAC wherever it runs.
+func MACFor(ip net.IP) net.HardwareAddr {
+	v4 := ip.To4()
+	if v4 == nil {
+		return nil
+	}
+	return net.HardwareAddr{0x02, 0xc0, v4[0], v4[1], v4[2], v4[3]}
+}
+
+// Allocatable lists the addresses of subnet that containers may get: all
+// but the network, broadcast, the first ten (gateways, lab nodes) and the
+// last ten (the lab's client node).
+func Allocatable(subnet *net.IPNet) []net.IP {
+	ones, bits := subnet.Mask.Size()
+	if bits != 32 || ones > 28 {
+		return nil
+	}
+	size := 1 << (bits - ones)
+	base := subnet.IP.To4()
+	var out []net.IP
+	for i := 10; i < size-11; i++ {
+		n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		n += uint32(i)
+		out = append(out, net.IPv4(byte(n>>24), byte(n>>16), byte(n>>8), byte(n)).To4())
+	}
+	return out
+}
+
+// InSubnet checks that ip is an allocatable address of subnet.
+func InSubnet(subnet *net.IPNet, ip net.IP) error {
+	if ip.To4() == nil {
+		return fmt.Errorf("invalid ip %q: want an IPv4 address in %s", ip, subnet)
+	}
+	if !subnet.Contains(ip) {
+		return fmt.Errorf("ip %s is outside the overlay subnet %s", ip, subnet)
+	}
+	return nil
+}
