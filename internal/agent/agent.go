@@ -39,6 +39,8 @@ type Config struct {
 	ExtraPeers  []net.IP // VTEPs without an agent (the lab's client node)
 	PKI         pki.Files
 	Self        string // path of this binary
+	// CgroupParent for the containers (default /coat/NAME).
+	CgroupParent string
 }
 
 // Agent is a running agent.
@@ -71,6 +73,9 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.CgroupParent != "" {
+		rt.CgroupParent = cfg.CgroupParent
+	}
 	ctls, err := cfg.PKI.ClientConfig()
 	if err != nil {
 		return nil, err
@@ -84,15 +89,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ln, err := tls.Listen("tcp", a.cfg.Listen, stls)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
-	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(),
 	}, 5*time.Second); err != nil {
-		ln.Close()
 		return err
+	}
+	ln, err := tls.Listen("tcp", a.cfg.Listen, stls)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.forward(ctx) }()

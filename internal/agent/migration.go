@@ -418,4 +418,3 @@ func (a *Agent) abortIncoming(ctx context.Context, name string) {
 	}
 	a.unlock(name)
 }
-

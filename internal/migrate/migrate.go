@@ -5,19 +5,30 @@
 //	                                  \______________\___________\-> rolled-back
 //
 // locked:       the cluster record says "migrating" (compare-and-swap on the
-//               record, so a second migration of the same container fails).
+//
+//	record, so a second migration of the same container fails).
+//
 // prepared:     the destination built the container's network namespace with
-//               the same IP and MAC, its veth still down, and its directories.
+//
+//	the same IP and MAC, its veth still down, and its directories.
+//
 // checkpointed: CRIU dumped the container on the source in TCP repair mode;
-//               the container is frozen and gone from the source kernel, but
-//               its network namespace, rootfs and image stay on the source.
+//
+//	the container is frozen and gone from the source kernel, but
+//	its network namespace, rootfs and image stay on the source.
+//
 // transferred:  the checkpoint image and the rootfs upper layer were streamed
-//               to the destination over mutual TLS.
+//
+//	to the destination over mutual TLS.
+//
 // restored:     the destination restored the container, brought its veth up
-//               and announced the MAC (gratuitous ARP).
+//
+//	and announced the MAC (gratuitous ARP).
+//
 // committed:    the cluster record names the destination (every agent then
-//               rewrites its VXLAN FDB from its watch); the source deletes
-//               its copy.
+//
+//	rewrites its VXLAN FDB from its watch); the source deletes
+//	its copy.
 //
 // Any failure before committed rolls back: the destination discards what it
 // has, and if the container was already checkpointed the source restores it

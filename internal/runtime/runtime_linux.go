@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -23,9 +25,12 @@ const LogPath = "/.coat/log"
 // Runtime manages the containers of one host under StateDir.
 type Runtime struct {
 	StateDir string // images/, containers/ live here
-	Host     string // host name, part of cgroup paths
+	Host     string // host name, for messages
 	Self     string // this binary, bind-mounted as the container init
-	runc     *runc.Runc
+	// CgroupParent is where the containers' cgroups go, one per host so
+	// that hosts sharing a kernel (the lab) never collide.
+	CgroupParent string
+	runc         *runc.Runc
 }
 
 // New returns a Runtime whose runc state lives in stateDir/runc.
@@ -36,10 +41,11 @@ func New(stateDir, host, self string) (*Runtime, error) {
 		}
 	}
 	return &Runtime{
-		StateDir: stateDir,
-		Host:     host,
-		Self:     self,
-		runc:     &runc.Runc{Command: "runc", Root: filepath.Join(stateDir, "runc")},
+		StateDir:     stateDir,
+		Host:         host,
+		Self:         self,
+		CgroupParent: "/coat/" + host,
+		runc:         &runc.Runc{Command: "runc", Root: filepath.Join(stateDir, "runc")},
 	}, nil
 }
 
@@ -108,8 +114,13 @@ func (r *Runtime) Prepare(s Spec) error {
 
 // Start runs a prepared container in the background.
 func (r *Runtime) Start(ctx context.Context, name string) error {
-	if _, err := r.runc.Run(ctx, name, r.Dir(name), &runc.CreateOpts{Detach: true}); err != nil {
-		return fmt.Errorf("runc run %s: %w", name, err)
+	stderr, read, err := r.stderrFile(name)
+	if err != nil {
+		return err
+	}
+	defer stderr.Close()
+	if _, err := r.runc.Run(ctx, name, r.Dir(name), &runc.CreateOpts{Detach: true, IO: stderr}); err != nil {
+		return fmt.Errorf("runc run %s: %w%s%s", name, err, read(), r.lastRuncError())
 	}
 	return nil
 }
@@ -159,7 +170,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		FileLocks:    true,
 	}, actions...)
 	if err != nil {
-		return fmt.Errorf("runc checkpoint %s: %w (CRIU log: %s)", name, err, filepath.Join(o.WorkDir, "dump.log"))
+		return fmt.Errorf("runc checkpoint %s: %w%s (CRIU log: %s)", name, err, r.lastRuncError(), filepath.Join(o.WorkDir, "dump.log"))
 	}
 	return nil
 }
@@ -203,7 +214,7 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	if err != nil {
 		// A failed restore can leave a half-made runc container behind.
 		_ = r.runc.Delete(context.WithoutCancel(ctx), s.Name, &runc.DeleteOpts{Force: true})
-		return &RestoreError{Name: s.Name, Log: filepath.Join(o.WorkDir, "restore.log"), Err: err}
+		return &RestoreError{Name: s.Name, Log: filepath.Join(o.WorkDir, "restore.log"), Err: fmt.Errorf("%w%s", err, r.lastRuncError())}
 	}
 	return nil
 }
@@ -300,4 +311,44 @@ func mounted(dir string) bool {
 		}
 	}
 	return false
+}
+
+// lastRuncError returns ": MSG" for the last error runc logged, or "".
+func (r *Runtime) lastRuncError() string {
+	b, err := os.ReadFile(r.runc.Log)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0 && i >= len(lines)-20; i-- {
+		var e struct{ Level, Msg string }
+		if json.Unmarshal([]byte(lines[i]), &e) == nil && e.Level == "error" {
+			return ": " + e.Msg
+		}
+	}
+	return ""
+}
+
+// fileIO gives runc a file as stderr, so its complaints can be reported
+// (the container's init then points its streams elsewhere).
+type fileIO struct{ f *os.File }
+
+func (f fileIO) Close() error          { return f.f.Close() }
+func (f fileIO) Stdin() io.WriteCloser { return nil }
+func (f fileIO) Stdout() io.ReadCloser { return nil }
+func (f fileIO) Stderr() io.ReadCloser { return nil }
+func (f fileIO) Set(cmd *exec.Cmd)     { cmd.Stderr = f.f }
+func (r *Runtime) stderrFile(name string) (fileIO, func() string, error) {
+	p := filepath.Join(r.Dir(name), "runc.err")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fileIO{}, nil, err
+	}
+	return fileIO{f}, func() string {
+		b, _ := os.ReadFile(p)
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return ": " + s
+		}
+		return ""
+	}, nil
 }

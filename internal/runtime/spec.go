@@ -1,8 +1,6 @@
 package runtime
 
 import (
-	"fmt"
-
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -16,7 +14,9 @@ var defaultCaps = []string{
 // mount, UTS and IPC namespaces, the agent-made network namespace, a cgroup
 // per host and container, and the init bind mount.
 func (r *Runtime) spec(s Spec) *specs.Spec {
-	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}, s.Env...)
+	// CRIU cannot dump MPTCP sockets, which Go >= 1.24 listeners use by
+	// default; the container's own --env can override this.
+	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env...)
 	caps := append([]string(nil), defaultCaps...)
 	return &specs.Spec{
 		Version:  specs.Version,
@@ -30,7 +30,6 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
-			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
 		},
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},
@@ -42,7 +41,7 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 			{Destination: InitPath, Type: "bind", Source: r.Self, Options: []string{"rbind", "ro"}},
 		},
 		Linux: &specs.Linux{
-			CgroupsPath: fmt.Sprintf("/coat/%s/%s", r.Host, s.Name),
+			CgroupsPath: r.CgroupParent + "/" + s.Name,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
 				{Type: specs.IPCNamespace},

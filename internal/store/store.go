@@ -20,7 +20,7 @@ import (
 
 // Errors callers branch on.
 var (
-	ErrNotFound = errors.New("not found")
+	ErrNotFound  = errors.New("not found")
 	ErrNameTaken = errors.New("name already taken")
 	ErrIPTaken   = errors.New("ip already taken")
 	ErrConflict  = errors.New("record changed concurrently")

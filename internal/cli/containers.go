@@ -1,0 +1,217 @@
+package cli
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
+)
+
+func newRunCmd() *cobra.Command {
+	var req api.RunRequest
+	var host string
+	cmd := &cobra.Command{
+		Use:   "run --host H --name N [--ip IP] --image IMG [--env K=V]... -- CMD [ARGS...]",
+		Short: "Run a container on a host",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Args = args
+			if host == "" || req.Name == "" || req.Image == "" {
+				return fmt.Errorf("--host, --name and --image are required")
+			}
+			if len(args) == 0 {
+				return fmt.Errorf("no command: put the container's command after `--`")
+			}
+			if err := store.ValidName(req.Name); err != nil {
+				return err
+			}
+			for _, e := range req.Env {
+				if !strings.Contains(e, "=") {
+					return fmt.Errorf("--env %q: want KEY=VALUE", e)
+				}
+			}
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if _, err := s.st.Container(ctx, req.Name); err == nil {
+				return fmt.Errorf("container %q already exists: pick another name or `coat rm %s`", req.Name, req.Name)
+			}
+			cl, err := s.agent(ctx, host)
+			if err != nil {
+				return err
+			}
+			c, err := cl.Run(ctx, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s running on %s, ip %s, mac %s\n", c.Name, c.Host, c.IP, c.MAC)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&host, "host", "", "host to run on")
+	f.StringVar(&req.Name, "name", "", "container name")
+	f.StringVar(&req.IP, "ip", "", "overlay IP (allocated if not given)")
+	f.StringVar(&req.Image, "image", "", "image name")
+	f.StringArrayVar(&req.Env, "env", nil, "environment variable KEY=VALUE (repeatable)")
+	return cmd
+}
+
+func newPsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ps [--json]",
+		Short: "List containers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			cs, err := s.st.Containers(ctx)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				if cs == nil {
+					cs = []store.Container{}
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(cs)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS")
+			for _, c := range cs {
+				st := string(c.Status)
+				if c.MigratingTo != "" {
+					st += " -> " + c.MigratingTo
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
+}
+
+func newLogsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a container's output",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			_, cl, err := s.container(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			rc, err := cl.Logs(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(cmd.OutOrStdout(), rc)
+			return err
+		},
+	}
+}
+
+func newRmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Stop and remove a container",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			_, cl, err := s.container(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return cl.Remove(ctx, args[0])
+		},
+	}
+}
+
+func newImageCmd() *cobra.Command {
+	img := &cobra.Command{Use: "image", Short: "Manage images"}
+	img.AddCommand(&cobra.Command{
+		Use:   "import NAME DIR",
+		Short: "Make a rootfs directory an image on every host",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, dir := args[0], args[1]
+			if err := store.ValidName(name); err != nil {
+				return fmt.Errorf("image %w", err)
+			}
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return fmt.Errorf("%s is not a directory: give the image's root filesystem", dir)
+			}
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			hosts, err := s.st.Hosts(ctx)
+			if err != nil {
+				return err
+			}
+			if len(hosts) == 0 {
+				return fmt.Errorf("no hosts: start agents first (`coat lab up`)")
+			}
+			for _, h := range hosts {
+				cl, err := s.agent(ctx, h.Name)
+				if err != nil {
+					return err
+				}
+				if err := importTo(cmd, cl, name, dir); err != nil {
+					return fmt.Errorf("import %s to %s: %w", name, h.Name, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "image %s imported on %s\n", name, h.Name)
+			}
+			return nil
+		},
+	})
+	return img
+}
+
+func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		_, err := transfer.Pack(tw, dir, "rootfs/")
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	err := cl.ImportImage(cmd.Context(), name, pr)
+	pr.Close()
+	return err
+}

@@ -1,0 +1,153 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/coat-project/coat/internal/agent"
+	"github.com/coat-project/coat/internal/pki"
+	"github.com/coat-project/coat/internal/store"
+)
+
+func newAgentCmd() *cobra.Command {
+	var cfg agent.Config
+	var underlay, subnet, endpoints, pkiDir string
+	var peers []string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the agent of this edge host (in the host's network namespace)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Name == "" || underlay == "" || subnet == "" || endpoints == "" || pkiDir == "" {
+				return fmt.Errorf("--name, --underlay-ip, --subnet, --etcd-endpoints and --pki-dir are required")
+			}
+			if cfg.UnderlayIP = net.ParseIP(underlay); cfg.UnderlayIP == nil {
+				return fmt.Errorf("--underlay-ip %q is not an IP address", underlay)
+			}
+			_, sn, err := net.ParseCIDR(subnet)
+			if err != nil {
+				return fmt.Errorf("--subnet: %w", err)
+			}
+			cfg.Subnet = sn
+			for _, p := range peers {
+				ip := net.ParseIP(p)
+				if ip == nil {
+					return fmt.Errorf("--peer %q is not an IP address", p)
+				}
+				cfg.ExtraPeers = append(cfg.ExtraPeers, ip)
+			}
+			if cfg.Listen == "" {
+				cfg.Listen = net.JoinHostPort(underlay, "7443")
+			}
+			cfg.PKI = pki.FilesFor(pkiDir, cfg.Name)
+			cfg.Self = self()
+			tc, err := cfg.PKI.ClientConfig()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			cli, err := clientv3.New(clientv3.Config{
+				Endpoints: strings.Split(endpoints, ","), TLS: tc, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+			})
+			if err != nil {
+				return fmt.Errorf("connect to etcd: %w", err)
+			}
+			st := store.NewEtcd(cli, "/coat/", sn)
+			defer st.Close()
+			a, err := agent.New(cfg, st, logger(os.Stderr).With("host", cfg.Name))
+			if err != nil {
+				return err
+			}
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", "", "this host's name")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/coat/agent", "state directory (images, containers, runc root)")
+	f.StringVar(&cfg.Listen, "listen", "", "API address (default UNDERLAY-IP:7443)")
+	f.StringVar(&underlay, "underlay-ip", "", "this host's underlay IP (the VXLAN endpoint)")
+	f.StringVar(&cfg.UnderlayDev, "underlay-dev", "eth0", "underlay link")
+	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24")
+	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
+	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
+	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup parent of the containers (default /coat/NAME)")
+	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS)")
+	f.StringVar(&pkiDir, "pki-dir", os.Getenv("COAT_PKI_DIR"), "PKI directory with ca.crt and NAME.crt/key (env COAT_PKI_DIR)")
+	return cmd
+}
+
+func newEtcdCmd() *cobra.Command {
+	var c store.EmbedConfig
+	cmd := &cobra.Command{
+		Use:    "etcd",
+		Short:  "Run an embedded single-member etcd server (used by the lab)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := store.StartEmbedded(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			select {
+			case <-cmd.Context().Done():
+				return nil
+			case err := <-e.Err():
+				return err
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.Name, "name", "default", "member name")
+	f.StringVar(&c.DataDir, "data-dir", "/var/lib/coat/etcd", "data directory")
+	f.StringVar(&c.ClientURL, "listen-client", "https://127.0.0.1:2379", "client URL")
+	f.StringVar(&c.PeerURL, "listen-peer", "http://127.0.0.1:2380", "peer URL")
+	f.StringVar(&c.CertFile, "cert", "", "server certificate")
+	f.StringVar(&c.KeyFile, "key", "", "server key")
+	f.StringVar(&c.CAFile, "ca", "", "CA that client certificates must chain to")
+	return cmd
+}
+
+func newInitCmd() *cobra.Command {
+	var dir string
+	var names []string
+	cmd := &cobra.Command{
+		Use:   "init [--pki-dir DIR] [--issue NAME=IP]...",
+		Short: "Create the cluster CA and certificates (the CLI's, and one per --issue)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pki.EnsureCA(dir); err != nil {
+				return err
+			}
+			if err := pki.Issue(dir, "cli", nil); err != nil {
+				return err
+			}
+			for _, n := range names {
+				name, ipStr, _ := strings.Cut(n, "=")
+				var ips []net.IP
+				if ipStr != "" {
+					ip := net.ParseIP(ipStr)
+					if ip == nil {
+						return fmt.Errorf("--issue %q: %q is not an IP", n, ipStr)
+					}
+					ips = append(ips, ip)
+				}
+				if err := pki.Issue(dir, name, ips); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster PKI in %s\n", dir)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "pki-dir", "/etc/coat/pki", "where to write the CA and certificates")
+	cmd.Flags().StringArrayVar(&names, "issue", nil, "issue a certificate NAME=IP for an agent or etcd (repeatable)")
+	return cmd
+}

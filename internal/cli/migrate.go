@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/store"
+)
+
+func newMigrateCmd() *cobra.Command {
+	var req api.MigrateRequest
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "migrate NAME --to HOST [--json] [--no-tcp]",
+		Short: "Live-migrate a container to another host, keeping its TCP connections",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if req.To == "" {
+				return fmt.Errorf("--to is required: `coat hosts` lists the hosts")
+			}
+			ctx := cmd.Context()
+			s, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			c, cl, err := s.container(ctx, name)
+			if err != nil {
+				return err
+			}
+			if _, err := s.agent(ctx, req.To); err != nil {
+				return err
+			}
+			if c.Host == req.To {
+				return fmt.Errorf("container %s already runs on %s: pick another host", name, req.To)
+			}
+			if c.Status == store.StatusMigrating {
+				return fmt.Errorf("container %s is already migrating to %s", name, c.MigratingTo)
+			}
+			out := cmd.OutOrStdout()
+			if !asJSON {
+				fmt.Fprintf(out, "migrating %s: %s -> %s\n", name, c.Host, req.To)
+			}
+			res, err := cl.Migrate(ctx, name, req, func(p api.Progress) {
+				if !asJSON {
+					fmt.Fprintf(out, "  %-13s %8.1f ms\n", p.Phase, p.DurationMS)
+				}
+			})
+			if err != nil {
+				return fmt.Errorf("migrate %s: %w", name, err)
+			}
+			if asJSON {
+				return json.NewEncoder(out).Encode(res)
+			}
+			fmt.Fprintf(out, "done: checkpoint %.1f ms, transfer %.1f ms, restore %.1f ms, total %.1f ms\n",
+				res.CheckpointMS, res.TransferMS, res.RestoreMS, res.TotalMS)
+			fmt.Fprintf(out, "downtime %.1f ms, %d bytes moved (image %d, rootfs %d)\n",
+				res.DowntimeMS, res.Bytes, res.ImageBytes, res.RootfsBytes)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.To, "to", "", "destination host")
+	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.BoolVar(&req.NoTCP, "no-tcp", false, "traditional migration: established connections are closed at restore")
+	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
+	_ = f.MarkHidden("fail-restore")
+	return cmd
+}

@@ -1,0 +1,163 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// CRIU before this cannot migrate on current kernels.
+const criuMinMajor, criuMinMinor = 4, 2
+
+const criuHint = "COAT needs CRIU >= 4.2: Debian 12's criu 3.17 fails on kernels >= 6.13 (vDSO layout) " +
+	"and CRIU < 4.2 can't dump TCP sockets on kernels >= 6.16. " +
+	"Run `make deps` (scripts/install-deps.sh), which installs CRIU 4.2 privately under /opt/coat/criu " +
+	"with a /usr/local/bin/criu wrapper."
+
+func checkRoot(env Env) Result {
+	if uid := env.Euid(); uid != 0 {
+		return fail("root", fmt.Sprintf("running as uid %d", uid),
+			"CRIU, runc and the network setup (namespaces, VXLAN, bridges) need root: run coat as root (sudo).")
+	}
+	return ok("root", "running as root")
+}
+
+var criuVersionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(?:\.(\d+))?`)
+
+// parseCRIUVersion reads `criu --version` output ("Version: 4.2.1").
+func parseCRIUVersion(out string) (version string, major, minor int, ok bool) {
+	m := criuVersionRE.FindStringSubmatch(out)
+	if m == nil {
+		return "", 0, 0, false
+	}
+	major, _ = strconv.Atoi(m[1])
+	minor, _ = strconv.Atoi(m[2])
+	return strings.TrimSpace(strings.TrimPrefix(m[0], "Version:")), major, minor, true
+}
+
+// checkCRIU checks the criu binary's version and its own kernel check.
+func checkCRIU(ctx context.Context, env Env) []Result {
+	path, err := env.LookPath("criu")
+	if err != nil {
+		return []Result{fail("criu", "criu not found on PATH", criuHint)}
+	}
+	var rs []Result
+	out, err := env.Run(ctx, "criu", "--version")
+	v, major, minor, found := parseCRIUVersion(out)
+	switch {
+	case !found && err != nil:
+		rs = append(rs, fail("criu", fmt.Sprintf("%s --version failed: %v", path, errDetail(out, err)), criuHint))
+	case !found:
+		rs = append(rs, fail("criu", fmt.Sprintf("cannot read the version from %q", firstLine(out)), criuHint))
+	case major < criuMinMajor || major == criuMinMajor && minor < criuMinMinor:
+		rs = append(rs, fail("criu", fmt.Sprintf("version %s (%s) is older than 4.2", v, path), criuHint))
+	default:
+		rs = append(rs, ok("criu", fmt.Sprintf("version %s (%s)", v, path)))
+	}
+
+	out, err = env.Run(ctx, "criu", "check")
+	if err == nil && strings.Contains(out, "Looks good") {
+		rs = append(rs, ok("criu check", lastLine(out)))
+		return rs
+	}
+	hint := "CRIU's own test of the kernel failed, so it cannot checkpoint containers here; " +
+		"run `criu check` to see every problem."
+	if env.Euid() != 0 {
+		hint = "criu check needs root; run coat doctor as root."
+	} else if rs[0].Status == Fail {
+		hint = criuHint
+	}
+	return append(rs, fail("criu check", errDetail(out, err), hint))
+}
+
+// errDetail summarises a failed command: its last output line, else err.
+func errDetail(out string, err error) string {
+	if l := lastLine(out); l != "" {
+		return l
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return "no output"
+}
+
+// checkRunc checks that runc runs and reports its version.
+func checkRunc(ctx context.Context, env Env) Result {
+	const hint = "COAT runs containers with runc (which calls CRIU to checkpoint and restore them): " +
+		"apt-get install runc, or run `make deps`."
+	path, err := env.LookPath("runc")
+	if err != nil {
+		return fail("runc", "runc not found on PATH", hint)
+	}
+	out, err := env.Run(ctx, "runc", "--version")
+	if err != nil {
+		return fail("runc", fmt.Sprintf("%s --version failed: %s", path, errDetail(out, err)), hint)
+	}
+	v := strings.TrimPrefix(firstLine(out), "runc version ")
+	if v == "" {
+		v = "unknown version"
+	}
+	return ok("runc", fmt.Sprintf("version %s (%s)", v, path))
+}
+
+// checkTools checks the optional tools the lab and benchmarks use.
+func checkTools(env Env) []Result {
+	var rs []Result
+	for _, t := range []struct{ name, use string }{
+		{"iperf3", "throughput benchmarks"},
+		{"sockperf", "latency benchmarks"},
+	} {
+		path, err := env.LookPath(t.name)
+		if err != nil {
+			rs = append(rs, warn(t.name, "not found on PATH", fmt.Sprintf(
+				"`coat lab up` builds the %s image from the host's binary for %s; "+
+					"without it that image is missing (apt-get install %s, or `make deps`).", t.name, t.use, t.name)))
+			continue
+		}
+		rs = append(rs, ok(t.name, path))
+	}
+	return append(rs, checkCgroups(env))
+}
+
+// checkCgroups looks for a cgroup v1 freezer or a cgroup v2 mount, which
+// runc uses to freeze a container while CRIU dumps it.
+func checkCgroups(env Env) Result {
+	const name = "cgroups"
+	b, err := env.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return warn(name, fmt.Sprintf("cannot read mounts: %v", err),
+			"runc freezes containers through cgroups while CRIU dumps them; check that cgroups are mounted.")
+	}
+	var found []string
+	for l := range strings.Lines(string(b)) {
+		// mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - FSTYPE SOURCE SUPEROPTS
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 {
+			continue
+		}
+		switch {
+		case g[0] == "cgroup2":
+			found = append(found, "v2 at "+f[4])
+		case g[0] == "cgroup" && hasOpt(g[2], "freezer"):
+			found = append(found, "v1 freezer at "+f[4])
+		}
+	}
+	if len(found) == 0 {
+		return warn(name, "no cgroup v1 freezer or cgroup v2 mounted",
+			"runc freezes a container through its cgroup while CRIU dumps it; "+
+				"mount cgroup2 on /sys/fs/cgroup (or a v1 freezer hierarchy).")
+	}
+	return ok(name, strings.Join(found, ", "))
+}
+
+func hasOpt(opts, opt string) bool {
+	for o := range strings.SplitSeq(opts, ",") {
+		if o == opt {
+			return true
+		}
+	}
+	return false
+}

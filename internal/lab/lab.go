@@ -1,0 +1,152 @@
+// Package lab builds a whole edge on one machine: edge hosts and a mobile
+// client node as network namespaces on an emulated underlay, one VXLAN
+// overlay across them, an embedded etcd, and a `coat agent` process per
+// edge host.
+//
+//	           root namespace: bridge coatbrI 10.201.I.1 (etcd :2379, CLI)
+//	      ______________|_______________________________
+//	     |                     |                        |
+//	coat-L-edge-1         coat-L-edge-2    ...     coat-L-client
+//	eth0 10.201.I.11      eth0 10.201.I.12         eth0 10.201.I.100
+//	agent :7443           agent :7443              (no agent)
+//	coat0 + vxlan0 ------ coat0 + vxlan0 --------- coat0 + vxlan0
+//	(containers' veths)   (containers' veths)      10.202.I.250 on coat0
+//
+// I is the lab's index (one per lab, so several labs can coexist, e.g. in
+// parallel tests) and L its name. Agents and the CLI talk only over the
+// underlay, with mutual TLS from the lab's CA; checkpoint images travel
+// from agent to agent over it, never through the shared disk.
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+)
+
+// BaseDir holds every lab's state.
+const BaseDir = "/var/lib/coat/labs"
+
+// DefaultName is the lab a newcomer gets.
+const DefaultName = "coat"
+
+// State is what lab up recorded; lab down and the CLI read it.
+type State struct {
+	Name     string         `json:"name"`
+	Index    int            `json:"index"`
+	Hosts    int            `json:"hosts"`
+	Dir      string         `json:"dir"`
+	Pids     map[string]int `json:"pids"`
+	EtcdURL  string         `json:"etcd_url"`
+	Underlay string         `json:"underlay"`
+	Overlay  string         `json:"overlay"`
+}
+
+var labNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
+
+// ValidName checks a lab name: it goes into namespace names.
+func ValidName(name string) error {
+	if !labNameRE.MatchString(name) {
+		return fmt.Errorf("invalid lab name %q: use 1-8 lowercase letters and digits, starting with a letter", name)
+	}
+	return nil
+}
+
+// Dir is the lab's state directory.
+func Dir(name string) string { return filepath.Join(BaseDir, name) }
+
+// Load reads a lab's state.
+func Load(name string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(Dir(name), "lab.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("lab %q is not up: run `coat lab up`", name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("read lab state: %w", err)
+	}
+	return &s, nil
+}
+
+func (s *State) save() error {
+	b, _ := json.MarshalIndent(s, "", "  ")
+	return os.WriteFile(filepath.Join(s.Dir, "lab.json"), b, 0o600)
+}
+
+// freeIndex picks the lowest index no other lab uses.
+func freeIndex() int {
+	used := map[int]bool{}
+	ents, _ := os.ReadDir(BaseDir)
+	for _, e := range ents {
+		if s, err := Load(e.Name()); err == nil {
+			used[s.Index] = true
+		}
+	}
+	for i := 0; ; i++ {
+		if !used[i] {
+			return i
+		}
+	}
+}
+
+// Node names.
+func EdgeName(i int) string { return fmt.Sprintf("edge-%d", i) }
+
+// ClientNode is the mobile client's node name.
+const ClientNode = "client"
+
+// Nodes lists the lab's node names, edges first.
+func (s *State) Nodes() []string {
+	var out []string
+	for i := 1; i <= s.Hosts; i++ {
+		out = append(out, EdgeName(i))
+	}
+	return append(out, ClientNode)
+}
+
+// NetNSName is a node's named network namespace (in /run/netns).
+func (s *State) NetNSName(node string) string { return fmt.Sprintf("coat-%s-%s", s.Name, node) }
+
+// NetNSPath is the path of a node's network namespace.
+func (s *State) NetNSPath(node string) string { return "/run/netns/" + s.NetNSName(node) }
+
+func (s *State) bridge() string { return fmt.Sprintf("coatbr%d", s.Index) }
+
+func (s *State) rootVeth(node string) string {
+	short := "cl"
+	if node != ClientNode {
+		var i int
+		fmt.Sscanf(node, "edge-%d", &i)
+		short = fmt.Sprintf("e%d", i)
+	}
+	return fmt.Sprintf("coat%d-%s", s.Index, short)
+}
+
+// UnderlayIP of a node (or of the root bridge for "").
+func (s *State) UnderlayIP(node string) net.IP {
+	host := 1
+	switch {
+	case node == ClientNode:
+		host = 100
+	case node != "":
+		var i int
+		fmt.Sscanf(node, "edge-%d", &i)
+		host = 10 + i
+	}
+	return net.IPv4(10, 201, byte(s.Index), byte(host)).To4()
+}
+
+// OverlaySubnet is the containers' subnet.
+func (s *State) OverlaySubnet() *net.IPNet {
+	return &net.IPNet{IP: net.IPv4(10, 202, byte(s.Index), 0).To4(), Mask: net.CIDRMask(24, 32)}
+}
+
+// ClientOverlayIP is the client node's address on the overlay.
+func (s *State) ClientOverlayIP() net.IP { return net.IPv4(10, 202, byte(s.Index), 250).To4() }

@@ -1,0 +1,366 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/pki"
+)
+
+// VNI is the lab overlay's VXLAN network identifier.
+const VNI = 42
+
+// AgentPort is where each agent's API listens on its underlay IP.
+const AgentPort = 7443
+
+// Options for Up.
+type Options struct {
+	Name  string
+	Hosts int
+	Self  string // the coat binary
+	Log   *slog.Logger
+}
+
+// Up builds the lab, or completes one that is partly there.
+func Up(ctx context.Context, o Options) (*State, error) {
+	if err := ValidName(o.Name); err != nil {
+		return nil, err
+	}
+	if o.Hosts < 1 || o.Hosts > 50 {
+		return nil, fmt.Errorf("--hosts %d: want 1 to 50", o.Hosts)
+	}
+	s, err := Load(o.Name)
+	if err != nil {
+		if err := os.MkdirAll(BaseDir, 0o700); err != nil {
+			return nil, err
+		}
+		s = &State{Name: o.Name, Index: freeIndex(), Dir: Dir(o.Name), Pids: map[string]int{}}
+	}
+	if s.Hosts != 0 && s.Hosts != o.Hosts {
+		return nil, fmt.Errorf("lab %q is up with %d hosts: run `coat lab down` first to change it to %d", o.Name, s.Hosts, o.Hosts)
+	}
+	s.Hosts = o.Hosts
+	if s.Pids == nil {
+		s.Pids = map[string]int{}
+	}
+	s.EtcdURL = fmt.Sprintf("https://%s:2379", s.UnderlayIP(""))
+	s.Underlay = fmt.Sprintf("10.201.%d.0/24", s.Index)
+	s.Overlay = s.OverlaySubnet().String()
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := s.save(); err != nil {
+		return nil, err
+	}
+	steps := []struct {
+		what string
+		f    func() error
+	}{
+		{"pki", s.ensurePKI},
+		{"underlay", s.ensureUnderlay},
+		{"client overlay", s.ensureClientOverlay},
+		{"etcd", func() error { return s.ensureEtcd(ctx, o.Self) }},
+		{"agents", func() error { return s.ensureAgents(ctx, o.Self) }},
+	}
+	for _, st := range steps {
+		if err := st.f(); err != nil {
+			return s, fmt.Errorf("lab up: %s: %w", st.what, err)
+		}
+		if err := s.save(); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// PKIDir holds the lab's CA and certificates.
+func (s *State) PKIDir() string { return filepath.Join(s.Dir, "pki") }
+
+func (s *State) ensurePKI() error {
+	dir := s.PKIDir()
+	if err := pki.EnsureCA(dir); err != nil {
+		return err
+	}
+	if err := pki.Issue(dir, "etcd", []net.IP{s.UnderlayIP("")}); err != nil {
+		return err
+	}
+	if err := pki.Issue(dir, "cli", nil); err != nil {
+		return err
+	}
+	for i := 1; i <= s.Hosts; i++ {
+		if err := pki.Issue(dir, EdgeName(i), []net.IP{s.UnderlayIP(EdgeName(i))}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureUnderlay makes the root bridge and a namespace with a veth per node.
+func (s *State) ensureUnderlay() error {
+	br, err := netlink.LinkByName(s.bridge())
+	if err != nil {
+		br = &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: s.bridge()}}
+		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add bridge %s: %w", s.bridge(), err)
+		}
+		if br, err = netlink.LinkByName(s.bridge()); err != nil {
+			return err
+		}
+	}
+	gw := &netlink.Addr{IPNet: &net.IPNet{IP: s.UnderlayIP(""), Mask: net.CIDRMask(24, 32)}}
+	if err := netlink.AddrReplace(br, gw); err != nil {
+		return fmt.Errorf("address bridge: %w", err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return err
+	}
+	for _, node := range s.Nodes() {
+		if err := s.ensureNode(br, node); err != nil {
+			return fmt.Errorf("node %s: %w", node, err)
+		}
+	}
+	return nil
+}
+
+func (s *State) ensureNode(br netlink.Link, node string) error {
+	ns, err := netns.GetFromName(s.NetNSName(node))
+	if err != nil {
+		if ns, err = newNamedNS(s.NetNSName(node)); err != nil {
+			return err
+		}
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if _, err := h.LinkByName("eth0"); err != nil {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.rootVeth(node), MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+		_ = netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.rootVeth(node)}})
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", s.rootVeth(node), err)
+		}
+	}
+	root, err := netlink.LinkByName(s.rootVeth(node))
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(root); err != nil {
+		return err
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: s.UnderlayIP(node), Mask: net.CIDRMask(24, 32)}}
+	if err := h.AddrReplace(eth0, addr); err != nil {
+		return err
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return err
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
+}
+
+// newNamedNS creates /run/netns/NAME without leaving this thread in it.
+func newNamedNS(name string) (netns.NsHandle, error) {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return 0, err
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(name)
+	if err != nil {
+		return 0, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	if err := netns.Set(orig); err != nil {
+		return 0, err
+	}
+	return ns, nil
+}
+
+func (s *State) ensureClientOverlay() error {
+	h, err := overlay.Open(s.NetNSPath(ClientNode))
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	cfg := overlay.Config{
+		VNI: VNI, Port: 4789, LocalIP: s.UnderlayIP(ClientNode), UnderlayDev: "eth0",
+		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: net.CIDRMask(24, 32)},
+	}
+	if err := h.Ensure(cfg); err != nil {
+		return err
+	}
+	var peers []net.IP
+	for i := 1; i <= s.Hosts; i++ {
+		peers = append(peers, s.UnderlayIP(EdgeName(i)))
+	}
+	return h.SetPeers(peers)
+}
+
+func alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil && !isZombie(pid)
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	for i := len(b) - 1; i > 0; i-- {
+		if b[i] == ')' && i+2 < len(b) {
+			return b[i+2] == 'Z'
+		}
+	}
+	return false
+}
+
+// start launches a daemon in a node's network namespace ("" = root),
+// detached in its own session, output to logs/NAME.log.
+func (s *State) start(node, name string, argv []string) (int, error) {
+	if err := os.MkdirAll(filepath.Join(s.Dir, "logs"), 0o700); err != nil {
+		return 0, err
+	}
+	logf, err := os.OpenFile(filepath.Join(s.Dir, "logs", name+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if node == "" {
+		err = cmd.Start()
+	} else {
+		err = InNetNS(s.NetNSPath(node), cmd.Start)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("start %s: %w", name, err)
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait() // reap it if it dies while we are still here
+	return pid, nil
+}
+
+// InNetNS runs fn on a thread that is in the network namespace at path;
+// a process started by fn (exec.Cmd.Start) starts in that namespace.
+func InNetNS(path string, fn func() error) error {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// This thread cannot go back: keep it locked so it dies with us.
+		goruntime.LockOSThread()
+		return fmt.Errorf("restore netns: %w", err)
+	}
+	return ferr
+}
+
+func (s *State) ensureEtcd(ctx context.Context, self string) error {
+	if alive(s.Pids["etcd"]) {
+		return nil
+	}
+	f := pki.FilesFor(s.PKIDir(), "etcd")
+	pid, err := s.start("", "etcd", []string{self, "etcd",
+		"--name", "lab-" + s.Name,
+		"--data-dir", filepath.Join(s.Dir, "etcd"),
+		"--listen-client", s.EtcdURL,
+		"--listen-peer", "http://127.0.0.1:" + strconv.Itoa(23800+s.Index),
+		"--cert", f.Cert, "--key", f.Key, "--ca", f.CA,
+	})
+	if err != nil {
+		return err
+	}
+	s.Pids["etcd"] = pid
+	return waitTCP(ctx, net.JoinHostPort(s.UnderlayIP("").String(), "2379"), 60*time.Second, pid)
+}
+
+func (s *State) ensureAgents(ctx context.Context, self string) error {
+	for i := 1; i <= s.Hosts; i++ {
+		node := EdgeName(i)
+		if alive(s.Pids[node]) {
+			continue
+		}
+		ip := s.UnderlayIP(node)
+		pid, err := s.start(node, node, []string{self, "agent",
+			"--name", node,
+			"--state-dir", filepath.Join(s.Dir, node),
+			"--listen", net.JoinHostPort(ip.String(), strconv.Itoa(AgentPort)),
+			"--underlay-ip", ip.String(), "--underlay-dev", "eth0",
+			"--subnet", s.OverlaySubnet().String(),
+			"--vni", strconv.Itoa(VNI),
+			"--peer", s.UnderlayIP(ClientNode).String(),
+			"--cgroup-parent", "/coat/" + s.Name + "/" + node,
+			"--etcd-endpoints", s.EtcdURL,
+			"--pki-dir", s.PKIDir(),
+		})
+		if err != nil {
+			return err
+		}
+		s.Pids[node] = pid
+	}
+	for i := 1; i <= s.Hosts; i++ {
+		node := EdgeName(i)
+		addr := net.JoinHostPort(s.UnderlayIP(node).String(), strconv.Itoa(AgentPort))
+		if err := waitTCP(ctx, addr, 30*time.Second, s.Pids[node]); err != nil {
+			return fmt.Errorf("agent %s: %w (log: %s)", node, err, filepath.Join(s.Dir, "logs", node+".log"))
+		}
+	}
+	return nil
+}
+
+// waitTCP waits until addr accepts connections or the process dies.
+func waitTCP(ctx context.Context, addr string, limit time.Duration, pid int) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if !alive(pid) {
+			return fmt.Errorf("process %d exited before listening on %s", pid, addr)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("nothing listens on %s after %s", addr, limit)
+}
