@@ -23,6 +23,9 @@ import (
 
 func now() time.Time { return time.Now().UTC() }
 
+// restoreTimeout bounds a destination's restore.
+const restoreTimeout = 2 * time.Minute
+
 // handleMigrate runs a migration of one of this host's containers and
 // streams its phases to the caller as JSON lines.
 func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
@@ -369,6 +372,10 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		return err
 	}
 	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-restore", c.Name, time.Now().UnixNano()))
+	// A restore that hangs must not hold the container hostage: the source
+	// rolls back once this fails.
+	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
 	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP}); err != nil {
 		return err
 	}
@@ -387,10 +394,13 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	return os.RemoveAll(a.incomingDir(c.Name))
 }
 
+// corruptImage empties the process images (core-*.img), which CRIU then
+// fails to read. (An empty pages image is no good: CRIU 4.2 retries the
+// short read forever.)
 func corruptImage(dir string) error {
-	m, _ := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+	m, _ := filepath.Glob(filepath.Join(dir, "core-*.img"))
 	if len(m) == 0 {
-		return errors.New("no pages image to corrupt")
+		return errors.New("no process image to corrupt")
 	}
 	for _, p := range m {
 		if err := os.Truncate(p, 0); err != nil {

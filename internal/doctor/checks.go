@@ -72,9 +72,9 @@ func checkCRIU(ctx context.Context, env Env) []Result {
 	return append(rs, fail("criu check", errDetail(out, err), hint))
 }
 
-// errDetail summarises a failed command: its last output line, else err.
+// errDetail summarises a failed command: its first output line, else err.
 func errDetail(out string, err error) string {
-	if l := lastLine(out); l != "" {
+	if l := strings.TrimSuffix(firstLine(out), ":"); l != "" {
 		return l
 	}
 	if err != nil {

@@ -147,5 +147,16 @@ func InSubnet(subnet *net.IPNet, ip net.IP) error {
 	if !subnet.Contains(ip) {
 		return fmt.Errorf("ip %s is outside the overlay subnet %s", ip, subnet)
 	}
+	if ones, bits := subnet.Mask.Size(); bits == 32 && ones < 31 {
+		v4, mask := ip.To4(), net.IP(subnet.Mask).To4()
+		network, broadcast := true, true
+		for i := range v4 {
+			network = network && v4[i]&^mask[i] == 0
+			broadcast = broadcast && v4[i]|mask[i] == 0xff
+		}
+		if network || broadcast {
+			return fmt.Errorf("ip %s is the network or broadcast address of the overlay subnet %s", ip, subnet)
+		}
+	}
 	return nil
 }

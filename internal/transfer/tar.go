@@ -124,12 +124,12 @@ func Unpack(tr *tar.Reader, dirs map[string]string) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		target, err := resolve(dirs, hdr.Name)
+		target, root, err := resolve(dirs, hdr.Name)
 		if err != nil {
 			return total, err
 		}
-		if target == "" {
-			continue
+		if err := noSymlinkParents(root, target); err != nil {
+			return total, fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 		n, err := extract(tr, hdr, target, dirs)
 		total += n
@@ -139,16 +139,44 @@ func Unpack(tr *tar.Reader, dirs map[string]string) (int64, error) {
 	}
 }
 
-func resolve(dirs map[string]string, name string) (string, error) {
+// resolve maps a name in the stream to its path and the directory it
+// belongs under.
+func resolve(dirs map[string]string, name string) (target, root string, err error) {
 	for prefix, dir := range dirs {
 		if !strings.HasPrefix(name, prefix) && name != strings.TrimSuffix(prefix, "/") {
 			continue
 		}
 		rel := strings.TrimPrefix(strings.TrimPrefix(name, prefix), "/")
 		// Cleaning against "/" keeps every name inside dir.
-		return filepath.Join(dir, filepath.Clean("/"+rel)), nil
+		return filepath.Join(dir, filepath.Clean("/"+rel)), dir, nil
 	}
-	return "", fmt.Errorf("unexpected entry %q in stream", name)
+	return "", "", fmt.Errorf("unexpected entry %q in stream", name)
+}
+
+// noSymlinkParents refuses a target below root whose existing parent
+// directories include a symlink (one the stream itself may have planted):
+// following it would write outside root.
+func noSymlinkParents(root, target string) error {
+	rel, err := filepath.Rel(root, target)
+	if err != nil {
+		return err
+	}
+	p := root
+	parts := strings.Split(rel, string(filepath.Separator))
+	for _, part := range parts[:len(parts)-1] {
+		p = filepath.Join(p, part)
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symlink: refusing to extract through it", p)
+		}
+	}
+	return nil
 }
 
 func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]string) (int64, error) {
@@ -159,6 +187,9 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 	var n int64
 	switch hdr.Typeflag {
 	case tar.TypeDir:
+		if fi, err := os.Lstat(target); err == nil && !fi.IsDir() {
+			_ = os.Remove(target) // e.g. a symlink: never chmod through it
+		}
 		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return 0, err
 		}
@@ -181,8 +212,11 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 			return 0, err
 		}
 	case tar.TypeLink:
-		src, err := resolve(dirs, hdr.Linkname)
+		src, root, err := resolve(dirs, hdr.Linkname)
 		if err != nil {
+			return 0, err
+		}
+		if err := noSymlinkParents(root, src); err != nil {
 			return 0, err
 		}
 		_ = os.Remove(target)
@@ -208,7 +242,12 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 	if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil && os.Geteuid() == 0 {
 		return n, err
 	}
-	if hdr.Typeflag != tar.TypeSymlink {
+	// Never chmod through a symlink, including a hard link to one.
+	fi, err := os.Lstat(target)
+	if err != nil {
+		return n, err
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
 		if err := unix.Chmod(target, mode); err != nil {
 			return n, err
 		}

@@ -1,0 +1,311 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeSteps records every call, fails the step named in fail, and can make
+// steps take time.
+type fakeSteps struct {
+	mu       sync.Mutex
+	calls    []string
+	fail     map[string]error
+	delay    map[string]time.Duration
+	bytes    int64
+	ctxErrs  map[string]error // ctx.Err() each step saw
+	unlocked error            // the cause Unlock was given
+	onCall   func(step string)
+}
+
+func (f *fakeSteps) do(ctx context.Context, step string) error {
+	if f.onCall != nil {
+		f.onCall(step)
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, step)
+	if f.ctxErrs == nil {
+		f.ctxErrs = map[string]error{}
+	}
+	f.ctxErrs[step] = ctx.Err()
+	d, err := f.delay[step], f.fail[step]
+	f.mu.Unlock()
+	time.Sleep(d)
+	return err
+}
+
+func (f *fakeSteps) Lock(ctx context.Context) error       { return f.do(ctx, "lock") }
+func (f *fakeSteps) Prepare(ctx context.Context) error    { return f.do(ctx, "prepare") }
+func (f *fakeSteps) Checkpoint(ctx context.Context) error { return f.do(ctx, "checkpoint") }
+func (f *fakeSteps) Transfer(ctx context.Context) (int64, error) {
+	return f.bytes, f.do(ctx, "transfer")
+}
+func (f *fakeSteps) Restore(ctx context.Context) error { return f.do(ctx, "restore") }
+func (f *fakeSteps) Commit(ctx context.Context) error  { return f.do(ctx, "commit") }
+func (f *fakeSteps) Abort(ctx context.Context) error   { return f.do(ctx, "abort") }
+func (f *fakeSteps) Resume(ctx context.Context) error  { return f.do(ctx, "resume") }
+func (f *fakeSteps) Unlock(ctx context.Context, cause error) error {
+	f.mu.Lock()
+	f.unlocked = cause
+	f.mu.Unlock()
+	return f.do(ctx, "unlock")
+}
+
+func (f *fakeSteps) trace() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.calls, " ")
+}
+
+type observed struct {
+	phase Phase
+	took  time.Duration
+}
+
+func record() (*[]observed, Observer) {
+	var out []observed
+	return &out, func(p Phase, d time.Duration) { out = append(out, observed{p, d}) }
+}
+
+func TestRunSuccess(t *testing.T) {
+	const d = 15 * time.Millisecond
+	f := &fakeSteps{
+		bytes: 4242,
+		delay: map[string]time.Duration{"checkpoint": d, "transfer": 2 * d, "restore": d},
+	}
+	obs, observer := record()
+	r, err := Run(context.Background(), f, observer)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got, want := f.trace(), "lock prepare checkpoint transfer restore commit"; got != want {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	if r.Phase != PhaseCommitted {
+		t.Errorf("phase = %s, want %s", r.Phase, PhaseCommitted)
+	}
+	var phases []Phase
+	for _, o := range *obs {
+		phases = append(phases, o.phase)
+	}
+	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseCommitted}); got != want {
+		t.Errorf("observed %s, want %s", got, want)
+	}
+	if r.Bytes != 4242 {
+		t.Errorf("bytes = %d, want 4242", r.Bytes)
+	}
+	if r.Checkpoint < d || r.Transfer < 2*d || r.Restore < d {
+		t.Errorf("step times %v/%v/%v below their delays", r.Checkpoint, r.Transfer, r.Restore)
+	}
+	if sum := r.Checkpoint + r.Transfer + r.Restore; r.Downtime < sum {
+		t.Errorf("downtime %v < checkpoint+transfer+restore %v", r.Downtime, sum)
+	}
+	if r.Total < r.Downtime {
+		t.Errorf("total %v < downtime %v", r.Total, r.Downtime)
+	}
+	// The observer hears the same durations the report holds.
+	for _, o := range *obs {
+		want := map[Phase]time.Duration{PhaseCheckpointed: r.Checkpoint, PhaseTransferred: r.Transfer, PhaseRestored: r.Restore}[o.phase]
+		if want != 0 && o.took != want {
+			t.Errorf("observer got %v for %s, report %v", o.took, o.phase, want)
+		}
+	}
+}
+
+func TestRunNilObserver(t *testing.T) {
+	if _, err := Run(context.Background(), &fakeSteps{}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunFailures(t *testing.T) {
+	boom := errors.New("boom")
+	tests := []struct {
+		failAt    string
+		calls     string
+		phase     Phase  // report's phase
+		lastOK    Phase  // last phase the observer heard
+		msg       string // substring of the error
+		rolledBak bool
+	}{
+		{"lock", "lock", "", "", "boom", false},
+		{"prepare", "lock prepare abort unlock", PhaseRolledBack, PhaseLocked,
+			"prepare destination: boom; rolled back: the container still runs on the source", true},
+		{"checkpoint", "lock prepare checkpoint abort resume unlock", PhaseRolledBack, PhasePrepared,
+			"checkpoint: boom; rolled back: the container runs again on the source", true},
+		{"transfer", "lock prepare checkpoint transfer abort resume unlock", PhaseRolledBack, PhaseCheckpointed,
+			"transfer: boom; rolled back: the container runs again on the source", true},
+		{"restore", "lock prepare checkpoint transfer restore abort resume unlock", PhaseRolledBack, PhaseTransferred,
+			"restore on destination: boom; rolled back: the container runs again on the source", true},
+		// After restore the container runs on the destination: no rollback.
+		{"commit", "lock prepare checkpoint transfer restore commit", PhaseRestored, PhaseRestored,
+			"commit: boom (the container runs on the destination", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.failAt, func(t *testing.T) {
+			f := &fakeSteps{fail: map[string]error{tt.failAt: boom}}
+			obs, observer := record()
+			r, err := Run(context.Background(), f, observer)
+			if err == nil {
+				t.Fatal("Run succeeded")
+			}
+			if !errors.Is(err, boom) {
+				t.Errorf("error %q does not wrap the cause", err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q, want it to contain %q", err, tt.msg)
+			}
+			if got := strings.Contains(err.Error(), "rolled back"); got != tt.rolledBak {
+				t.Errorf("error %q: says rolled back = %v, want %v", err, got, tt.rolledBak)
+			}
+			if got := f.trace(); got != tt.calls {
+				t.Errorf("calls = %q, want %q", got, tt.calls)
+			}
+			if r.Phase != tt.phase {
+				t.Errorf("phase = %q, want %q", r.Phase, tt.phase)
+			}
+			var last Phase
+			if n := len(*obs); n > 0 {
+				last = (*obs)[n-1].phase
+			}
+			if last != tt.lastOK {
+				t.Errorf("last observed phase %q, want %q", last, tt.lastOK)
+			}
+			if tt.rolledBak && !errors.Is(f.unlocked, boom) {
+				t.Errorf("Unlock got cause %v, want it to wrap %v", f.unlocked, boom)
+			}
+			if r.Downtime != 0 && tt.failAt != "commit" {
+				t.Errorf("downtime %v reported for a failed migration", r.Downtime)
+			}
+		})
+	}
+}
+
+func TestRunRollbackIncomplete(t *testing.T) {
+	boom, stuck := errors.New("boom"), errors.New("criu restore failed")
+	tests := []struct {
+		name    string
+		fail    map[string]error
+		calls   string
+		msgs    []string
+		notMsgs []string
+	}{
+		{"resume fails", map[string]error{"restore": boom, "resume": stuck},
+			"lock prepare checkpoint transfer restore abort resume unlock",
+			[]string{"restore on destination: boom", "rollback incomplete", "resume on source: criu restore failed"},
+			[]string{"rolled back:"}},
+		{"abort fails", map[string]error{"transfer": boom, "abort": stuck},
+			"lock prepare checkpoint transfer abort resume unlock",
+			[]string{"transfer: boom", "rollback incomplete", "abort on destination: criu restore failed"},
+			[]string{"resume on source", "rolled back:"}},
+		{"unlock fails", map[string]error{"prepare": boom, "unlock": stuck},
+			"lock prepare abort unlock",
+			[]string{"prepare destination: boom", "rollback incomplete", "unlock record: criu restore failed"},
+			[]string{"rolled back:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeSteps{fail: tt.fail}
+			r, err := Run(context.Background(), f, nil)
+			if err == nil {
+				t.Fatal("Run succeeded")
+			}
+			if got := f.trace(); got != tt.calls {
+				t.Errorf("calls = %q, want %q", got, tt.calls)
+			}
+			for _, m := range tt.msgs {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q lacks %q", err, m)
+				}
+			}
+			for _, m := range tt.notMsgs {
+				if strings.Contains(err.Error(), m) {
+					t.Errorf("error %q should not say %q", err, m)
+				}
+			}
+			if !errors.Is(err, boom) || !errors.Is(err, stuck) {
+				t.Errorf("error %q does not wrap both the cause and the rollback failure", err)
+			}
+			if r.Phase != PhaseRolledBack {
+				t.Errorf("phase = %q, want %q", r.Phase, PhaseRolledBack)
+			}
+		})
+	}
+	// Unlock hears about a failed resume too, so the record can say so.
+	f := &fakeSteps{fail: map[string]error{"restore": boom, "resume": stuck}}
+	Run(context.Background(), f, nil)
+	if !errors.Is(f.unlocked, boom) || !errors.Is(f.unlocked, stuck) {
+		t.Errorf("Unlock cause = %v, want both the failure and the resume error", f.unlocked)
+	}
+}
+
+// A migration cancelled mid-way (client gone, agent shutting down) must still
+// roll back, with contexts that are not cancelled.
+func TestRunCancelledStillRollsBack(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := &fakeSteps{}
+	f.onCall = func(step string) {
+		if step == "transfer" {
+			cancel()
+			f.mu.Lock()
+			f.fail = map[string]error{"transfer": context.Canceled}
+			f.mu.Unlock()
+		}
+	}
+	r, err := Run(ctx, f, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if !strings.Contains(err.Error(), "rolled back") {
+		t.Errorf("error %q does not say rolled back", err)
+	}
+	if got, want := f.trace(), "lock prepare checkpoint transfer abort resume unlock"; got != want {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	for _, step := range []string{"abort", "resume", "unlock"} {
+		if e := f.ctxErrs[step]; e != nil {
+			t.Errorf("%s ran with a dead context: %v", step, e)
+		}
+	}
+	if r.Phase != PhaseRolledBack {
+		t.Errorf("phase = %q", r.Phase)
+	}
+}
+
+// Values carried by the context (trace ids, loggers) reach the rollback.
+func TestRunRollbackKeepsContextValues(t *testing.T) {
+	type key struct{}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "trace-1"))
+	defer cancel()
+	f := &fakeSteps{fail: map[string]error{"prepare": errors.New("x")}}
+	f.onCall = func(step string) {
+		if step == "prepare" {
+			cancel()
+		}
+	}
+	s := &valueSteps{fakeSteps: f, key: key{}}
+	if _, err := Run(ctx, s, nil); err == nil {
+		t.Fatal("Run succeeded")
+	}
+	if s.seen != "trace-1" || s.seenErr != nil {
+		t.Errorf("abort saw value %v, ctx err %v; want trace-1, nil", s.seen, s.seenErr)
+	}
+}
+
+type valueSteps struct {
+	*fakeSteps
+	key     any
+	seen    any
+	seenErr error
+}
+
+func (v *valueSteps) Abort(ctx context.Context) error {
+	v.seen, v.seenErr = ctx.Value(v.key), ctx.Err()
+	return v.fakeSteps.Abort(ctx)
+}
