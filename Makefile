@@ -1,4 +1,5 @@
 # COAT: `make demo` and `make test` do all set-up on a fresh machine (root).
+SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin
 export CGO_ENABLED := 0
@@ -29,7 +30,6 @@ unit:
 # namespaces, runc, CRIU and VXLAN.
 test: deps build vet
 	$(GO) test -count=1 -timeout 25m ./...
-SHELL := /bin/bash
 
 lab-down:
 	$(BIN)/coat lab down

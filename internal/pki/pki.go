@@ -73,7 +73,7 @@ func Issue(dir, name string, ips []net.IP) error {
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: name},
 		DNSNames:     []string{name, "localhost"},
-		IPAddresses:  append(ips, net.IPv4(127, 0, 0, 1)),
+		IPAddresses:  append(append([]net.IP(nil), ips...), net.IPv4(127, 0, 0, 1)),
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,

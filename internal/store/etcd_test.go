@@ -477,10 +477,12 @@ func TestEtcdRegisterHostLease(t *testing.T) {
 	// Once edge-1's context ends it drops out within a few seconds; edge-2
 	// stays.
 	goneCancel()
-	deadline := time.Now().Add(5 * time.Second)
+	cancelled := time.Now()
+	deadline := cancelled.Add(5 * time.Second)
 	for {
 		names := fmt.Sprint(hostNames(t, s, ctx))
 		if names == "[edge-2]" {
+			t.Logf("edge-1 gone %v after its context ended", time.Since(cancelled).Round(10*time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {
