@@ -27,6 +27,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/containers/{name}/migrate", a.handleMigrate)
 	mux.HandleFunc("PUT /v1/images/{name}", a.handleImport)
 	mux.HandleFunc("POST /v1/incoming/{name}/prepare", a.handlePrepare)
+	mux.HandleFunc("POST /v1/incoming/{name}/switch", a.handleSwitch)
 	mux.HandleFunc("PUT /v1/incoming/{name}/data", a.handleData)
 	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
 	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)

@@ -64,7 +64,7 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		mode = "traditional"
 	}
 	send(api.Progress{Done: true, Result: &api.MigrateResult{
-		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode,
+		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode, Held: !req.NoHold,
 		CheckpointMS: api.Ms(rep.Checkpoint), TransferMS: api.Ms(rep.Transfer), RestoreMS: api.Ms(rep.Restore),
 		TotalMS: api.Ms(rep.Total), DowntimeMS: api.Ms(rep.Downtime),
 		Bytes: rep.Bytes, ImageBytes: out.imageBytes, RootfsBytes: out.rootfsBytes,
@@ -136,17 +136,30 @@ func (o *outgoing) Lock(ctx context.Context) error {
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {
-	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c}, nil)
+	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: !o.req.NoHold}, nil)
 }
 
 // Checkpoint cuts the container off the overlay, so no packet changes its
-// sockets after CRIU has read them and clients see drops, not resets, then
-// dumps it.
+// sockets after CRIU has read them, hands its MAC over to the destination
+// (which holds what arrives until the restore), then dumps it.
 func (o *outgoing) Checkpoint(ctx context.Context) error {
+	ep, err := o.a.endpoint(o.c)
+	if err != nil {
+		return err
+	}
+	neigh, err := overlay.Neighbours(ep.NetNS, "eth0")
+	if err != nil {
+		o.a.log.Warn("read neighbours", "container", o.c.Name, "err", err)
+	}
 	if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), false); err != nil {
 		return err
 	}
 	o.cut = true
+	if !o.req.NoHold {
+		if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil); err != nil {
+			return fmt.Errorf("switch to destination: %w", err)
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
 		return err
 	}
@@ -278,7 +291,7 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		httpError(w, fmt.Errorf("container %s: %w", c.Name, errBusy))
 		return
 	}
-	if err := a.prepareIncoming(c); err != nil {
+	if err := a.prepareIncoming(c, req.Hold); err != nil {
 		a.abortIncoming(r.Context(), c.Name)
 		httpError(w, err)
 		return
@@ -290,7 +303,7 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 // IP and MAC, its veth down until the restore is done, so the destination
 // neither answers nor resets anything while the source still owns the
 // connections.
-func (a *Agent) prepareIncoming(c store.Container) error {
+func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
 	dir := a.incomingDir(c.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -309,7 +322,42 @@ func (a *Agent) prepareIncoming(c store.Container) error {
 	if err := a.ov.AttachEndpoint(ep, false); err != nil {
 		return err
 	}
+	if hold {
+		// Up, but everything bound for the container waits in a queue.
+		if err := a.ov.Hold(ep.HostVeth, ep.MTU); err != nil {
+			return err
+		}
+	}
 	return os.MkdirAll(a.rt.UpperDir(c.Name), 0o755)
+}
+
+// handleSwitch takes the container's MAC over: a gratuitous ARP from its
+// (still empty, held) namespace makes the client side and the switches
+// send its traffic here, where it queues until the restore.
+func (a *Agent) handleSwitch(w http.ResponseWriter, r *http.Request) {
+	var req api.SwitchRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	c, err := a.incomingContainer(r.PathValue("name"))
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	if err := overlay.SetNeighbours(ep.NetNS, "eth0", req.Neighbours); err != nil {
+		a.log.Warn("set neighbours", "container", c.Name, "err", err)
+	}
+	if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 2); err != nil {
+		httpError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *Agent) incomingContainer(name string) (store.Container, error) {
@@ -377,6 +425,11 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
 	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP}); err != nil {
+		return err
+	}
+	// Let the held frames in (the clients' retransmissions meet live
+	// sockets at once), or bring the link up if nothing was held.
+	if err := a.ov.Release(vethName(c.Name)); err != nil {
 		return err
 	}
 	if err := a.ov.SetEndpointUp(vethName(c.Name), true); err != nil {

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/store"
 )
 
@@ -34,6 +35,9 @@ type MigrateRequest struct {
 	// FailRestore makes the destination's restore fail on purpose, to
 	// exercise rollback (used by tests and `coat migrate --fail-restore`).
 	FailRestore bool `json:"fail_restore,omitempty"`
+	// NoHold turns off holding the clients' packets at the destination
+	// during the freeze (to measure what holding buys).
+	NoHold bool `json:"no_hold,omitempty"`
 }
 
 // MigrateResult is what a migration reports.
@@ -42,6 +46,7 @@ type MigrateResult struct {
 	From         string  `json:"from"`
 	To           string  `json:"to"`
 	Mode         string  `json:"mode"` // "coat" or "traditional"
+	Held         bool    `json:"held"` // clients' packets held during the freeze
 	CheckpointMS float64 `json:"checkpoint_ms"`
 	TransferMS   float64 `json:"transfer_ms"`
 	RestoreMS    float64 `json:"restore_ms"`
@@ -65,6 +70,16 @@ type Progress struct {
 // PrepareRequest tells the destination what it is about to receive.
 type PrepareRequest struct {
 	Container store.Container `json:"container"`
+	// Hold queues inbound frames at the destination from the switch until
+	// the restore is done.
+	Hold bool `json:"hold,omitempty"`
+}
+
+// SwitchRequest tells the destination that the source has cut the
+// container off: it takes over the container's MAC on the overlay (held
+// traffic queues there) and learns the container's neighbours.
+type SwitchRequest struct {
+	Neighbours []overlay.Neighbour `json:"neighbours,omitempty"`
 }
 
 // RestoreRequest tells the destination to restore what it received.

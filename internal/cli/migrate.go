@@ -67,6 +67,7 @@ func newMigrateCmd() *cobra.Command {
 	f.StringVar(&req.To, "to", "", "destination host")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&req.NoTCP, "no-tcp", false, "traditional migration: established connections are closed at restore")
+	f.BoolVar(&req.NoHold, "no-hold", false, "do not hold the clients' packets at the destination during the freeze (for comparison)")
 	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
 	_ = f.MarkHidden("fail-restore")
 	return cmd

@@ -1,0 +1,202 @@
+//go:build linux
+
+package overlay
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Holding a container's inbound traffic during a migration.
+//
+// While a container is frozen, its clients keep sending; a dropped segment
+// costs a client its retransmission timeout, which doubles each time
+// (200 ms, 400 ms, 800 ms ...), so a 400 ms freeze can stall a client for
+// 1.4 s. Instead, the destination host holds every frame bound for the
+// container in a queue on the host side of its veth, and releases them the
+// moment the restored sockets are live: the client's retransmission is
+// answered at once and its back-off ends.
+//
+// The queue is a token-bucket qdisc (sch_tbf; this kernel has neither
+// sch_plug nor netem) whose bucket is emptied and refills at one byte per
+// second: frames queue instead of passing, up to holdLimit bytes. An
+// emptied bucket must hold exactly one frame's worth, so it is drained by
+// sending one junk frame (an ethertype nobody handles) of that size.
+// Release raises the rate, then one more junk frame makes the kernel
+// dequeue everything that waited.
+
+const (
+	holdHandle  = 0xc0a70000 // qdisc handle c0a7:
+	holdLimit   = 8 << 20    // bytes queued at most while held
+	junkType    = 0x88b5     // IEEE "local experimental" ethertype
+	releaseRate = 10_000_000_000 / 8
+)
+
+// Hold makes the host side of a container's veth queue every frame bound
+// for the container, and brings the link up. Nothing reaches the
+// container's namespace until Release.
+func (h *Host) Hold(hostVeth string, mtu int) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("hold %s: %w", hostVeth, err)
+	}
+	if mtu <= 0 {
+		mtu = link.Attrs().MTU
+	}
+	burst := uint32(mtu + 14)
+	if err := h.tbf(link, 1, burst, true); err != nil {
+		return fmt.Errorf("hold %s: %w", hostVeth, err)
+	}
+	if err := h.nl.LinkSetUp(link); err != nil {
+		return err
+	}
+	if err := waitOperUp(h.nl, hostVeth); err != nil {
+		return err
+	}
+	// Empty the bucket: one frame of exactly its size.
+	return h.junk(link, int(burst))
+}
+
+// Release lets the held frames through, in order, and stops holding.
+func (h *Host) Release(hostVeth string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", hostVeth, err)
+	}
+	if held, err := h.holding(link); err != nil || !held {
+		return err // nothing held: nothing to release
+	}
+	if err := h.tbf(link, releaseRate, 1<<20, false); err != nil {
+		return fmt.Errorf("release %s: %w", hostVeth, err)
+	}
+	if err := h.junk(link, 60); err != nil {
+		return err
+	}
+	// Wait (briefly) for the queue to drain, then remove the qdisc.
+	for i := 0; i < 100; i++ {
+		qs, err := h.nl.QdiscList(link)
+		if err != nil {
+			return err
+		}
+		empty := true
+		for _, q := range qs {
+			if q.Attrs().Handle == holdHandle && q.Attrs().Statistics != nil && q.Attrs().Statistics.Queue.Qlen > 0 {
+				empty = false
+			}
+		}
+		if empty {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return h.unhold(link)
+}
+
+// Unhold removes the holding qdisc, dropping anything still queued (used
+// when a migration is abandoned). No error if there is none.
+func (h *Host) Unhold(hostVeth string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return nil
+	}
+	return h.unhold(link)
+}
+
+func (h *Host) unhold(link netlink.Link) error {
+	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: holdHandle, Parent: netlink.HANDLE_ROOT}, QdiscType: "tbf"}
+	if err := h.nl.QdiscDel(q); err != nil && !isNotFound(err) && err != unix.ENOENT && err != unix.EINVAL {
+		return fmt.Errorf("unhold %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}
+
+// tbf adds (create) or changes the holding token bucket: rate in bytes/s,
+// burst in bytes ("tc qdisc add dev X root handle c0a7: tbf rate R burst
+// B limit L"). netlink's Tbf type cannot set TCA_TBF_BURST, which is what
+// lets a slow bucket hold a whole frame, so the message is built here.
+func (h *Host) tbf(link netlink.Link, rate uint64, burst uint32, create bool) error {
+	flags := unix.NLM_F_ACK
+	if create {
+		flags |= unix.NLM_F_CREATE | unix.NLM_F_REPLACE
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_NEWQDISC, flags)
+	req.AddData(&nl.TcMsg{
+		Family:  nl.FAMILY_ALL,
+		Ifindex: int32(link.Attrs().Index),
+		Handle:  holdHandle,
+		Parent:  netlink.HANDLE_ROOT,
+	})
+	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("tbf")))
+	opts := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
+	qopt := nl.TcTbfQopt{Limit: holdLimit}
+	qopt.Rate.Linklayer = 1 // ethernet: no rate table needed
+	if rate < 1<<32 {
+		qopt.Rate.Rate = uint32(rate)
+	} else {
+		qopt.Rate.Rate = ^uint32(0)
+		opts.AddRtAttr(nl.TCA_TBF_RATE64, nl.Uint64Attr(rate))
+	}
+	opts.AddRtAttr(nl.TCA_TBF_PARMS, qopt.Serialize())
+	opts.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
+	req.AddData(opts)
+	return h.inNS(func() error {
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+}
+
+// inNS runs fn on a thread in the host's netns.
+func (h *Host) inNS(fn func() error) error {
+	return onThread(func() error { return netns.Set(h.ns) }, fn)
+}
+
+// junk sends one frame of size bytes out of link towards the container:
+// an ethertype no stack handles, so the container's kernel drops it.
+func (h *Host) junk(link netlink.Link, size int) error {
+	fd := -1
+	err := h.inNS(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("packet socket: %w", err)
+	}
+	defer unix.Close(fd)
+	frame := make([]byte, size)
+	copy(frame[0:6], net.HardwareAddr{0x02, 0, 0, 0, 0, 0})
+	copy(frame[6:12], link.Attrs().HardwareAddr)
+	frame[12], frame[13] = junkType>>8, junkType&0xff
+	to := &unix.SockaddrLinklayer{Protocol: htons(junkType), Ifindex: link.Attrs().Index, Halen: 6}
+	copy(to.Addr[:], frame[0:6])
+	if err := unix.Sendto(fd, frame, 0, to); err != nil {
+		return fmt.Errorf("send drain frame on %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}
+
+// holding reports whether the holding qdisc is on link.
+func (h *Host) holding(link netlink.Link) (bool, error) {
+	qs, err := h.nl.QdiscList(link)
+	if err != nil {
+		return false, err
+	}
+	for _, q := range qs {
+		if q.Attrs().Handle == holdHandle {
+			return true, nil
+		}
+	}
+	return false, nil
+}
