@@ -60,11 +60,14 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mode := "coat"
-	if req.NoTCP {
+	switch {
+	case req.Reference:
+		mode = "reference"
+	case req.NoTCP:
 		mode = "traditional"
 	}
 	send(api.Progress{Done: true, Result: &api.MigrateResult{
-		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode, Held: !req.NoHold,
+		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode, Held: out.hold(),
 		CheckpointMS: api.Ms(rep.Checkpoint), TransferMS: api.Ms(rep.Transfer), RestoreMS: api.Ms(rep.Restore),
 		TotalMS: api.Ms(rep.Total), DowntimeMS: api.Ms(rep.Downtime),
 		Bytes: rep.Bytes, ImageBytes: out.imageBytes, RootfsBytes: out.rootfsBytes,
@@ -113,6 +116,9 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	}, nil
 }
 
+// hold says whether the destination holds the clients' packets.
+func (o *outgoing) hold() bool { return !o.req.NoHold && !o.req.Reference }
+
 func (o *outgoing) incoming(op string) string {
 	return "/v1/incoming/" + url.PathEscape(o.c.Name) + "/" + op
 }
@@ -136,7 +142,7 @@ func (o *outgoing) Lock(ctx context.Context) error {
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {
-	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: !o.req.NoHold}, nil)
+	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil)
 }
 
 // Checkpoint cuts the container off the overlay, so no packet changes its
@@ -155,7 +161,7 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		return err
 	}
 	o.cut = true
-	if !o.req.NoHold {
+	if o.hold() {
 		if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil); err != nil {
 			return fmt.Errorf("switch to destination: %w", err)
 		}
@@ -163,26 +169,53 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
 		return err
 	}
-	return o.a.rt.Checkpoint(ctx, o.c.Name, runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir})
+	if err := o.a.rt.Checkpoint(ctx, o.c.Name, runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}); err != nil {
+		return err
+	}
+	if o.req.Reference {
+		return o.exportFile()
+	}
+	return nil
+}
+
+// exportFile writes image and upper layer to one tar file, as a runtime's
+// "checkpoint --export" does on the hand-run path.
+func (o *outgoing) exportFile() error {
+	f, err := os.OpenFile(o.ckptDir+".tar", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := o.pack(f); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// pack writes the checkpoint image and the rootfs upper layer to w.
+func (o *outgoing) pack(w io.Writer) error {
+	tw := tar.NewWriter(w)
+	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
+	o.imageBytes = n
+	if err != nil {
+		return err
+	}
+	n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+	o.rootfsBytes = n
+	if err != nil {
+		return err
+	}
+	return tw.Close()
 }
 
 // Transfer streams the checkpoint image and the rootfs upper layer as one
 // tar stream over mutual TLS.
 func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
+	if o.req.Reference {
+		return o.copyFile(ctx)
+	}
 	pr, pw := io.Pipe()
-	go func() {
-		tw := tar.NewWriter(pw)
-		n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
-		o.imageBytes = n
-		if err == nil {
-			n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
-			o.rootfsBytes = n
-		}
-		if err == nil {
-			err = tw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
+	go func() { pw.CloseWithError(o.pack(pw)) }()
 	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data"), pr, "application/x-tar")
 	pr.CloseWithError(errors.New("transfer ended"))
 	if err != nil {
@@ -192,9 +225,29 @@ func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
 	return o.imageBytes + o.rootfsBytes, nil
 }
 
+// copyFile sends the exported file whole; the destination stores it
+// before unpacking it, as a copy-then-import would.
+func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
+	f, err := os.Open(o.ckptDir + ".tar")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data")+"?staged=1", f, "application/x-tar")
+	if err != nil {
+		return 0, err
+	}
+	rc.Close()
+	return st.Size(), nil
+}
+
 func (o *outgoing) Restore(ctx context.Context) error {
 	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
-		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore}, nil)
+		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow}, nil)
 }
 
 // Commit moves the record to the destination, then deletes the source's
@@ -212,6 +265,7 @@ func (o *outgoing) Commit(ctx context.Context) error {
 }
 
 func (o *outgoing) cleanup() {
+	_ = os.Remove(o.ckptDir + ".tar")
 	if err := os.RemoveAll(o.ckptDir); err != nil {
 		o.a.log.Warn("remove checkpoint image", "dir", o.ckptDir, "err", err)
 	}
@@ -230,7 +284,7 @@ func (o *outgoing) Abort(ctx context.Context) error {
 // if CRIU stopped it, into the network namespace that was kept.
 func (o *outgoing) Resume(ctx context.Context) error {
 	if o.a.rt.Status(ctx, o.c.Name) != "running" {
-		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume"})
+		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
 		if err != nil {
 			return err
 		}
@@ -380,7 +434,31 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 		"checkpoint/": filepath.Join(a.incomingDir(name), "checkpoint"),
 		"upper/":      a.rt.UpperDir(name),
 	}
-	if _, err := transfer.Unpack(tar.NewReader(r.Body), dirs); err != nil {
+	var body io.Reader = r.Body
+	if r.URL.Query().Get("staged") != "" {
+		// The hand-run path: the file lands whole before it is unpacked.
+		f, err := os.CreateTemp(a.incomingDir(name), "staged-*.tar")
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		if _, err := io.Copy(f, r.Body); err != nil {
+			httpError(w, fmt.Errorf("receive %s: %w", name, err))
+			return
+		}
+		if err := f.Sync(); err != nil {
+			httpError(w, err)
+			return
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			httpError(w, err)
+			return
+		}
+		body = f
+	}
+	if _, err := transfer.Unpack(tar.NewReader(body), dirs); err != nil {
 		httpError(w, fmt.Errorf("receive %s: %w", name, err))
 		return
 	}
@@ -424,7 +502,7 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	// rolls back once this fails.
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
-	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP}); err != nil {
+	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP, Slow: req.Slow}); err != nil {
 		return err
 	}
 	// Let the held frames in (the clients' retransmissions meet live

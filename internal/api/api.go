@@ -38,6 +38,13 @@ type MigrateRequest struct {
 	// NoHold turns off holding the clients' packets at the destination
 	// during the freeze (to measure what holding buys).
 	NoHold bool `json:"no_hold,omitempty"`
+	// Reference runs the hand-run path of the paper's artifact instead:
+	// checkpoint to a tar file, copy the file, unpack it, restore; each
+	// step waits for the previous one and nothing is held (for the bench).
+	Reference bool `json:"reference,omitempty"`
+	// Slow uses runc's stock checkpoint (CRIU freezes, cgroup properties
+	// saved and restored), to measure what the fast path saves.
+	Slow bool `json:"slow,omitempty"`
 }
 
 // MigrateResult is what a migration reports.
@@ -87,6 +94,7 @@ type RestoreRequest struct {
 	Name        string `json:"name"`
 	NoTCP       bool   `json:"no_tcp,omitempty"`
 	FailRestore bool   `json:"fail_restore,omitempty"`
+	Slow        bool   `json:"slow,omitempty"`
 }
 
 // RestoreReply reports the destination's restore.

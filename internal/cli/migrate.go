@@ -68,6 +68,8 @@ func newMigrateCmd() *cobra.Command {
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVar(&req.NoTCP, "no-tcp", false, "traditional migration: established connections are closed at restore")
 	f.BoolVar(&req.NoHold, "no-hold", false, "do not hold the clients' packets at the destination during the freeze (for comparison)")
+	f.BoolVar(&req.Slow, "slow", false, "runc's stock checkpoint path (CRIU freezes; cgroup properties saved), to compare")
+	_ = f.MarkHidden("slow")
 	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
 	_ = f.MarkHidden("fail-restore")
 	return cmd

@@ -1,0 +1,232 @@
+// Package bench is `coat bench`: the COAT paper's evaluation reproduced on
+// the lab. Each run starts a fresh container on edge-1, starts the real
+// client on the client node (the sample stream, sockperf ping-pong over
+// TCP, or an iperf3 stream), migrates the container to edge-2 in the middle
+// of the client's run, and records what the migration reports and what the
+// client saw: the longest gap between replies (stall), whether its
+// connection survived, latency or throughput before and after.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+)
+
+// Ops is what the runner needs from the cluster; the CLI provides it.
+type Ops interface {
+	Run(ctx context.Context, host string, req api.RunRequest) (ip string, err error)
+	Migrate(ctx context.Context, name string, req api.MigrateRequest) (*api.MigrateResult, error)
+	Remove(ctx context.Context, name string) error
+	// ClientCommand returns a command that runs on the client node.
+	ClientCommand(ctx context.Context, argv ...string) *exec.Cmd
+	// StartClient starts cmd in the client node's network namespace.
+	StartClient(cmd *exec.Cmd) error
+	// WaitListen waits until the container listens on port.
+	WaitListen(ctx context.Context, name string, port int) error
+}
+
+// Config is one bench invocation.
+type Config struct {
+	Workloads  []string
+	Modes      []string // coat, traditional, reference, coat-nohold
+	Runs       int
+	RefRuns    int // runs of the reference and coat-nohold modes
+	OutDir     string
+	SampleBin  string // coat-sample on the host (the client side)
+	ClientTime time.Duration
+	MigrateAt  time.Duration
+	Progress   io.Writer
+}
+
+// modeRequest maps a mode to a migration request.
+func modeRequest(mode string) (api.MigrateRequest, error) {
+	switch mode {
+	case "coat":
+		return api.MigrateRequest{To: "edge-2"}, nil
+	case "traditional":
+		return api.MigrateRequest{To: "edge-2", NoTCP: true}, nil
+	case "reference":
+		return api.MigrateRequest{To: "edge-2", Reference: true}, nil
+	case "coat-nohold":
+		return api.MigrateRequest{To: "edge-2", NoHold: true}, nil
+	}
+	return api.MigrateRequest{}, fmt.Errorf("unknown mode %q: want coat, traditional, reference or coat-nohold", mode)
+}
+
+// workload knows how to serve and how to drive one benchmark program.
+type workload struct {
+	image  string
+	args   []string
+	port   int
+	client func(cfg Config, ip, logFile string) []string
+	parse  func(r *Run, exitErr error, out []byte, logFile string, t0 time.Time) error
+}
+
+var workloads = map[string]workload{
+	"sample": {
+		image: "sample", args: []string{"/bin/coat-sample", "server"}, port: 7000,
+		client: func(cfg Config, ip, logFile string) []string {
+			return []string{cfg.SampleBin, "stream", "--addr", ip + ":7000", "--duration", cfg.ClientTime.String(),
+				"--rate", "2MB/s", "--json", "--timeline", logFile}
+		},
+		parse: parseSample,
+	},
+	"sockperf": {
+		image: "sockperf", args: []string{"sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111"}, port: 11111,
+		client: func(cfg Config, ip, logFile string) []string {
+			return []string{"sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "11111", "-m", "64",
+				"-t", fmt.Sprint(int(cfg.ClientTime.Seconds())), "--mps", "2000", "--full-log", logFile}
+		},
+		parse: parseSockperf,
+	},
+	"iperf3": {
+		image: "iperf3", args: []string{"iperf3", "-s"}, port: 5201,
+		client: func(cfg Config, ip, logFile string) []string {
+			return []string{"iperf3", "-c", ip, "-t", fmt.Sprint(int(cfg.ClientTime.Seconds())), "-i", "0.1", "-J",
+				"-b", "100M", "--logfile", logFile}
+		},
+		parse: parseIperf,
+	},
+}
+
+// Bench runs every (workload, mode) RUNS times and returns the runs.
+func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
+	for _, w := range cfg.Workloads {
+		if _, ok := workloads[w]; !ok {
+			return nil, fmt.Errorf("unknown workload %q: want sample, sockperf or iperf3", w)
+		}
+	}
+	for _, m := range cfg.Modes {
+		if _, err := modeRequest(m); err != nil {
+			return nil, err
+		}
+	}
+	total := 0
+	for range cfg.Workloads {
+		for _, m := range cfg.Modes {
+			total += cfg.runsFor(m)
+		}
+	}
+	var runs []Run
+	done := 0
+	start := time.Now()
+	for _, w := range cfg.Workloads {
+		// Interleave modes so that drift of the machine hits all alike.
+		for i := 0; ; i++ {
+			more := false
+			for _, m := range cfg.Modes {
+				if i >= cfg.runsFor(m) {
+					continue
+				}
+				more = true
+				r, err := runOne(ctx, ops, cfg, w, m, i)
+				if err != nil {
+					return runs, fmt.Errorf("%s %s run %d: %w", w, m, i, err)
+				}
+				runs = append(runs, r)
+				done++
+				progress(cfg.Progress, done, total, start, r)
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	return runs, nil
+}
+
+func (c Config) runsFor(mode string) int {
+	if mode == "reference" || mode == "coat-nohold" {
+		return c.RefRuns
+	}
+	return c.Runs
+}
+
+func progress(w io.Writer, done, total int, start time.Time, r Run) {
+	if w == nil {
+		return
+	}
+	eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(total-done)).Round(time.Second)
+	state := "kept"
+	if !r.Survived {
+		state = "dropped"
+	}
+	fmt.Fprintf(w, "[%3d/%d eta %6s] %-8s %-12s #%-2d total %6.0f ms  downtime %6.0f ms  stall %6.0f ms  connection %s\n",
+		done, total, eta, r.Workload, r.Mode, r.Index, r.TotalMS, r.DowntimeMS, r.StallMS, state)
+}
+
+// runOne is one fresh container, one client, one migration.
+func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (Run, error) {
+	w := workloads[wl]
+	name := fmt.Sprintf("bench-%s-%d", wl, time.Now().UnixNano()%1_000_000)
+	r := Run{Workload: wl, Mode: mode, Index: i}
+	ip, err := ops.Run(ctx, "edge-1", api.RunRequest{Name: name, Image: w.image, Args: w.args})
+	if err != nil {
+		return r, err
+	}
+	defer func() { _ = ops.Remove(context.WithoutCancel(ctx), name) }()
+	if err := ops.WaitListen(ctx, name, w.port); err != nil {
+		return r, err
+	}
+	logFile := filepath.Join(cfg.OutDir, "raw", fmt.Sprintf("%s-%s-%02d.log", wl, mode, i))
+	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
+		return r, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, cfg.ClientTime+60*time.Second)
+	defer cancel()
+	cmd := ops.ClientCommand(cctx, w.client(cfg, ip, logFile)...)
+	out := &limitedBuffer{max: 1 << 20}
+	cmd.Stdout, cmd.Stderr = out, out
+	t0 := time.Now()
+	if err := ops.StartClient(cmd); err != nil {
+		return r, err
+	}
+	select {
+	case <-time.After(cfg.MigrateAt):
+	case <-ctx.Done():
+		return r, ctx.Err()
+	}
+	req, _ := modeRequest(mode)
+	migStart := time.Since(t0)
+	res, err := ops.Migrate(ctx, name, req)
+	migEnd := time.Since(t0)
+	if err != nil {
+		_ = cmd.Wait()
+		return r, err
+	}
+	r.CheckpointMS, r.TransferMS, r.RestoreMS = res.CheckpointMS, res.TransferMS, res.RestoreMS
+	r.TotalMS, r.DowntimeMS, r.Bytes = res.TotalMS, res.DowntimeMS, res.Bytes
+	r.MigStartMS, r.MigEndMS = ms(migStart), ms(migEnd)
+	werr := cmd.Wait()
+	if err := w.parse(&r, werr, out.Bytes(), logFile, t0); err != nil {
+		return r, fmt.Errorf("parse client output: %w (raw output in %s)", err, logFile)
+	}
+	return r, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	buf []byte
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.max - len(b.buf); room > 0 {
+		if len(p) < room {
+			room = len(p)
+		}
+		b.buf = append(b.buf, p[:room]...)
+	}
+	return len(p), nil
+}
+
+func (b *limitedBuffer) Bytes() []byte { return b.buf }
