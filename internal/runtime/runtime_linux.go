@@ -210,7 +210,6 @@ type RestoreOpts struct {
 	Slow bool
 }
 
-
 // Restore brings a prepared container back from a checkpoint image.
 func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
