@@ -74,17 +74,16 @@ func parseSockperf(r *Run, exitErr error, out []byte, logFile string, _ time.Tim
 	}
 	r.LatBeforeP50, r.LatBeforeP99 = pct(before, 50), pct(before, 99)
 	r.LatAfterP50, r.LatAfterP99 = pct(after, 50), pct(after, 99)
-	// The log starts after sockperf's 400 ms warm-up.
-	const warmupMS = 420
-	t0 := rows[0][1]
+	// sockperf's clock counts from its own start, as ours does from the
+	// client's start: its times serve as the timeline as they are.
 	bin := map[int]float64{}
-	last := 0
+	first, last := int(rows[0][2]*100), 0
 	for _, row := range rows {
-		b := int(((row[2]-t0)*1000 + warmupMS) / 10)
+		b := int(row[2] * 100)
 		bin[b]++
 		last = max(last, b)
 	}
-	for b := warmupMS / 10; b <= last; b++ {
+	for b := first; b <= last; b++ {
 		r.Timeline = append(r.Timeline, Point{T: float64(b * 10), V: bin[b]})
 	}
 	text := string(out)

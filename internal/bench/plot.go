@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"image/color"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -332,4 +334,41 @@ func addVLine(p *plot.Plot, x, ymax float64, c color.RGBA, dashes []vg.Length) e
 	l.Dashes = dashes
 	p.Add(l)
 	return nil
+}
+
+// orderedKeys returns the distinct keys, known ones first in the given
+// order, then the rest alphabetically.
+func orderedKeys(keys []string, order []string) []string {
+	rank := func(k string) int {
+		if i := slices.Index(order, k); i >= 0 {
+			return i
+		}
+		return len(order)
+	}
+	out := slices.Clone(keys)
+	slices.SortFunc(out, func(a, b string) int { return cmp.Or(rank(a)-rank(b), strings.Compare(a, b)) })
+	return slices.Compact(out)
+}
+
+var (
+	workloadOrder = []string{"sample", "sockperf", "iperf3"}
+	modeOrder     = []string{"coat", "coat-nohold", "traditional", "reference"}
+)
+
+// byWorkloadMode groups runs, keeping input order inside a group.
+func byWorkloadMode(runs []Run) (workloads []string, modes map[string][]string, groups map[[2]string][]Run) {
+	var ws []string
+	ms := map[string][]string{}
+	groups = map[[2]string][]Run{}
+	for _, r := range runs {
+		ws = append(ws, r.Workload)
+		ms[r.Workload] = append(ms[r.Workload], r.Mode)
+		k := [2]string{r.Workload, r.Mode}
+		groups[k] = append(groups[k], r)
+	}
+	workloads = orderedKeys(ws, workloadOrder)
+	for w, m := range ms {
+		ms[w] = orderedKeys(m, modeOrder)
+	}
+	return workloads, ms, groups
 }

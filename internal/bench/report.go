@@ -130,36 +130,6 @@ func (w *WorkloadSummary) group(mode string) *GroupSummary {
 	return nil
 }
 
-func rankOf(order []string, s string) int {
-	if i := slices.Index(order, s); i >= 0 {
-		return i
-	}
-	return len(order)
-}
-
-// orderedKeys returns the distinct keys, known ones first in the given
-// order, then the rest alphabetically.
-func orderedKeys(keys []string, order []string) []string {
-	var out []string
-	for _, k := range keys {
-		if !slices.Contains(out, k) {
-			out = append(out, k)
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int {
-		if ra, rb := rankOf(order, a), rankOf(order, b); ra != rb {
-			return ra - rb
-		}
-		return strings.Compare(a, b)
-	})
-	return out
-}
-
-var (
-	workloadOrder = []string{"sample", "sockperf", "iperf3"}
-	modeOrder     = []string{"coat", "coat-nohold", "traditional", "reference"}
-)
-
 func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
@@ -219,24 +189,6 @@ func summarizeGroup(runs []Run) GroupSummary {
 	}
 	g.SurvivalPct = 100 * float64(g.Survived) / float64(len(runs))
 	return g
-}
-
-// byWorkloadMode groups runs, keeping input order inside a group.
-func byWorkloadMode(runs []Run) (workloads []string, modes map[string][]string, groups map[[2]string][]Run) {
-	var ws []string
-	ms := map[string][]string{}
-	groups = map[[2]string][]Run{}
-	for _, r := range runs {
-		ws = append(ws, r.Workload)
-		ms[r.Workload] = append(ms[r.Workload], r.Mode)
-		k := [2]string{r.Workload, r.Mode}
-		groups[k] = append(groups[k], r)
-	}
-	workloads = orderedKeys(ws, workloadOrder)
-	for w, m := range ms {
-		ms[w] = orderedKeys(m, modeOrder)
-	}
-	return workloads, ms, groups
 }
 
 // Summarize groups runs by (workload, mode) and computes the statistics
@@ -318,7 +270,6 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# COAT benchmark report\n\n")
-	p("COAT migration (keeps TCP connections) vs traditional migration (drops them), after the COAT paper (MedComNet 2023).\n\n")
 	p("## Machine\n\n")
 	for _, kv := range [][2]string{{"Host", m.Host}, {"Kernel", m.Kernel}, {"CPU", m.CPU}, {"Cores", m.Cores},
 		{"Memory", m.Memory}, {"Date", m.Date}, {"Go", m.Go}, {"CRIU", m.CRIU}, {"runc", m.Runc}} {
@@ -399,35 +350,42 @@ func ratio(v float64, ok bool) string {
 // targetLines evaluates every target; missing data is reported as
 // "NOT MEASURED", never as PASS.
 func targetLines(s Summary, t Targets) []string {
-	const nm = "NOT MEASURED"
 	var out []string
+	add := func(target string, measured bool, value string, pass bool) {
+		if !measured {
+			out = append(out, target+": NOT MEASURED")
+			return
+		}
+		out = append(out, fmt.Sprintf("%s: %s — %s", target, value, verdict(pass)))
+	}
+	sampleTarget := fmt.Sprintf("`sample` coat downtime median <= %.0f ms", t.SampleDowntimeMS)
+	sawSample := false
 	for _, ws := range s.Workloads {
-		w := ws.Workload
-		if ws.HasOverhead {
-			out = append(out, fmt.Sprintf("`%s` overhead <= %.0f%%: %+.1f%% — %s", w, t.OverheadPct, ws.OverheadPct, verdict(ws.OverheadPct <= t.OverheadPct)))
-		} else {
-			out = append(out, fmt.Sprintf("`%s` overhead <= %.0f%%: %s", w, t.OverheadPct, nm))
+		w := "`" + ws.Workload + "`"
+		add(fmt.Sprintf("%s overhead <= %.0f%%", w, t.OverheadPct), ws.HasOverhead,
+			fmt.Sprintf("%+.1f%%", ws.OverheadPct), ws.OverheadPct <= t.OverheadPct)
+		c, tr := orZero(ws.group("coat")), orZero(ws.group("traditional"))
+		if ws.Workload == "sample" {
+			sawSample = true
+			add(sampleTarget, c.Runs > 0, fmt.Sprintf("%.1f ms", c.Downtime.Median), c.Downtime.Median <= t.SampleDowntimeMS)
 		}
-		coat := ws.group("coat")
-		if w == "sample" {
-			if coat != nil {
-				out = append(out, fmt.Sprintf("`sample` coat downtime median <= %.0f ms: %.1f ms — %s", t.SampleDowntimeMS, coat.Downtime.Median, verdict(coat.Downtime.Median <= t.SampleDowntimeMS)))
-			} else {
-				out = append(out, fmt.Sprintf("`sample` coat downtime median <= %.0f ms: %s", t.SampleDowntimeMS, nm))
-			}
-		}
-		if coat != nil {
-			lim := coat.Downtime.Median + t.StallOverDowntimeMS
-			out = append(out, fmt.Sprintf("`%s` coat stall median <= downtime median + %.0f ms (%.1f ms): %.1f ms — %s", w, t.StallOverDowntimeMS, lim, coat.Stall.Median, verdict(coat.Stall.Median <= lim)))
-			out = append(out, fmt.Sprintf("`%s` coat survival 100%%: %.0f%% (%d/%d) — %s", w, coat.SurvivalPct, coat.Survived, coat.Runs, verdict(coat.Survived == coat.Runs)))
-		} else {
-			out = append(out, fmt.Sprintf("`%s` coat stall and survival: %s", w, nm))
-		}
-		if trad := ws.group("traditional"); trad != nil {
-			out = append(out, fmt.Sprintf("`%s` traditional survival 0%% (connection dropped): %.0f%% (%d/%d) — %s", w, trad.SurvivalPct, trad.Survived, trad.Runs, verdict(trad.Survived == 0)))
-		} else {
-			out = append(out, fmt.Sprintf("`%s` traditional survival 0%%: %s", w, nm))
-		}
+		lim := c.Downtime.Median + t.StallOverDowntimeMS
+		add(fmt.Sprintf("%s coat stall median <= downtime median + %.0f ms", w, t.StallOverDowntimeMS), c.Runs > 0,
+			fmt.Sprintf("%.1f ms (limit %.1f ms)", c.Stall.Median, lim), c.Stall.Median <= lim)
+		add(w+" coat survival 100%", c.Runs > 0,
+			fmt.Sprintf("%.0f%% (%d/%d)", c.SurvivalPct, c.Survived, c.Runs), c.Survived == c.Runs)
+		add(w+" traditional survival 0% (connection dropped)", tr.Runs > 0,
+			fmt.Sprintf("%.0f%% (%d/%d)", tr.SurvivalPct, tr.Survived, tr.Runs), tr.Survived == 0)
+	}
+	if !sawSample {
+		add(sampleTarget, false, "", false)
 	}
 	return out
+}
+
+func orZero(g *GroupSummary) GroupSummary {
+	if g == nil {
+		return GroupSummary{}
+	}
+	return *g
 }

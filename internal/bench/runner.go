@@ -62,11 +62,15 @@ func modeRequest(mode string) (api.MigrateRequest, error) {
 
 // workload knows how to serve and how to drive one benchmark program.
 type workload struct {
-	image  string
-	args   []string
-	port   int
-	client func(cfg Config, ip, logFile string) []string
-	parse  func(r *Run, exitErr error, out []byte, logFile string, t0 time.Time) error
+	// startup is how long the client takes before its first message
+	// (sockperf spends about 2 s getting ready); the migration starts
+	// MigrateAt after that.
+	startup time.Duration
+	image   string
+	args    []string
+	port    int
+	client  func(cfg Config, ip, logFile string) []string
+	parse   func(r *Run, exitErr error, out []byte, logFile string, t0 time.Time) error
 }
 
 var workloads = map[string]workload{
@@ -79,7 +83,8 @@ var workloads = map[string]workload{
 		parse: parseSample,
 	},
 	"sockperf": {
-		image: "sockperf", args: []string{"sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111"}, port: 11111,
+		startup: 2 * time.Second,
+		image:   "sockperf", args: []string{"sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111"}, port: 11111,
 		client: func(cfg Config, ip, logFile string) []string {
 			return []string{"sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "11111", "-m", "64",
 				"-t", fmt.Sprint(int(cfg.ClientTime.Seconds())), "--mps", "2000", "--full-log", logFile}
@@ -189,7 +194,7 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 		return r, err
 	}
 	select {
-	case <-time.After(cfg.MigrateAt):
+	case <-time.After(w.startup + cfg.MigrateAt):
 	case <-ctx.Done():
 		return r, ctx.Err()
 	}
