@@ -135,6 +135,18 @@ func (a *Agent) lock(name string) bool {
 	return true
 }
 
+// lockWait is lock, retried for up to d.
+func (a *Agent) lockWait(name string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !a.lock(name) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
 func (a *Agent) unlock(name string) {
 	a.mu.Lock()
 	delete(a.busy, name)

@@ -108,6 +108,9 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	if err != nil {
 		return nil, badRequest("unknown host %q: `coat hosts` lists the hosts", req.To)
 	}
+	if req.Reference {
+		req.Slow = true // the hand-run path is runc's stock one
+	}
 	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
 	return &outgoing{
 		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req,
@@ -258,9 +261,16 @@ func (o *outgoing) Commit(ctx context.Context) error {
 	if _, err := o.a.st.UpdateContainer(ctx, c); err != nil {
 		return err
 	}
-	o.a.teardown(ctx, c)
-	o.cleanup()
-	o.a.unlock(o.c.Name)
+	// The container runs on the destination: the source's leftovers go
+	// off the migration's clock. The name stays locked here until they
+	// are gone, and a migration back waits for that (lockWait).
+	o.a.wg.Add(1)
+	go func() {
+		defer o.a.wg.Done()
+		o.a.teardown(context.WithoutCancel(ctx), c)
+		o.cleanup()
+		o.a.unlock(o.c.Name)
+	}()
 	return nil
 }
 
@@ -341,7 +351,7 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		httpError(w, fmt.Errorf("a container named %s already runs on %s: %w", c.Name, a.cfg.Name, errBusy))
 		return
 	}
-	if !a.lock(c.Name) {
+	if !a.lockWait(c.Name, 10*time.Second) {
 		httpError(w, fmt.Errorf("container %s: %w", c.Name, errBusy))
 		return
 	}

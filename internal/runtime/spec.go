@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"path/filepath"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -21,7 +23,10 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 	return &specs.Spec{
 		Version:  specs.Version,
 		Hostname: s.Name,
-		Root:     &specs.Root{Path: r.rootfs(s.Name)},
+		Annotations: map[string]string{
+			"org.criu.config": filepath.Join(r.Dir(s.Name), criuConfName),
+		},
+		Root: &specs.Root{Path: r.rootfs(s.Name)},
 		Process: &specs.Process{
 			Args:            append([]string{InitPath}, s.Args...),
 			Env:             env,
