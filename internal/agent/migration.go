@@ -53,6 +53,10 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	rep, err := migrate.Run(ctx, out, func(p migrate.Phase, d time.Duration) {
 		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
 		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
+		if req.CrashAfter == string(p) && os.Getenv("COAT_TEST_HOOKS") == "1" {
+			a.log.Error("test hook: exiting mid-migration", "container", out.c.Name, "after", p)
+			os.Exit(3)
+		}
 	})
 	if err != nil {
 		a.log.Error("migration failed", "container", out.c.Name, "to", out.dest.Name, "err", err)
@@ -83,6 +87,7 @@ type outgoing struct {
 	req                     api.MigrateRequest
 	ckptDir, workDir        string
 	locked, cut             bool
+	lock                    *store.Lock
 	imageBytes, rootfsBytes int64
 }
 
@@ -126,26 +131,57 @@ func (o *outgoing) incoming(op string) string {
 	return "/v1/incoming/" + url.PathEscape(o.c.Name) + "/" + op
 }
 
+// Lock takes the container's leased lock in the store (a second
+// migration, from anywhere, fails here), marks it migrating and records
+// the migration. If this agent dies, the lease expires and whoever finds
+// the record finishes or rolls it back (recover.go).
 func (o *outgoing) Lock(ctx context.Context) error {
 	if !o.a.lock(o.c.Name) {
 		return fmt.Errorf("container %s: an operation is under way: %w", o.c.Name, errBusy)
 	}
+	lk, err := o.a.st.LockContainer(ctx, o.c.Name, o.a.cfg.Name, lockTTL)
+	if err != nil {
+		o.a.unlock(o.c.Name)
+		if errors.Is(err, store.ErrLocked) {
+			return fmt.Errorf("container %s is already migrating: %w", o.c.Name, errBusy)
+		}
+		return err
+	}
 	c := o.c
 	c.Status, c.MigratingTo, c.Error = store.StatusMigrating, o.dest.Name, ""
-	c, err := o.a.st.UpdateContainer(ctx, c)
+	c, err = o.a.st.UpdateContainer(ctx, c)
+	if err == nil {
+		err = o.a.st.PutMigration(ctx, o.record(string(migrate.PhaseLocked)))
+	}
 	if err != nil {
+		_ = lk.Unlock(ctx)
 		o.a.unlock(o.c.Name)
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("container %s changed or is already migrating: %w", o.c.Name, err)
 		}
 		return err
 	}
-	o.c, o.locked = c, true
+	o.c, o.locked, o.lock = c, true, lk
 	return nil
 }
 
+// lockTTL is how long a dead coordinator's lock outlives it.
+const lockTTL = 5 * time.Second
+
+func (o *outgoing) record(phase string) store.Migration {
+	return store.Migration{
+		Name: o.c.Name, From: o.a.cfg.Name, To: o.dest.Name, Phase: phase,
+		Coordinator: o.a.cfg.Name, NoTCP: o.req.NoTCP, Started: o.c.Created,
+	}
+}
+
 func (o *outgoing) Prepare(ctx context.Context) error {
-	return o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil)
+	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
+		return err
+	}
+	// From here on the container may be frozen: recovery must look at
+	// both hosts.
+	return o.a.st.PutMigration(ctx, o.record(string(migrate.PhasePrepared)))
 }
 
 // Checkpoint cuts the container off the overlay, so no packet changes its
@@ -258,9 +294,10 @@ func (o *outgoing) Restore(ctx context.Context) error {
 func (o *outgoing) Commit(ctx context.Context) error {
 	c := o.c
 	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusRunning, ""
-	if _, err := o.a.st.UpdateContainer(ctx, c); err != nil {
+	if _, err := o.a.st.FinishMigration(ctx, c); err != nil {
 		return err
 	}
+	_ = o.lock.Unlock(ctx)
 	// The container runs on the destination: the source's leftovers go
 	// off the migration's clock. The name stays locked here until they
 	// are gone, and a migration back waits for that (lockWait).
@@ -317,12 +354,13 @@ func (o *outgoing) Unlock(ctx context.Context, cause error) error {
 	if !o.locked {
 		return nil
 	}
+	defer o.lock.Unlock(ctx)
 	c, err := o.a.st.Container(ctx, o.c.Name)
 	if err != nil {
 		return err
 	}
 	c.Status, c.MigratingTo, c.Error = store.StatusRunning, "", cause.Error()
-	_, err = o.a.st.UpdateContainer(ctx, c)
+	_, err = o.a.st.FinishMigration(ctx, c)
 	return err
 }
 

@@ -45,6 +45,10 @@ type MigrateRequest struct {
 	// Slow uses runc's stock checkpoint (CRIU freezes, cgroup properties
 	// saved and restored), to measure what the fast path saves.
 	Slow bool `json:"slow,omitempty"`
+	// CrashAfter makes the coordinating agent exit right after this phase
+	// (a test hook honoured only by agents started with COAT_TEST_HOOKS=1),
+	// to exercise recovery of a migration whose coordinator died.
+	CrashAfter string `json:"crash_after,omitempty"`
 }
 
 // MigrateResult is what a migration reports.

@@ -39,7 +39,7 @@ func parseSample(r *Run, exitErr error, out []byte, logFile string, _ time.Time)
 		if len(row) < 2 {
 			continue
 		}
-		r.Timeline = append(r.Timeline, Point{T: row[0], V: (row[1] - prev) / 1000})
+		r.Timeline = append(r.Timeline, Point{T: row[0], V: row[1] - prev})
 		prev = row[1]
 	}
 	return nil

@@ -87,10 +87,30 @@ func newEtcdCmd() *cobra.Command {
 	var c store.EmbedConfig
 	cmd := &cobra.Command{
 		Use:    "etcd",
-		Short:  "Run an embedded single-member etcd server (used by the lab)",
+		Short:  "Run an embedded etcd server: a single member, or one member of a cluster (used by the lab)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("listen-peer") && c.CertFile != "" {
+				c.PeerURL = "https://127.0.0.1:2380" // with TLS, peers are mutual TLS too
+			}
+			if c.CertFile != "" && (c.KeyFile == "" || c.CAFile == "") {
+				return fmt.Errorf("--cert needs --key and --ca (clients must present a certificate from the CA)")
+			}
+			if (c.PeerCertFile != "") != (c.PeerKeyFile != "") {
+				return fmt.Errorf("--peer-cert and --peer-key go together")
+			}
+			if c.InitialCluster == "" && c.ClusterState == "existing" {
+				return fmt.Errorf("--initial-cluster-state existing needs --initial-cluster")
+			}
+			if strings.HasPrefix(c.PeerURL, "https://") {
+				if c.PeerCertFile == "" {
+					c.PeerCertFile, c.PeerKeyFile = c.CertFile, c.KeyFile
+				}
+				if c.PeerCAFile == "" {
+					c.PeerCAFile = c.CAFile
+				}
+			}
 			e, err := store.StartEmbedded(cmd.Context(), c)
 			if err != nil {
 				return err
@@ -108,10 +128,16 @@ func newEtcdCmd() *cobra.Command {
 	f.StringVar(&c.Name, "name", "default", "member name")
 	f.StringVar(&c.DataDir, "data-dir", "/var/lib/coat/etcd", "data directory")
 	f.StringVar(&c.ClientURL, "listen-client", "https://127.0.0.1:2379", "client URL")
-	f.StringVar(&c.PeerURL, "listen-peer", "http://127.0.0.1:2380", "peer URL")
+	f.StringVar(&c.PeerURL, "listen-peer", "http://127.0.0.1:2380", "peer URL (https://127.0.0.1:2380 when --cert is given)")
+	f.StringVar(&c.InitialCluster, "initial-cluster", "", "every member as NAME=PEER-URL,... (this one included); empty: a single-member cluster")
+	f.StringVar(&c.ClusterState, "initial-cluster-state", "new", "new (bootstrap the cluster) or existing (join a running one)")
+	f.StringVar(&c.ClusterToken, "initial-cluster-token", "", "token that tells clusters apart at bootstrap")
 	f.StringVar(&c.CertFile, "cert", "", "server certificate")
 	f.StringVar(&c.KeyFile, "key", "", "server key")
 	f.StringVar(&c.CAFile, "ca", "", "CA that client certificates must chain to")
+	f.StringVar(&c.PeerCertFile, "peer-cert", "", "certificate for peer connections, server and client side (default --cert)")
+	f.StringVar(&c.PeerKeyFile, "peer-key", "", "key for peer connections (default --key)")
+	f.StringVar(&c.PeerCAFile, "peer-ca", "", "CA that peer certificates must chain to (default --ca)")
 	return cmd
 }
 

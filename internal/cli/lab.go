@@ -16,26 +16,38 @@ import (
 
 func newLabCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "A whole edge on this machine: hosts and a client as network namespaces"}
-	var hosts int
+	var hosts, members int
 	up := &cobra.Command{
-		Use:   "up [--hosts N]",
+		Use:   "up [--hosts N] [--etcd-members 1|3]",
 		Short: "Build the lab (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t := time.Now()
-			st, err := lab.Up(cmd.Context(), lab.Options{Name: g.lab, Hosts: hosts, Self: self(), Log: logger(os.Stderr)})
+			o := lab.Options{Name: g.lab, Hosts: hosts, Self: self(), Log: logger(os.Stderr)}
+			if cmd.Flags().Changed("etcd-members") {
+				if err := lab.ValidEtcdMembers(members, hosts); err != nil {
+					return err
+				}
+				o.EtcdMembers = members
+			}
+			st, err := lab.Up(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
 			if err := labImages(cmd, st); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "lab %s up in %s: %d edge hosts, client %s (overlay %s), etcd %s\n",
-				st.Name, time.Since(t).Round(time.Millisecond), st.Hosts, lab.ClientNode, st.ClientOverlayIP(), st.EtcdURL)
+			etcd := "etcd " + st.EtcdURL
+			if st.Members() > 1 {
+				etcd = fmt.Sprintf("etcd %d members %s", st.Members(), st.EtcdURL)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s up in %s: %d edge hosts, client %s (overlay %s), %s\n",
+				st.Name, time.Since(t).Round(time.Millisecond), st.Hosts, lab.ClientNode, st.ClientOverlayIP(), etcd)
 			return nil
 		},
 	}
 	up.Flags().IntVar(&hosts, "hosts", 2, "number of edge hosts")
+	up.Flags().IntVar(&members, "etcd-members", 1, "etcd members: 1 (in the root namespace) or 3 (member i in edge-i's namespace; needs --hosts >= 3); a lab that is up keeps its count when not given")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove the lab and everything it made",

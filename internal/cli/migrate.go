@@ -70,6 +70,8 @@ func newMigrateCmd() *cobra.Command {
 	f.BoolVar(&req.NoHold, "no-hold", false, "do not hold the clients' packets at the destination during the freeze (for comparison)")
 	f.BoolVar(&req.Slow, "slow", false, "runc's stock checkpoint path (CRIU freezes; cgroup properties saved), to compare")
 	_ = f.MarkHidden("slow")
+	f.StringVar(&req.CrashAfter, "crash-after", "", "test hook: the coordinating agent exits after this phase (agents need COAT_TEST_HOOKS=1)")
+	_ = f.MarkHidden("crash-after")
 	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
 	_ = f.MarkHidden("fail-restore")
 	return cmd

@@ -12,6 +12,11 @@
 //	coat0 + vxlan0 ------ coat0 + vxlan0 --------- coat0 + vxlan0
 //	(containers' veths)   (containers' veths)      10.202.I.250 on coat0
 //
+// With --etcd-members 3 the root namespace runs no etcd: member i of a
+// 3-member cluster runs in edge-i's namespace on its underlay IP (client
+// :2379, peer :2380, mutual TLS both), so losing one member (or its host)
+// loses nothing.
+//
 // I is the lab's index (one per lab, so several labs can coexist, e.g. in
 // parallel tests) and L its name. Agents and the CLI talk only over the
 // underlay, with mutual TLS from the lab's CA; checkpoint images travel
@@ -26,6 +31,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 )
 
 // BaseDir holds every lab's state.
@@ -41,9 +47,13 @@ type State struct {
 	Hosts    int            `json:"hosts"`
 	Dir      string         `json:"dir"`
 	Pids     map[string]int `json:"pids"`
-	EtcdURL  string         `json:"etcd_url"`
+	EtcdURL  string         `json:"etcd_url"` // client URLs, comma-separated
 	Underlay string         `json:"underlay"`
 	Overlay  string         `json:"overlay"`
+
+	// EtcdMembers is 1 (in the root namespace) or 3 (etcd-i in edge-i's
+	// namespace); 0 in a state written before it existed means 1.
+	EtcdMembers int `json:"etcd_members,omitempty"`
 }
 
 var labNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
@@ -150,3 +160,70 @@ func (s *State) OverlaySubnet() *net.IPNet {
 
 // ClientOverlayIP is the client node's address on the overlay.
 func (s *State) ClientOverlayIP() net.IP { return net.IPv4(10, 202, byte(s.Index), 250).To4() }
+
+// ValidEtcdMembers checks an etcd member count for a lab of hosts edge hosts.
+func ValidEtcdMembers(n, hosts int) error {
+	if n != 1 && n != 3 {
+		return fmt.Errorf("--etcd-members %d: want 1 (one member in the root namespace) or 3 (one member in each of edge-1..edge-3)", n)
+	}
+	if n > hosts {
+		return fmt.Errorf("--etcd-members %d needs at least %d edge hosts (member i runs in edge-i's namespace), but --hosts is %d", n, n, hosts)
+	}
+	return nil
+}
+
+// Members is the number of etcd members.
+func (s *State) Members() int {
+	if s.EtcdMembers == 0 {
+		return 1
+	}
+	return s.EtcdMembers
+}
+
+// EtcdMemberName is the name of etcd member i of a multi-member lab: its
+// pid key, certificate, log and data directory.
+func EtcdMemberName(i int) string { return fmt.Sprintf("etcd-%d", i) }
+
+// EtcdPidKeys are the State.Pids keys of the lab's etcd processes.
+func (s *State) EtcdPidKeys() []string {
+	if s.Members() == 1 {
+		return []string{"etcd"}
+	}
+	var out []string
+	for i := 1; i <= s.Members(); i++ {
+		out = append(out, EtcdMemberName(i))
+	}
+	return out
+}
+
+// etcdNode is the node whose namespace and underlay IP etcd member i
+// uses ("" = the root namespace, the single member).
+func (s *State) etcdNode(i int) string {
+	if s.Members() == 1 {
+		return ""
+	}
+	return EdgeName(i)
+}
+
+// etcdClientURL and etcdPeerURL are member i's URLs.
+func (s *State) etcdClientURL(i int) string {
+	return "https://" + net.JoinHostPort(s.UnderlayIP(s.etcdNode(i)).String(), "2379")
+}
+
+func (s *State) etcdPeerURL(i int) string {
+	if s.Members() == 1 {
+		// The single member has no peers; its peer port stays on loopback
+		// (one per lab index), TLS all the same.
+		return fmt.Sprintf("https://127.0.0.1:%d", 23800+s.Index)
+	}
+	return "https://" + net.JoinHostPort(s.UnderlayIP(s.etcdNode(i)).String(), "2380")
+}
+
+// etcdClientURLs lists every member's client URL, comma-separated.
+func (s *State) etcdClientURLs() string {
+	var urls []string
+	for i := 1; i <= s.Members(); i++ {
+		urls = append(urls, s.etcdClientURL(i))
+	}
+	return strings.Join(urls, ",")
+}

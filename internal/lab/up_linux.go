@@ -11,11 +11,14 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
@@ -31,8 +34,10 @@ const AgentPort = 7443
 type Options struct {
 	Name  string
 	Hosts int
-	Self  string // the coat binary
-	Log   *slog.Logger
+	// EtcdMembers is 1 or 3; 0 keeps what the lab has (1 for a new lab).
+	EtcdMembers int
+	Self        string // the coat binary
+	Log         *slog.Logger
 }
 
 // Up builds the lab, or completes one that is partly there.
@@ -53,11 +58,22 @@ func Up(ctx context.Context, o Options) (*State, error) {
 	if s.Hosts != 0 && s.Hosts != o.Hosts {
 		return nil, fmt.Errorf("lab %q is up with %d hosts: run `coat lab down` first to change it to %d", o.Name, s.Hosts, o.Hosts)
 	}
+	members := o.EtcdMembers
+	if s.Hosts != 0 && members != 0 && members != s.Members() {
+		return nil, fmt.Errorf("lab %q is up with %d etcd members: run `coat lab down` first to change it to %d", o.Name, s.Members(), members)
+	}
+	if members == 0 {
+		members = s.Members()
+	}
+	if err := ValidEtcdMembers(members, o.Hosts); err != nil {
+		return nil, err
+	}
 	s.Hosts = o.Hosts
+	s.EtcdMembers = members
 	if s.Pids == nil {
 		s.Pids = map[string]int{}
 	}
-	s.EtcdURL = fmt.Sprintf("https://%s:2379", s.UnderlayIP(""))
+	s.EtcdURL = s.etcdClientURLs()
 	s.Underlay = fmt.Sprintf("10.201.%d.0/24", s.Index)
 	s.Overlay = s.OverlaySubnet().String()
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
@@ -95,8 +111,18 @@ func (s *State) ensurePKI() error {
 	if err := pki.EnsureCA(dir); err != nil {
 		return err
 	}
-	if err := pki.Issue(dir, "etcd", []net.IP{s.UnderlayIP("")}); err != nil {
-		return err
+	if s.Members() == 1 {
+		if err := pki.Issue(dir, "etcd", []net.IP{s.UnderlayIP("")}); err != nil {
+			return err
+		}
+	} else {
+		// One certificate per member, naming its IP: etcd checks a peer's
+		// certificate against the address it connects from.
+		for i := 1; i <= s.Members(); i++ {
+			if err := pki.Issue(dir, EtcdMemberName(i), []net.IP{s.UnderlayIP(s.etcdNode(i))}); err != nil {
+				return err
+			}
+		}
 	}
 	if err := pki.Issue(dir, "cli", nil); err != nil {
 		return err
@@ -292,22 +318,108 @@ func InNetNS(path string, fn func() error) error {
 }
 
 func (s *State) ensureEtcd(ctx context.Context, self string) error {
-	if alive(s.Pids["etcd"]) {
-		return nil
+	if s.Members() == 1 {
+		if !alive(s.Pids["etcd"]) {
+			f := pki.FilesFor(s.PKIDir(), "etcd")
+			pid, err := s.start("", "etcd", []string{self, "etcd",
+				"--name", "lab-" + s.Name,
+				"--data-dir", filepath.Join(s.Dir, "etcd"),
+				"--listen-client", s.etcdClientURL(1),
+				"--listen-peer", s.etcdPeerURL(1),
+				"--cert", f.Cert, "--key", f.Key, "--ca", f.CA,
+			})
+			if err != nil {
+				return err
+			}
+			s.Pids["etcd"] = pid
+			if err := waitTCP(ctx, net.JoinHostPort(s.UnderlayIP("").String(), "2379"), 60*time.Second, pid); err != nil {
+				return fmt.Errorf("%w (log: %s)", err, s.logPath("etcd"))
+			}
+		}
+		return s.waitEtcd(ctx, 60*time.Second)
 	}
-	f := pki.FilesFor(s.PKIDir(), "etcd")
-	pid, err := s.start("", "etcd", []string{self, "etcd",
-		"--name", "lab-" + s.Name,
-		"--data-dir", filepath.Join(s.Dir, "etcd"),
-		"--listen-client", s.EtcdURL,
-		"--listen-peer", "http://127.0.0.1:" + strconv.Itoa(23800+s.Index),
-		"--cert", f.Cert, "--key", f.Key, "--ca", f.CA,
-	})
+	var cluster []string
+	for i := 1; i <= s.Members(); i++ {
+		cluster = append(cluster, EtcdMemberName(i)+"="+s.etcdPeerURL(i))
+	}
+	// Start every missing member before waiting for any: a member of a new
+	// cluster serves only once a quorum of them runs. A member restarted
+	// on its data directory rejoins whatever --initial-cluster-state says.
+	for i := 1; i <= s.Members(); i++ {
+		name := EtcdMemberName(i)
+		if alive(s.Pids[name]) {
+			continue
+		}
+		f := pki.FilesFor(s.PKIDir(), name)
+		pid, err := s.start(s.etcdNode(i), name, []string{self, "etcd",
+			"--name", name,
+			"--data-dir", filepath.Join(s.Dir, name),
+			"--listen-client", s.etcdClientURL(i),
+			"--listen-peer", s.etcdPeerURL(i),
+			"--initial-cluster", strings.Join(cluster, ","),
+			"--initial-cluster-state", "new",
+			"--initial-cluster-token", "coat-lab-" + s.Name,
+			"--cert", f.Cert, "--key", f.Key, "--ca", f.CA,
+			"--peer-cert", f.Cert, "--peer-key", f.Key, "--peer-ca", f.CA,
+		})
+		if err != nil {
+			return err
+		}
+		s.Pids[name] = pid
+		if err := s.save(); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= s.Members(); i++ {
+		name := EtcdMemberName(i)
+		addr := net.JoinHostPort(s.UnderlayIP(s.etcdNode(i)).String(), "2379")
+		if err := waitTCP(ctx, addr, 60*time.Second, s.Pids[name]); err != nil {
+			return fmt.Errorf("etcd member %s: %w (log: %s)", name, err, s.logPath(name))
+		}
+	}
+	return s.waitEtcd(ctx, 60*time.Second)
+}
+
+func (s *State) logPath(name string) string { return filepath.Join(s.Dir, "logs", name+".log") }
+
+// waitEtcd waits until the cluster answers a linearizable read, which
+// needs an elected leader and a quorum, through every member's endpoint
+// as the CLI and agents use them.
+func (s *State) waitEtcd(ctx context.Context, limit time.Duration) error {
+	tc, err := pki.FilesFor(s.PKIDir(), "cli").ClientConfig()
 	if err != nil {
 		return err
 	}
-	s.Pids["etcd"] = pid
-	return waitTCP(ctx, net.JoinHostPort(s.UnderlayIP("").String(), "2379"), 60*time.Second, pid)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: strings.Split(s.EtcdURL, ","), TLS: tc, DialTimeout: 5 * time.Second, Context: ctx,
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return fmt.Errorf("connect to etcd %s: %w", s.EtcdURL, err)
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(limit)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := cli.Get(rctx, "/coat/")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		for _, name := range s.EtcdPidKeys() {
+			if pid := s.Pids[name]; !alive(pid) {
+				return fmt.Errorf("etcd %s (pid %d) exited (log: %s)", name, pid, s.logPath(name))
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd %s does not serve after %s: %w", s.EtcdURL, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func (s *State) ensureAgents(ctx context.Context, self string) error {

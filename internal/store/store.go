@@ -95,6 +95,16 @@ type Store interface {
 	// ctx ends.
 	WatchContainers(ctx context.Context) (<-chan Event, error)
 
+	// LockContainer takes a container's leased migration lock.
+	LockContainer(ctx context.Context, name, owner string, ttl time.Duration) (*Lock, error)
+	Locked(ctx context.Context, name string) (bool, error)
+	// PutMigration records a migration's phase; Migrations lists them.
+	PutMigration(ctx context.Context, m Migration) error
+	Migrations(ctx context.Context) ([]Migration, error)
+	// FinishMigration writes the container's final record and deletes
+	// its migration record in one transaction.
+	FinishMigration(ctx context.Context, c Container) (Container, error)
+
 	Close() error
 }
 
