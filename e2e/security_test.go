@@ -206,11 +206,11 @@ func TestUnauthenticatedRefused(t *testing.T) {
 			{"rm", "victim"},
 		} {
 			full := append([]string{args[0], "--pki-dir", foreign}, args[1:]...)
-			out, timedOut, err := secCoat(l, 30*time.Second, full...)
+			out, timedOut, err := secCoat(l, 15*time.Second, full...)
 			what := strings.Join(args, " ")
 			switch {
 			case timedOut:
-				t.Errorf("coat %s with a foreign certificate did not exit within 30 s (hangs instead of refusing)\n%s", what, out)
+				t.Errorf("coat %s with a foreign certificate did not exit within 15 s (hangs instead of refusing)\n%s", what, out)
 			case err == nil:
 				t.Errorf("coat %s with a foreign certificate succeeded:\n%s", what, out)
 			default:

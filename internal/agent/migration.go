@@ -186,7 +186,17 @@ func (o *outgoing) Prepare(ctx context.Context) error {
 
 // Checkpoint cuts the container off the overlay, so no packet changes its
 // sockets after CRIU has read them, hands its MAC over to the destination
-// (which holds what arrives until the restore), then dumps it.
+// once it is frozen (which holds what arrives until the restore), then
+// dumps it.
+//
+// With holding, the source holds too rather than taking the link down:
+// inbound frames wait (and are dropped with the veth after a commit, or
+// delivered after a rollback) while the container's own last packets,
+// sent before the freeze, still leave. A reply lost there would cost the
+// client the restored socket's first retransmission timeout (1 s: CRIU
+// does not restore RTT estimates). The gratuitous ARP waits for the
+// freeze: a packet from the source after it would turn the client's
+// forwarding back to the source.
 func (o *outgoing) Checkpoint(ctx context.Context) error {
 	ep, err := o.a.endpoint(o.c)
 	if err != nil {
@@ -196,19 +206,29 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	if err != nil {
 		o.a.log.Warn("read neighbours", "container", o.c.Name, "err", err)
 	}
-	if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), false); err != nil {
+	if o.hold() {
+		err = o.a.ov.Hold(ep.HostVeth, ep.MTU)
+	} else {
+		err = o.a.ov.SetEndpointUp(ep.HostVeth, false)
+	}
+	if err != nil {
 		return err
 	}
 	o.cut = true
-	if o.hold() {
-		if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil); err != nil {
-			return fmt.Errorf("switch to destination: %w", err)
-		}
-	}
 	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
 		return err
 	}
-	if err := o.a.rt.Checkpoint(ctx, o.c.Name, runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}); err != nil {
+	opts := runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}
+	if o.hold() {
+		opts.AfterFreeze = func() error {
+			err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil)
+			if err != nil {
+				return fmt.Errorf("switch to destination: %w", err)
+			}
+			return nil
+		}
+	}
+	if err := o.a.rt.Checkpoint(ctx, o.c.Name, opts); err != nil {
 		return err
 	}
 	if o.req.Reference {
@@ -337,6 +357,10 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 	}
 	if o.cut {
+		// Held frames meet the resumed sockets; a downed link comes up.
+		if err := o.a.ov.Release(vethName(o.c.Name)); err != nil {
+			return err
+		}
 		if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), true); err != nil {
 			return err
 		}

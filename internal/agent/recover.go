@@ -95,7 +95,7 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 			_, _ = a.st.FinishMigration(ctx, c)
 			return fmt.Errorf("resume %s: %w", m.Name, err)
 		}
-	} else if err := a.ov.SetEndpointUp(vethName(c.Name), true); err != nil {
+	} else if err := a.reopen(c.Name); err != nil {
 		return err
 	}
 	if h, err := a.st.Host(ctx, m.To); err == nil {
@@ -132,7 +132,7 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: img, WorkDir: work}); err != nil {
 		return err
 	}
-	if err := a.ov.SetEndpointUp(vethName(c.Name), true); err != nil {
+	if err := a.reopen(c.Name); err != nil {
 		return err
 	}
 	ep, err := a.endpoint(c)
@@ -175,4 +175,13 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 		a.unlock(name)
 	}
 	return nil
+}
+
+// reopen undoes a migration's cut on this host: held frames go in, a
+// downed link comes up.
+func (a *Agent) reopen(name string) error {
+	if err := a.ov.Release(vethName(name)); err != nil {
+		return err
+	}
+	return a.ov.SetEndpointUp(vethName(name), true)
 }

@@ -309,7 +309,7 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 			p("COAT vs traditional: n/a (needs coat and traditional runs with a non-zero median)\n")
 		}
 		if len(ws.Ratios) > 0 {
-			p("\nRatio to the reference (hand-run runc CLI) medians:\n\n")
+			p("\nRatio to the reference (the paper artifact's hand-run path: runc's stock checkpoint to a tar file, copy the file, unpack, restore; nothing held) medians:\n\n")
 			for _, r := range ws.Ratios {
 				p("- %s: total %s, downtime %s\n", r.Mode, ratio(r.TotalRatio, r.TotalOK), ratio(r.DowntimeRatio, r.DowntimeOK))
 			}

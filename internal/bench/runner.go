@@ -35,7 +35,7 @@ type Ops interface {
 // Config is one bench invocation.
 type Config struct {
 	Workloads  []string
-	Modes      []string // coat, traditional, reference, coat-nohold
+	Modes      []string // coat, traditional, reference, coat-nohold, coat-stock
 	Runs       int
 	RefRuns    int // runs of the reference and coat-nohold modes
 	OutDir     string
@@ -56,8 +56,10 @@ func modeRequest(mode string) (api.MigrateRequest, error) {
 		return api.MigrateRequest{To: "edge-2", Reference: true}, nil
 	case "coat-nohold":
 		return api.MigrateRequest{To: "edge-2", NoHold: true}, nil
+	case "coat-stock":
+		return api.MigrateRequest{To: "edge-2", Slow: true}, nil
 	}
-	return api.MigrateRequest{}, fmt.Errorf("unknown mode %q: want coat, traditional, reference or coat-nohold", mode)
+	return api.MigrateRequest{}, fmt.Errorf("unknown mode %q: want coat, traditional, reference, coat-nohold or coat-stock", mode)
 }
 
 // workload knows how to serve and how to drive one benchmark program.
@@ -148,7 +150,7 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 }
 
 func (c Config) runsFor(mode string) int {
-	if mode == "reference" || mode == "coat-nohold" {
+	if mode != "coat" && mode != "traditional" {
 		return c.RefRuns
 	}
 	return c.Runs

@@ -69,9 +69,9 @@ func newBenchCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&workloads, "workload", "sample,sockperf,iperf3", "workloads, comma-separated")
-	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold", "modes, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets)")
+	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock", "modes, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile)")
+	f.IntVar(&cfg.RefRuns, "ref-runs", 10, "runs per workload for the other modes")
 	f.IntVar(&cfg.Runs, "runs", 20, "runs per workload for coat and traditional")
-	f.IntVar(&cfg.RefRuns, "ref-runs", 10, "runs per workload for reference and coat-nohold")
 	f.StringVar(&cfg.OutDir, "out", "docs/bench", "output directory (report, CSV, plots)")
 	f.DurationVar(&cfg.ClientTime, "client-time", 3*time.Second, "how long each client runs")
 	f.DurationVar(&cfg.MigrateAt, "migrate-at", 1200*time.Millisecond, "when the migration starts in the client's run")

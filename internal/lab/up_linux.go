@@ -426,7 +426,12 @@ func (s *State) ensureAgents(ctx context.Context, self string) error {
 	for i := 1; i <= s.Hosts; i++ {
 		node := EdgeName(i)
 		if alive(s.Pids[node]) {
-			continue
+			if runs(s.Pids[node], self) {
+				continue
+			}
+			// An agent of an older build: restart it on this one. Its
+			// containers keep running; its state is on disk and in etcd.
+			stop(s.Pids[node])
 		}
 		ip := s.UnderlayIP(node)
 		pid, err := s.start(node, node, []string{self, "agent",
@@ -475,4 +480,11 @@ func waitTCP(ctx context.Context, addr string, limit time.Duration, pid int) err
 		}
 	}
 	return fmt.Errorf("nothing listens on %s after %s", addr, limit)
+}
+
+// runs reports whether process pid runs the binary at path (a rebuilt
+// binary shows as "path (deleted)").
+func runs(pid int, path string) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && exe == path
 }

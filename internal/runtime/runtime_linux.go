@@ -152,6 +152,10 @@ type CheckpointOpts struct {
 	WorkDir  string // where CRIU writes dump.log
 	// LeaveRunning keeps the container running (used for tests/pre-checks).
 	LeaveRunning bool
+	// AfterFreeze, if set, runs once the container is frozen and before
+	// CRIU dumps it (with Slow, or without a cgroup v1 freezer, just
+	// before runc runs). An error thaws the container and aborts.
+	AfterFreeze func() error
 	// Slow leaves freezing to CRIU (first poll after 100 ms): runc's stock
 	// behaviour, kept to measure what the fast path saves.
 	Slow bool
@@ -192,7 +196,13 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 			frozen = true
 		}
 	}
-	err := r.runc.Checkpoint(ctx, name, opts, actions...)
+	var err error
+	if o.AfterFreeze != nil {
+		err = o.AfterFreeze()
+	}
+	if err == nil {
+		err = r.runc.Checkpoint(ctx, name, opts, actions...)
+	}
 	if err != nil && frozen {
 		if terr := r.freeze(name, false); terr != nil {
 			err = fmt.Errorf("%w; thaw: %v", err, terr)
