@@ -171,6 +171,14 @@ func connect(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", r.endpoints, err)
 	}
+	// The client waits for a usable connection forever by default (as when
+	// etcd refuses our certificate): probe it with a deadline.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := cli.Get(pctx, "/coat/probe", clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("cannot use the cluster store at %v: %w (is it up? does its CA accept the certificate in %s?)", r.endpoints, err, filepath.Dir(r.pki.Cert))
+	}
 	return &session{st: store.NewEtcd(cli, "/coat/", nil), tls: tc}, nil
 }
 
