@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -88,6 +89,7 @@ type outgoing struct {
 	ckptDir, workDir        string
 	locked, cut             bool
 	lock                    *store.Lock
+	neigh                   []overlay.Neighbour
 	imageBytes, rootfsBytes int64
 }
 
@@ -231,6 +233,15 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	if err := o.a.rt.Checkpoint(ctx, o.c.Name, opts); err != nil {
 		return err
 	}
+	// The emptied namespace must stay silent: its neighbour entries would
+	// go on to probe (unicast ARP from the container's MAC, 5 s after the
+	// last use) and turn the client's forwarding back to this host.
+	o.neigh = neigh
+	for _, n := range neigh {
+		if err := overlay.FlushNeigh(ep.NetNS, net.ParseIP(n.IP)); err != nil {
+			o.a.log.Warn("flush neighbour", "container", o.c.Name, "ip", n.IP, "err", err)
+		}
+	}
 	if o.req.Reference {
 		return o.exportFile()
 	}
@@ -350,6 +361,15 @@ func (o *outgoing) Abort(ctx context.Context) error {
 // Resume brings the container back on the source: from its own checkpoint
 // if CRIU stopped it, into the network namespace that was kept.
 func (o *outgoing) Resume(ctx context.Context) error {
+	if len(o.neigh) > 0 {
+		ep, err := o.a.endpoint(o.c)
+		if err == nil {
+			err = overlay.SetNeighbours(ep.NetNS, "eth0", o.neigh)
+		}
+		if err != nil {
+			o.a.log.Warn("restore neighbours", "container", o.c.Name, "err", err)
+		}
+	}
 	if o.a.rt.Status(ctx, o.c.Name) != "running" {
 		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
 		if err != nil {
