@@ -2,6 +2,7 @@ package cli
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -74,13 +75,7 @@ func newPsCmd() *cobra.Command {
 		Use:   "ps [--json]",
 		Short: "List containers",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			s, err := connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, _ []string) error {
 			cs, err := s.st.Containers(ctx)
 			if err != nil {
 				return err
@@ -104,7 +99,7 @@ func newPsCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
 	return cmd
@@ -115,25 +110,15 @@ func newLogsCmd() *cobra.Command {
 		Use:   "logs NAME",
 		Short: "Print a container's output",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			_, cl, err := s.container(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			rc, err := cl.Logs(ctx, args[0])
+		RunE: onContainer(func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error {
+			rc, err := cl.Logs(ctx, name)
 			if err != nil {
 				return err
 			}
 			defer rc.Close()
 			_, err = io.Copy(cmd.OutOrStdout(), rc)
 			return err
-		},
+		}),
 	}
 }
 
@@ -142,19 +127,9 @@ func newRmCmd() *cobra.Command {
 		Use:   "rm NAME",
 		Short: "Stop and remove a container",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			_, cl, err := s.container(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return cl.Remove(ctx, args[0])
-		},
+		RunE: onContainer(func(ctx context.Context, _ *cobra.Command, cl *api.Client, name string) error {
+			return cl.Remove(ctx, name)
+		}),
 	}
 }
 
@@ -214,4 +189,29 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 	err := cl.ImportImage(cmd.Context(), name, pr)
 	pr.Close()
 	return err
+}
+
+// onContainer is the RunE of a command on one named container: it finds
+// the container and the agent of its host, then calls f.
+func onContainer(f func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error) func(*cobra.Command, []string) error {
+	return withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+		_, cl, err := s.container(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return f(ctx, cmd, cl, args[0])
+	})
+}
+
+// withSession is the RunE of a command that talks to the cluster.
+func withSession(f func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		s, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return f(ctx, cmd, s, args)
+	}
 }

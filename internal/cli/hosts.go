@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
@@ -17,13 +18,7 @@ func newHostsCmd() *cobra.Command {
 		Use:   "hosts [--json]",
 		Short: "List the edge hosts whose agents are alive",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			s, err := connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, _ []string) error {
 			hosts, err := s.st.Hosts(ctx)
 			if err != nil {
 				return err
@@ -48,7 +43,7 @@ func newHostsCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", h.Name, h.UnderlayIP, h.API, count[h.Name], time.Since(h.Started).Round(time.Second))
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
 	return cmd
