@@ -221,16 +221,32 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		return err
 	}
 	opts := runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}
+	// The switch runs alongside CRIU's dump; only the transfer waits for
+	// it.
+	switched := make(chan error, 1)
+	started := false
 	if o.hold() {
 		opts.AfterFreeze = func() error {
-			err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil)
-			if err != nil {
-				return fmt.Errorf("switch to destination: %w", err)
-			}
+			started = true
+			go func() {
+				err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil)
+				if err != nil {
+					err = fmt.Errorf("switch to destination: %w", err)
+				}
+				switched <- err
+			}()
 			return nil
 		}
 	}
-	if err := o.a.rt.Checkpoint(ctx, o.c.Name, opts); err != nil {
+	t0 := time.Now()
+	err = o.a.rt.Checkpoint(ctx, o.c.Name, opts)
+	o.a.log.Debug("runc checkpoint", "container", o.c.Name, "duration", time.Since(t0))
+	if started {
+		if serr := <-switched; err == nil {
+			err = serr
+		}
+	}
+	if err != nil {
 		return err
 	}
 	// The emptied namespace must stay silent: its neighbour entries would
