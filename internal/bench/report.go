@@ -322,6 +322,7 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 	}
 
 	if len(s.Workloads) > 0 {
+		p("\n## Profile\n\nWhere checkpoint and restore spend their time, what was cut, before and after (coat-stock is the before): [profile.md](profile.md).\n")
 		p("\n## Plots\n\n![Migration duration by phase (median)](phases.png)\n")
 		for _, ws := range s.Workloads {
 			if ws.TimelinePlot != "" {

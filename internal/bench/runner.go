@@ -122,7 +122,7 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 		}
 	}
 	var runs []Run
-	done := 0
+	done, failed := 0, 0
 	start := time.Now()
 	for _, w := range cfg.Workloads {
 		// Interleave modes so that drift of the machine hits all alike.
@@ -134,11 +134,19 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 				}
 				more = true
 				r, err := runOne(ctx, ops, cfg, w, m, i)
+				done++
 				if err != nil {
-					return runs, fmt.Errorf("%s %s run %d: %w", w, m, i, err)
+					// One bad run does not void the others; too many do.
+					failed++
+					if cfg.Progress != nil {
+						fmt.Fprintf(cfg.Progress, "[%3d/%d] %-8s %-12s #%-2d FAILED: %v\n", done, total, w, m, i, err)
+					}
+					if ctx.Err() != nil || failed > total/10 {
+						return runs, fmt.Errorf("%d runs failed; last: %s %s run %d: %w", failed, w, m, i, err)
+					}
+					continue
 				}
 				runs = append(runs, r)
-				done++
 				progress(cfg.Progress, done, total, start, r)
 			}
 			if !more {
@@ -184,6 +192,10 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	}
 	logFile := filepath.Join(cfg.OutDir, "raw", fmt.Sprintf("%s-%s-%02d.log", wl, mode, i))
 	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
+		return r, err
+	}
+	// Clients append to their log files (iperf3 --logfile does).
+	if err := os.Remove(logFile); err != nil && !os.IsNotExist(err) {
 		return r, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, cfg.ClientTime+60*time.Second)

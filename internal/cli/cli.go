@@ -99,7 +99,9 @@ type resolved struct {
 	pki       pki.Files
 }
 
-func resolve() (resolved, error) {
+// loadFileConfig reads the config file: --config, COAT_CONFIG, or
+// /etc/coat/coat.json when it exists; none is no error.
+func loadFileConfig() (fileConfig, error) {
 	var fc fileConfig
 	path := g.config
 	if path == "" {
@@ -113,11 +115,19 @@ func resolve() (resolved, error) {
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return resolved{}, fmt.Errorf("read config: %w", err)
+			return fc, fmt.Errorf("read config: %w", err)
 		}
 		if err := json.Unmarshal(b, &fc); err != nil {
-			return resolved{}, fmt.Errorf("config %s: %w", path, err)
+			return fc, fmt.Errorf("config %s: %w", path, err)
 		}
+	}
+	return fc, nil
+}
+
+func resolve() (resolved, error) {
+	fc, err := loadFileConfig()
+	if err != nil {
+		return resolved{}, err
 	}
 	pick := func(flag, env, file string) string {
 		if flag != "" {

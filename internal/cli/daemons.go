@@ -25,6 +25,18 @@ func newAgentCmd() *cobra.Command {
 		Short: "Run the agent of this edge host (in the host's network namespace)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Flags (whose defaults are the COAT_* variables), then the
+			// config file.
+			fc, err := loadFileConfig()
+			if err != nil {
+				return err
+			}
+			if endpoints == "" {
+				endpoints = fc.EtcdEndpoints
+			}
+			if pkiDir == "" {
+				pkiDir = fc.PKIDir
+			}
 			if cfg.Name == "" || underlay == "" || subnet == "" || endpoints == "" || pkiDir == "" {
 				return fmt.Errorf("--name, --underlay-ip, --subnet, --etcd-endpoints and --pki-dir are required")
 			}

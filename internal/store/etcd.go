@@ -46,29 +46,49 @@ func (s *Etcd) hostKey(n string) string { return s.prefix + "hosts/" + n }
 func (s *Etcd) ctrKey(n string) string  { return s.prefix + "containers/" + n }
 func (s *Etcd) ipKey(ip string) string  { return s.prefix + "ips/" + ip }
 
-// RegisterHost implements Store.
+// RegisterHost implements Store. If the lease is lost (etcd unreachable
+// for longer than ttl), the host registers again as soon as it can.
 func (s *Etcd) RegisterHost(ctx context.Context, h Host, ttl time.Duration) error {
+	ka, err := s.register(ctx, h, ttl)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for ctx.Err() == nil {
+			for range ka { // drained until ctx ends or the lease is lost
+			}
+			for ctx.Err() == nil {
+				if ka, err = s.register(ctx, h, ttl); err == nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (s *Etcd) register(ctx context.Context, h Host, ttl time.Duration) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
 	secs := int64(ttl / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	lease, err := s.cli.Grant(ctx, secs)
 	if err != nil {
-		return fmt.Errorf("grant lease: %w", err)
+		return nil, fmt.Errorf("grant lease: %w", err)
 	}
 	b, _ := json.Marshal(h)
 	if _, err := s.cli.Put(ctx, s.hostKey(h.Name), string(b), clientv3.WithLease(lease.ID)); err != nil {
-		return fmt.Errorf("register host %s: %w", h.Name, err)
+		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
 	}
 	ka, err := s.cli.KeepAlive(ctx, lease.ID)
 	if err != nil {
-		return fmt.Errorf("keep lease alive: %w", err)
+		return nil, fmt.Errorf("keep lease alive: %w", err)
 	}
-	go func() {
-		for range ka { // drained until ctx ends or the lease is lost
-		}
-	}()
-	return nil
+	return ka, nil
 }
 
 // Hosts implements Store.
