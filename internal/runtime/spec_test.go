@@ -1,0 +1,322 @@
+package runtime
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func testRuntime(t *testing.T) *Runtime {
+	t.Helper()
+	r, err := New(t.TempDir(), "edge-1", "/usr/local/bin/coat")
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return r
+}
+
+func TestNewCreatesDirs(t *testing.T) {
+	r := testRuntime(t)
+	for _, d := range []string{"images", "containers", "runc"} {
+		st, err := os.Stat(filepath.Join(r.StateDir, d))
+		if err != nil || !st.IsDir() {
+			t.Errorf("%s: want a directory, got %v", d, err)
+		}
+	}
+	if r.CgroupParent != "/coat/edge-1" {
+		t.Errorf("CgroupParent = %q, want /coat/edge-1", r.CgroupParent)
+	}
+	if r.Host != "edge-1" || r.Self != "/usr/local/bin/coat" {
+		t.Errorf("Host/Self = %q/%q", r.Host, r.Self)
+	}
+}
+
+func TestPaths(t *testing.T) {
+	r := &Runtime{StateDir: "/state"}
+	if got, want := r.Dir("web"), "/state/containers/web"; got != want {
+		t.Errorf("Dir = %q, want %q", got, want)
+	}
+	if got, want := r.UpperDir("web"), "/state/containers/web/upper"; got != want {
+		t.Errorf("UpperDir = %q, want %q", got, want)
+	}
+	if got, want := r.LogFile("web"), "/state/containers/web/upper/.coat/log"; got != want {
+		t.Errorf("LogFile = %q, want %q", got, want)
+	}
+	if got, want := r.ImageDir("alpine"), "/state/images/alpine/rootfs"; got != want {
+		t.Errorf("ImageDir = %q, want %q", got, want)
+	}
+	// LogFile is LogPath inside the upper layer, where the container's
+	// init writes it.
+	if !strings.HasSuffix(r.LogFile("x"), LogPath) {
+		t.Errorf("LogFile %q does not end in LogPath %q", r.LogFile("x"), LogPath)
+	}
+}
+
+func TestHasImage(t *testing.T) {
+	r := testRuntime(t)
+	if r.HasImage("alpine") {
+		t.Fatal("HasImage true before import")
+	}
+	if err := os.MkdirAll(r.ImageDir("alpine"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if !r.HasImage("alpine") {
+		t.Fatal("HasImage false after the rootfs exists")
+	}
+}
+
+func TestPrepareMissingImage(t *testing.T) {
+	r := testRuntime(t)
+	err := r.Prepare(Spec{Name: "web", Image: "nope", Args: []string{"x"}})
+	if err == nil || !strings.Contains(err.Error(), `"nope"`) || !strings.Contains(err.Error(), "edge-1") {
+		t.Fatalf("Prepare with a missing image: %v", err)
+	}
+	if _, err := os.Stat(r.Dir("web")); !os.IsNotExist(err) {
+		t.Errorf("Prepare made the container dir before failing: %v", err)
+	}
+}
+
+func TestSpec(t *testing.T) {
+	r := &Runtime{StateDir: "/state", Self: "/opt/coat", CgroupParent: "/coat/edge-2"}
+	s := Spec{
+		Name:  "web",
+		Image: "alpine",
+		Args:  []string{"/bin/sh", "-c", "echo hi"},
+		Env:   []string{"FOO=bar", "GODEBUG=multipathtcp=1"},
+		NetNS: "/state/netns/web",
+	}
+	sp := r.spec(s)
+
+	if sp.Hostname != "web" {
+		t.Errorf("Hostname = %q", sp.Hostname)
+	}
+	if sp.Root == nil || sp.Root.Path != "/state/containers/web/rootfs" {
+		t.Errorf("Root = %+v", sp.Root)
+	}
+	if got, want := sp.Annotations["org.criu.config"], "/state/containers/web/criu.conf"; got != want {
+		t.Errorf("org.criu.config = %q, want %q", got, want)
+	}
+
+	// Namespaces: own PID, IPC, UTS, mount; network by path.
+	ns := map[specs.LinuxNamespaceType]string{}
+	for _, n := range sp.Linux.Namespaces {
+		if _, dup := ns[n.Type]; dup {
+			t.Errorf("namespace %s listed twice", n.Type)
+		}
+		ns[n.Type] = n.Path
+	}
+	for _, typ := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace} {
+		p, ok := ns[typ]
+		if !ok {
+			t.Errorf("no %s namespace", typ)
+		} else if p != "" {
+			t.Errorf("%s namespace has path %q, want a new one", typ, p)
+		}
+	}
+	if p, ok := ns[specs.NetworkNamespace]; !ok || p != "/state/netns/web" {
+		t.Errorf("network namespace = %q (present %v), want /state/netns/web", p, ok)
+	}
+	if _, ok := ns[specs.UserNamespace]; ok {
+		t.Error("unexpected user namespace")
+	}
+	if len(ns) != 5 {
+		t.Errorf("got %d namespaces, want 5: %v", len(ns), ns)
+	}
+
+	if got, want := sp.Linux.CgroupsPath, "/coat/edge-2/web"; got != want {
+		t.Errorf("CgroupsPath = %q, want %q", got, want)
+	}
+
+	// The init bind mount.
+	var initMount *specs.Mount
+	for i := range sp.Mounts {
+		if sp.Mounts[i].Destination == InitPath {
+			if initMount != nil {
+				t.Errorf("%s mounted twice", InitPath)
+			}
+			initMount = &sp.Mounts[i]
+		}
+	}
+	if initMount == nil {
+		t.Fatalf("no mount at %s", InitPath)
+	}
+	if initMount.Source != "/opt/coat" || initMount.Type != "bind" {
+		t.Errorf("init mount = %+v, want a bind of /opt/coat", *initMount)
+	}
+	if !slices.Contains(initMount.Options, "ro") || !slices.Contains(initMount.Options, "rbind") {
+		t.Errorf("init mount options = %v, want rbind and ro", initMount.Options)
+	}
+	if InitPath != "/.coat/init" {
+		t.Errorf("InitPath = %q", InitPath)
+	}
+
+	// Process.
+	p := sp.Process
+	if want := append([]string{InitPath}, s.Args...); !slices.Equal(p.Args, want) {
+		t.Errorf("Args = %q, want %q", p.Args, want)
+	}
+	if p.Cwd != "/" || !p.NoNewPrivileges {
+		t.Errorf("Cwd = %q, NoNewPrivileges = %v", p.Cwd, p.NoNewPrivileges)
+	}
+	idx := func(prefix string) int {
+		return slices.IndexFunc(p.Env, func(e string) bool { return strings.HasPrefix(e, prefix) })
+	}
+	if i := idx("PATH="); i < 0 || !strings.Contains(p.Env[i], "/usr/bin") {
+		t.Errorf("Env has no usable PATH: %q", p.Env)
+	}
+	def := slices.Index(p.Env, "GODEBUG=multipathtcp=0")
+	if def < 0 {
+		t.Fatalf("Env lacks GODEBUG=multipathtcp=0: %q", p.Env)
+	}
+	// The user's env comes after the defaults, so it overrides them (the
+	// last value of a variable wins for the exec'd command).
+	foo := slices.Index(p.Env, "FOO=bar")
+	user := slices.Index(p.Env, "GODEBUG=multipathtcp=1")
+	if foo < 0 || user < 0 {
+		t.Fatalf("Env lacks the user's variables: %q", p.Env)
+	}
+	if user < def || foo < idx("PATH=") {
+		t.Errorf("user env must come after the defaults: %q", p.Env)
+	}
+	if !slices.Equal(p.Env[len(p.Env)-2:], s.Env) {
+		t.Errorf("Env does not end with the user's env in order: %q", p.Env)
+	}
+
+	// Capabilities: the three sets agree, no CAP_SYS_ADMIN.
+	c := p.Capabilities
+	if c == nil || !slices.Equal(c.Bounding, c.Effective) || !slices.Equal(c.Bounding, c.Permitted) || len(c.Bounding) == 0 {
+		t.Errorf("Capabilities = %+v", c)
+	} else if slices.Contains(c.Bounding, "CAP_SYS_ADMIN") {
+		t.Error("CAP_SYS_ADMIN granted")
+	}
+
+	// Devices denied by default.
+	if sp.Linux.Resources == nil || len(sp.Linux.Resources.Devices) == 0 || sp.Linux.Resources.Devices[0].Allow {
+		t.Errorf("device cgroup does not deny by default: %+v", sp.Linux.Resources)
+	}
+}
+
+// The spec must not share or alter the caller's slices.
+func TestSpecDoesNotAliasInput(t *testing.T) {
+	r := &Runtime{StateDir: "/s", Self: "/c", CgroupParent: "/coat/h"}
+	args := make([]string, 1, 8)
+	args[0] = "a"
+	env := make([]string, 1, 8)
+	env[0] = "X=1"
+	s1 := r.spec(Spec{Name: "one", Args: args, Env: env})
+	s2 := r.spec(Spec{Name: "two", Args: args, Env: env})
+	s1.Process.Args[1] = "changed"
+	s1.Process.Env[len(s1.Process.Env)-1] = "X=changed"
+	s1.Process.Capabilities.Bounding[0] = "CAP_CHANGED"
+	if args[0] != "a" || env[0] != "X=1" {
+		t.Errorf("caller slices changed: %q %q", args, env)
+	}
+	if s2.Process.Args[1] != "a" || s2.Process.Env[len(s2.Process.Env)-1] != "X=1" {
+		t.Errorf("specs share slices: %q %q", s2.Process.Args, s2.Process.Env)
+	}
+	if s2.Process.Capabilities.Bounding[0] == "CAP_CHANGED" || defaultCaps[0] == "CAP_CHANGED" {
+		t.Error("specs share the capability list")
+	}
+}
+
+// criuConf: the fast path ignores cgroup properties (and may add other
+// fast-path options), slow keeps CRIU's stock behaviour, and closeTCP adds
+// tcp-close.
+func TestCriuConf(t *testing.T) {
+	r := &Runtime{StateDir: t.TempDir()}
+	if err := os.MkdirAll(r.Dir("web"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, slow := range []bool{false, true} {
+		for _, closeTCP := range []bool{false, true} {
+			if err := r.criuConf("web", slow, closeTCP); err != nil {
+				t.Fatalf("criuConf(slow=%v, closeTCP=%v): %v", slow, closeTCP, err)
+			}
+			path := filepath.Join(r.Dir("web"), "criu.conf")
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf := string(b)
+			if conf != "" && !strings.HasSuffix(conf, "\n") {
+				t.Errorf("criu.conf %q does not end in a newline", conf)
+			}
+			lines := strings.Split(strings.TrimSuffix(conf, "\n"), "\n")
+			has := func(l string) bool { return slices.Contains(lines, l) }
+			if got := has("manage-cgroups=ignore"); got == slow {
+				t.Errorf("slow=%v closeTCP=%v: manage-cgroups=ignore present=%v in %q", slow, closeTCP, got, conf)
+			}
+			if got := has("tcp-close"); got != closeTCP {
+				t.Errorf("slow=%v closeTCP=%v: tcp-close present=%v in %q", slow, closeTCP, got, conf)
+			}
+			if slow {
+				// Stock CRIU behaviour: nothing but what closeTCP asks for.
+				want := ""
+				if closeTCP {
+					want = "tcp-close\n"
+				}
+				if conf != want {
+					t.Errorf("slow, closeTCP=%v: criu.conf %q, want %q", closeTCP, conf, want)
+				}
+			}
+			// The annotation names this very file.
+			if got := r.spec(Spec{Name: "web"}).Annotations["org.criu.config"]; got != path {
+				t.Errorf("annotation %q != criu.conf %q", got, path)
+			}
+		}
+	}
+}
+
+func TestCriuConfNoDir(t *testing.T) {
+	r := &Runtime{StateDir: t.TempDir()}
+	if err := r.criuConf("missing", false, false); err == nil {
+		t.Fatal("criuConf without the container dir: want an error")
+	}
+}
+
+func TestRestoreError(t *testing.T) {
+	inner := os.ErrPermission
+	e := &RestoreError{Name: "web", Log: "/w/restore.log", Err: inner}
+	if !strings.Contains(e.Error(), "web") || !strings.Contains(e.Error(), "/w/restore.log") {
+		t.Errorf("Error() = %q", e.Error())
+	}
+	if e.Unwrap() != inner {
+		t.Error("Unwrap does not return Err")
+	}
+}
+
+func TestMountedAndLastRuncError(t *testing.T) {
+	if mounted(t.TempDir()) {
+		t.Error("a fresh temp dir reported mounted")
+	}
+	if !mounted("/") {
+		t.Error("/ not reported mounted")
+	}
+	r := testRuntime(t)
+	r.runc.Log = filepath.Join(r.StateDir, "runc.log")
+	if got := r.lastRuncError(); got != "" {
+		t.Errorf("no log: got %q", got)
+	}
+	log := `{"level":"info","msg":"starting"}
+{"level":"error","msg":"first"}
+{"level":"error","msg":"container_linux.go: boom"}
+{"level":"warning","msg":"later"}
+not json
+`
+	if err := os.WriteFile(r.runc.Log, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.lastRuncError(), ": container_linux.go: boom"; got != want {
+		t.Errorf("lastRuncError = %q, want %q", got, want)
+	}
+}
+
+func TestIsInit(t *testing.T) {
+	if IsInit() {
+		t.Fatalf("IsInit() true in a test binary (os.Args[0] = %q)", os.Args[0])
+	}
+}
