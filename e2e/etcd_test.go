@@ -14,8 +14,9 @@ import (
 	"time"
 )
 
-// newLabWith is newLab with any `lab up` arguments, e.g. --hosts 3
-// --etcd-members 3; teardown is registered the same way.
+// newLabWith brings up a uniquely named lab with any `lab up` arguments
+// (e.g. --hosts 3 --etcd-members 3) and registers its teardown, which also
+// runs when the test fails or panics.
 func newLabWith(t *testing.T, args ...string) *testLab {
 	requireRoot(t)
 	b := make([]byte, 3)

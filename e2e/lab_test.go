@@ -7,8 +7,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -43,22 +41,7 @@ func requireRoot(t *testing.T) {
 // newLab brings up a uniquely named lab and registers its teardown, which
 // also runs when the test fails or panics.
 func newLab(t *testing.T, hosts int) *testLab {
-	requireRoot(t)
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	l := &testLab{t: t, name: "t" + hex.EncodeToString(b)}
-	t.Cleanup(func() {
-		if t.Failed() {
-			l.dumpLogs()
-		}
-		if out, err := l.coat("lab", "down"); err != nil {
-			t.Errorf("lab down: %v\n%s", err, out)
-		}
-	})
-	if out, err := l.coat("lab", "up", "--hosts", fmt.Sprint(hosts)); err != nil {
-		t.Fatalf("lab up: %v\n%s", err, out)
-	}
-	return l
+	return newLabWith(t, "--hosts", fmt.Sprint(hosts))
 }
 
 func (l *testLab) dumpLogs() {
