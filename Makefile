@@ -31,7 +31,7 @@ unit:
 test: deps build vet
 	$(GO) test -count=1 -timeout 25m ./...
 
-# The paper's evaluation on the lab (about 13 minutes): docs/bench/.
+# The paper's evaluation on the lab (about 12 minutes): docs/bench/.
 bench: deps build
 	$(BIN)/coat --lab bench bench --out docs/bench; rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
 
