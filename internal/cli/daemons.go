@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -37,8 +39,18 @@ func newAgentCmd() *cobra.Command {
 			if pkiDir == "" {
 				pkiDir = fc.PKIDir
 			}
-			if cfg.Name == "" || underlay == "" || subnet == "" || endpoints == "" || pkiDir == "" {
-				return fmt.Errorf("--name, --underlay-ip, --subnet, --etcd-endpoints and --pki-dir are required")
+			if cfg.Name == "" || underlay == "" || subnet == "" || pkiDir == "" {
+				return fmt.Errorf("--name, --underlay-ip, --subnet and --pki-dir are required")
+			}
+			if endpoints == "" {
+				// A single-machine install: run etcd inside the agent,
+				// on loopback, with mutual TLS from the cluster CA.
+				url, stop, err := embedEtcd(cmd.Context(), cfg.StateDir, pkiDir)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				endpoints = url
 			}
 			if cfg.UnderlayIP = net.ParseIP(underlay); cfg.UnderlayIP == nil {
 				return fmt.Errorf("--underlay-ip %q is not an IP address", underlay)
@@ -90,7 +102,7 @@ func newAgentCmd() *cobra.Command {
 	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
 	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup parent of the containers (default /coat/NAME)")
-	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS)")
+	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS, config key etcd_endpoints); none: the agent runs an embedded etcd on 127.0.0.1:2379")
 	f.StringVar(&pkiDir, "pki-dir", os.Getenv("COAT_PKI_DIR"), "PKI directory with ca.crt and NAME.crt/key (env COAT_PKI_DIR)")
 	return cmd
 }
@@ -188,4 +200,24 @@ func newInitCmd() *cobra.Command {
 	cmd.Flags().StringVar(&dir, "pki-dir", "/etc/coat/pki", "where to write the CA and certificates")
 	cmd.Flags().StringArrayVar(&names, "issue", nil, "issue a certificate NAME=IP for an agent or etcd (repeatable)")
 	return cmd
+}
+
+// embedEtcd starts an embedded single-member etcd for an agent that was
+// given no endpoints: data under stateDir/etcd, client URL on loopback,
+// certificate "etcd" from the cluster CA in pkiDir (issued if missing).
+func embedEtcd(ctx context.Context, stateDir, pkiDir string) (string, func(), error) {
+	if err := pki.Issue(pkiDir, "etcd", []net.IP{net.IPv4(127, 0, 0, 1)}); err != nil {
+		return "", nil, fmt.Errorf("etcd certificate: %w (create the cluster CA with `coat init --pki-dir %s`)", err, pkiDir)
+	}
+	f := pki.FilesFor(pkiDir, "etcd")
+	url := "https://127.0.0.1:2379"
+	e, err := store.StartEmbedded(ctx, store.EmbedConfig{
+		Name: "default", DataDir: filepath.Join(stateDir, "etcd"),
+		ClientURL: url, PeerURL: "https://127.0.0.1:2380",
+		CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA,
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return url, e.Close, nil
 }
