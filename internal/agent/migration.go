@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -181,6 +180,15 @@ func (o *outgoing) Prepare(ctx context.Context) error {
 	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
 		return err
 	}
+	// The container's neighbours go to the destination at the switch;
+	// read them here, before the freeze window opens.
+	ep, err := o.a.endpoint(o.c)
+	if err != nil {
+		return err
+	}
+	if o.neigh, err = overlay.Neighbours(ep.NetNS, "eth0"); err != nil {
+		o.a.log.Warn("read neighbours", "container", o.c.Name, "err", err)
+	}
 	// From here on the container may be frozen: recovery must look at
 	// both hosts.
 	return o.a.st.PutMigration(ctx, o.record(string(migrate.PhasePrepared)))
@@ -204,10 +212,6 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	neigh, err := overlay.Neighbours(ep.NetNS, "eth0")
-	if err != nil {
-		o.a.log.Warn("read neighbours", "container", o.c.Name, "err", err)
-	}
 	if o.hold() {
 		err = o.a.ov.Hold(ep.HostVeth, ep.MTU)
 	} else {
@@ -229,7 +233,7 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		opts.AfterFreeze = func() error {
 			started = true
 			go func() {
-				err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: neigh}, nil)
+				err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: o.neigh}, nil)
 				if err != nil {
 					err = fmt.Errorf("switch to destination: %w", err)
 				}
@@ -252,11 +256,8 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	// The emptied namespace must stay silent: its neighbour entries would
 	// go on to probe (unicast ARP from the container's MAC, 5 s after the
 	// last use) and turn the client's forwarding back to this host.
-	o.neigh = neigh
-	for _, n := range neigh {
-		if err := overlay.FlushNeigh(ep.NetNS, net.ParseIP(n.IP)); err != nil {
-			o.a.log.Warn("flush neighbour", "container", o.c.Name, "ip", n.IP, "err", err)
-		}
+	if err := overlay.FlushNeighbours(ep.NetNS, "eth0"); err != nil {
+		o.a.log.Warn("flush neighbours", "container", o.c.Name, "err", err)
 	}
 	if o.req.Reference {
 		return o.exportFile()
@@ -393,11 +394,7 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 	}
 	if o.cut {
-		// Held frames meet the resumed sockets; a downed link comes up.
-		if err := o.a.ov.Release(vethName(o.c.Name)); err != nil {
-			return err
-		}
-		if err := o.a.ov.SetEndpointUp(vethName(o.c.Name), true); err != nil {
+		if err := o.a.reopen(o.c.Name); err != nil {
 			return err
 		}
 	}
@@ -462,9 +459,9 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 }
 
 // prepareIncoming builds the container's network namespace with the same
-// IP and MAC, its veth down until the restore is done, so the destination
-// neither answers nor resets anything while the source still owns the
-// connections.
+// IP and MAC, its veth down (or, with hold, up with every inbound frame
+// queued) until the restore is done, so the destination neither answers
+// nor resets anything while the source still owns the connections.
 func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
 	dir := a.incomingDir(c.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -615,10 +612,7 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	}
 	// Let the held frames in (the clients' retransmissions meet live
 	// sockets at once), or bring the link up if nothing was held.
-	if err := a.ov.Release(vethName(c.Name)); err != nil {
-		return err
-	}
-	if err := a.ov.SetEndpointUp(vethName(c.Name), true); err != nil {
+	if err := a.reopen(c.Name); err != nil {
 		return err
 	}
 	ep, err := a.endpoint(c)

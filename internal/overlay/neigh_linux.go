@@ -3,6 +3,7 @@
 package overlay
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
@@ -73,4 +74,26 @@ func parseMAC(s string) net.HardwareAddr {
 		return nil
 	}
 	return m
+}
+
+// FlushNeighbours deletes every IPv4 neighbour entry on ifname in the netns
+// at nsPath ("ip -n NS -4 neigh flush dev IFNAME"), with one handle and
+// one dump.
+func FlushNeighbours(nsPath, ifname string) error {
+	return withHandle(nsPath, func(nl *netlink.Handle) error {
+		link, err := nl.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		ns, err := retryDump(func() ([]netlink.Neigh, error) { return nl.NeighList(link.Attrs().Index, unix.AF_INET) })
+		if err != nil {
+			return err
+		}
+		for _, n := range ns {
+			if err := nl.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("delete neighbour %s: %w", n.IP, err)
+			}
+		}
+		return nil
+	})
 }

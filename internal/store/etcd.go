@@ -218,13 +218,19 @@ func (s *Etcd) Containers(ctx context.Context) ([]Container, error) {
 
 // UpdateContainer implements Store.
 func (s *Etcd) UpdateContainer(ctx context.Context, c Container) (Container, error) {
+	return s.putIfUnchanged(ctx, c, "update container")
+}
+
+// putIfUnchanged writes c, together with any further operations, only if
+// its record is still at c.Revision.
+func (s *Etcd) putIfUnchanged(ctx context.Context, c Container, what string, also ...clientv3.Op) (Container, error) {
 	b, _ := json.Marshal(c)
 	key := s.ctrKey(c.Name)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", c.Revision)).
-		Then(clientv3.OpPut(key, string(b))).Commit()
+		Then(append([]clientv3.Op{clientv3.OpPut(key, string(b))}, also...)...).Commit()
 	if err != nil {
-		return Container{}, fmt.Errorf("update container %s: %w", c.Name, err)
+		return Container{}, fmt.Errorf("%s %s: %w", what, c.Name, err)
 	}
 	if !resp.Succeeded {
 		return Container{}, fmt.Errorf("container %q: %w", c.Name, ErrConflict)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -127,22 +126,5 @@ func (s *Etcd) Migrations(ctx context.Context) ([]Migration, error) {
 // a rollback) and the migration record goes. It fails with ErrConflict if
 // the container record changed meanwhile.
 func (s *Etcd) FinishMigration(ctx context.Context, c Container) (Container, error) {
-	b, _ := json.Marshal(c)
-	key := s.ctrKey(c.Name)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", c.Revision)).
-		Then(clientv3.OpPut(key, string(b)), clientv3.OpDelete(s.migKey(c.Name))).Commit()
-	if err != nil {
-		return Container{}, fmt.Errorf("finish migration of %s: %w", c.Name, err)
-	}
-	if !resp.Succeeded {
-		return Container{}, fmt.Errorf("container %q: %w", c.Name, ErrConflict)
-	}
-	c.Revision = resp.Header.Revision
-	return c, nil
-}
-
-// migrationName is the container name of a migration key.
-func (s *Etcd) migrationName(key string) string {
-	return strings.TrimPrefix(key, s.prefix+"migrations/")
+	return s.putIfUnchanged(ctx, c, "finish migration of", clientv3.OpDelete(s.migKey(c.Name)))
 }
