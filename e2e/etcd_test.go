@@ -18,10 +18,15 @@ import (
 // (e.g. --hosts 3 --etcd-members 3) and registers its teardown, which also
 // runs when the test fails or panics.
 func newLabWith(t *testing.T, args ...string) *testLab {
+	return newLabBin(t, "", args...)
+}
+
+// newLabBin is newLabWith on the coat binary at bin ("" is bin/coat).
+func newLabBin(t *testing.T, bin string, args ...string) *testLab {
 	requireRoot(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
-	l := &testLab{t: t, name: "t" + hex.EncodeToString(b)}
+	l := &testLab{t: t, name: "t" + hex.EncodeToString(b), bin: bin}
 	t.Cleanup(func() {
 		if t.Failed() {
 			l.dumpLogs()

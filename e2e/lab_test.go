@@ -26,6 +26,7 @@ var binDir = func() string {
 type testLab struct {
 	t    *testing.T
 	name string
+	bin  string // the coat binary to run; "" is bin/coat
 }
 
 func requireRoot(t *testing.T) {
@@ -59,7 +60,11 @@ func (l *testLab) dumpLogs() {
 func (l *testLab) coat(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "coat"), args...)
+	bin := l.bin
+	if bin == "" {
+		bin = filepath.Join(binDir, "coat")
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "COAT_LAB="+l.name)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -182,4 +187,19 @@ func (l *testLab) waitListen(name string, port int) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	l.t.Fatalf("%s does not listen on port %d", name, port)
+}
+
+// pid is the host PID of a container's init process, from runc's state.
+func (l *testLab) pid(name string) int {
+	l.t.Helper()
+	c := l.get(name)
+	out, err := exec.Command("runc", "--root", filepath.Join("/var/lib/coat/labs", l.name, c.Host, "runc"), "state", name).Output()
+	if err != nil {
+		l.t.Fatalf("runc state %s on %s: %v", name, c.Host, err)
+	}
+	var st struct{ Pid int }
+	if err := json.Unmarshal(out, &st); err != nil || st.Pid == 0 {
+		l.t.Fatalf("runc state %s: %v %s", name, err, out)
+	}
+	return st.Pid
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -103,6 +105,11 @@ func TestStateSurvivesMigration(t *testing.T) {
 		}
 	}
 	before := l.stats(c.IP)
+	// A file in the container's /dev/shm (a directory of its /dev tmpfs).
+	root := fmt.Sprintf("/proc/%d/root", l.pid("state"))
+	if err := os.WriteFile(root+"/dev/shm/keep", []byte("shm-before"), 0o600); err != nil {
+		t.Fatalf("write /dev/shm in the container: %v", err)
+	}
 	l.migrate("state", "edge-2")
 	if out, err := l.ctl(c.IP, "get", "greeting"); err != nil || out != "hello-from-edge-1" {
 		t.Fatalf("file after migration: %v %q", err, out)
@@ -117,6 +124,78 @@ func TestStateSurvivesMigration(t *testing.T) {
 	logs := l.must("logs", "state")
 	if !strings.Contains(logs, "listening") {
 		t.Fatalf("container output lost across migration:\n%s", logs)
+	}
+	// CRIU keeps its kernel-feature cache in the agents' own tmpfs.
+	for _, h := range []string{"edge-1", "edge-2"} {
+		if _, err := os.Stat(filepath.Join("/var/lib/coat/labs", l.name, h, "criu-run", "criu.kdat")); err != nil {
+			t.Errorf("CRIU's cache on %s: %v", h, err)
+		}
+	}
+	// Twice restored (a restored container's masks are checkpointed too):
+	// /dev/shm kept its file and its mode; the masked directories are
+	// still empty and cannot be written, even by the container's root.
+	l.migrate("state", "edge-1")
+	root = fmt.Sprintf("/proc/%d/root", l.pid("state"))
+	if b, err := os.ReadFile(root + "/dev/shm/keep"); err != nil || string(b) != "shm-before" {
+		t.Errorf("/dev/shm file after migrations: %v %q", err, b)
+	}
+	if st, err := os.Stat(root + "/dev/shm"); err != nil || st.Mode()&os.ModeSticky == 0 || st.Mode().Perm() != 0o777 {
+		t.Errorf("/dev/shm after migrations: %v %v, want sticky 0777", err, st.Mode())
+	}
+	for _, d := range []string{"/proc/acpi", "/sys/firmware"} {
+		if _, err := os.Stat(d); err != nil {
+			continue // not on this kernel: not masked
+		}
+		if ents, err := os.ReadDir(root + d); err != nil || len(ents) != 0 {
+			t.Errorf("masked %s after migrations: %v, %d entries, want empty", d, err, len(ents))
+		}
+		if err := os.WriteFile(root+d+"/x", []byte("x"), 0o600); err == nil {
+			t.Errorf("masked %s is writable after migrations", d)
+		}
+	}
+}
+
+// An upgrade (the agent's binary replaced by a new build, agents restarted
+// on it by `lab up`) leaves a running container migratable with its
+// client's connection: containers bind a copy of the agent's binary named
+// by its content, not the binary itself, whose replacement CRIU could not
+// checkpoint.
+func TestMigrationAfterUpgrade(t *testing.T) {
+	requireRoot(t)
+	bin := filepath.Join(t.TempDir(), "coat")
+	install := func(extra string) {
+		b, err := os.ReadFile(filepath.Join(binDir, "coat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Trailing bytes make another build (another hash) that runs.
+		if err := os.WriteFile(bin+".new", append(b, extra...), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(bin+".new", bin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install("")
+	// lab up finds the sample image's binary beside coat.
+	if err := os.Symlink(filepath.Join(binDir, "coat-sample"), filepath.Join(filepath.Dir(bin), "coat-sample")); err != nil {
+		t.Fatal(err)
+	}
+	l := newLabBin(t, bin, "--hosts", "2")
+	c := l.runSample("upg", "edge-1")
+	cmd, out := l.startStream(c.IP, 5*time.Second)
+	time.Sleep(time.Second)
+	install("\x00build-2")
+	l.must("lab", "up") // restarts the agents on the new build
+	l.migrate("upg", "edge-2")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stream client failed: %v\n%s", err, out)
+	}
+	if r := parseStream(t, out); r.ConnectionError != "" || r.Errors != 0 || r.Received != r.Sent {
+		t.Fatalf("client side: %+v", r)
+	}
+	if got := l.get("upg"); got.Host != "edge-2" || got.Status != "running" {
+		t.Fatalf("after migration: %+v", got)
 	}
 }
 

@@ -76,11 +76,16 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if cfg.CgroupParent != "" {
 		rt.CgroupParent = cfg.CgroupParent
 	}
+	if err := rt.EnableFastPaths(); err != nil {
+		log.Warn("checkpoints and restores will be slower", "err", err)
+	}
 	ctls, err := cfg.PKI.ClientConfig()
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}}, nil
+	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}}
+	a.emptyTrash() // left by an agent that died before it was done
+	return a, nil
 }
 
 // Run serves until ctx ends.
@@ -111,6 +116,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent serving", "host", a.cfg.Name, "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
 	err = srv.Serve(ln)
 	a.wg.Wait()
+	if cerr := a.rt.Close(); cerr != nil {
+		a.log.Warn("stop", "err", cerr)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -611,20 +611,57 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		return err
 	}
 	// Let the held frames in (the clients' retransmissions meet live
-	// sockets at once), or bring the link up if nothing was held.
+	// sockets at once), or bring the link up if nothing was held. This
+	// ends the clients' wait; what follows is off their clock.
 	if err := a.reopen(c.Name); err != nil {
+		return err
+	}
+	// The image held the container's memory: it goes as soon as it is not
+	// needed (rollback uses the source's copy). Moved aside now (a later
+	// migration back here reuses the name), deleted in the background.
+	if err := a.trash(a.incomingDir(c.Name)); err != nil {
 		return err
 	}
 	ep, err := a.endpoint(c)
 	if err != nil {
 		return err
 	}
-	if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3); err != nil {
-		a.log.Warn("gratuitous arp", "container", c.Name, "err", err)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		// Announce the MAC once more from the live container (the switch
+		// to this host was announced at freeze time).
+		if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3); err != nil {
+			a.log.Warn("gratuitous arp", "container", c.Name, "err", err)
+		}
+		a.emptyTrash()
+	}()
+	return nil
+}
+
+// trash moves dir into StateDir/trash, from where emptyTrash deletes it
+// (and the agent's start, should it die first).
+func (a *Agent) trash(dir string) error {
+	t := filepath.Join(a.cfg.StateDir, "trash")
+	if err := os.MkdirAll(t, 0o700); err != nil {
+		return err
 	}
-	// The image held the container's memory: it goes as soon as it is not
-	// needed (rollback uses the source's copy).
-	return os.RemoveAll(a.incomingDir(c.Name))
+	dst := filepath.Join(t, fmt.Sprintf("%s-%d", filepath.Base(dir), time.Now().UnixNano()))
+	if err := os.Rename(dir, dst); err != nil {
+		return fmt.Errorf("move %s out of the way: %w", dir, err)
+	}
+	return nil
+}
+
+// emptyTrash deletes what trash moved aside.
+func (a *Agent) emptyTrash() {
+	t := filepath.Join(a.cfg.StateDir, "trash")
+	ents, _ := os.ReadDir(t)
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(t, e.Name())); err != nil {
+			a.log.Warn("empty trash", "err", err)
+		}
+	}
 }
 
 // corruptImage empties the process images (core-*.img), which CRIU then

@@ -9,6 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ShmPath is made by the init in the container's /dev.
+const ShmPath = "/dev/shm"
+
 // IsInit reports whether this process was started as a container's init
 // (argv[0] is InitPath).
 func IsInit() bool { return len(os.Args) > 0 && os.Args[0] == InitPath }
@@ -28,6 +31,16 @@ func RunInit() int {
 	}
 	logf, err := os.OpenFile(LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "coat init:", err)
+		return 126
+	}
+	// /dev/shm lives in /dev's tmpfs (see spec): sticky and open to all,
+	// as a tmpfs of its own would be.
+	if err := os.Mkdir(ShmPath, 0o1777); err != nil && !os.IsExist(err) {
+		fmt.Fprintln(os.Stderr, "coat init:", err)
+		return 126
+	}
+	if err := os.Chmod(ShmPath, os.ModeSticky|0o777); err != nil {
 		fmt.Fprintln(os.Stderr, "coat init:", err)
 		return 126
 	}

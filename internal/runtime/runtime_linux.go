@@ -30,7 +30,11 @@ type Runtime struct {
 	// CgroupParent is where the containers' cgroups go, one per host so
 	// that hosts sharing a kernel (the lab) never collide.
 	CgroupParent string
-	runc         *runc.Runc
+	// Init is the copy of Self that containers get (see installInit).
+	Init     string
+	criuRun  string // CRIU's cache tmpfs, or "" (see criucache_linux.go)
+	maskedOK bool   // maskedDir is mounted (see maskedExternals)
+	runc     *runc.Runc
 }
 
 // New returns a Runtime whose runc state lives in stateDir/runc.
@@ -40,13 +44,19 @@ func New(stateDir, host, self string) (*Runtime, error) {
 			return nil, err
 		}
 	}
-	return &Runtime{
+	init, err := installInit(stateDir, self)
+	if err != nil {
+		return nil, err
+	}
+	r := &Runtime{
 		StateDir:     stateDir,
 		Host:         host,
 		Self:         self,
+		Init:         init,
 		CgroupParent: "/coat/" + host,
 		runc:         &runc.Runc{Command: "runc", Root: filepath.Join(stateDir, "runc")},
-	}, nil
+	}
+	return r, nil
 }
 
 // Spec is what a container runs.
@@ -104,7 +114,7 @@ func (r *Runtime) Prepare(s Spec) error {
 			return fmt.Errorf("mount overlay rootfs for %s: %w", s.Name, err)
 		}
 	}
-	if err := r.criuConf(s.Name, false, false); err != nil {
+	if err := r.criuConf(s.Name, false, false, true); err != nil {
 		return err
 	}
 	spec := r.spec(s)
@@ -179,7 +189,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		AllowOpenTCP: true,
 		FileLocks:    true,
 	}
-	if err := r.criuConf(name, o.Slow, false); err != nil {
+	if err := r.criuConf(name, o.Slow, false, false); err != nil {
 		return err
 	}
 	frozen := false
@@ -201,7 +211,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		err = o.AfterFreeze()
 	}
 	if err == nil {
-		err = r.runc.Checkpoint(ctx, name, opts, actions...)
+		err = r.withCriuCache(func() error { return r.runc.Checkpoint(ctx, name, opts, actions...) })
 	}
 	if err != nil && frozen {
 		if terr := r.freeze(name, false); terr != nil {
@@ -230,17 +240,20 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return err
 	}
-	if err := r.criuConf(s.Name, o.Slow, o.CloseTCP); err != nil {
+	if err := r.criuConf(s.Name, o.Slow, o.CloseTCP, true); err != nil {
 		return err
 	}
-	_, err := r.runc.Restore(ctx, s.Name, r.Dir(s.Name), &runc.RestoreOpts{
-		CheckpointOpts: runc.CheckpointOpts{
-			ImagePath:    o.ImageDir,
-			WorkDir:      o.WorkDir,
-			AllowOpenTCP: true,
-			FileLocks:    true,
-		},
-		Detach: true,
+	err := r.withCriuCache(func() error {
+		_, err := r.runc.Restore(ctx, s.Name, r.Dir(s.Name), &runc.RestoreOpts{
+			CheckpointOpts: runc.CheckpointOpts{
+				ImagePath:    o.ImageDir,
+				WorkDir:      o.WorkDir,
+				AllowOpenTCP: true,
+				FileLocks:    true,
+			},
+			Detach: true,
+		})
+		return err
 	})
 	if err != nil {
 		// A failed restore can leave a half-made runc container behind.
@@ -265,15 +278,17 @@ func (e *RestoreError) Unwrap() error { return e.Err }
 // criuConf writes the container's CRIU configuration file, which runc
 // passes to CRIU through the org.criu.config annotation (runc 1.1 has
 // neither --manage-cgroups-mode ignore nor --tcp-close). CRIU reads it
-// after runc's own settings.
+// after runc's own settings. restore says which operation it is for.
 //
 //   - manage-cgroups=ignore: the container's cgroup is its own, made by runc
 //     from config.json on either host, so CRIU need not save and restore
 //     its properties (about 80 ms of a dump here). Not with slow.
 //   - network-lock=skip: see below. Not with slow.
+//   - external mnt[DIR]: the masked directories (see maskedDirs). Not with
+//     slow.
 //   - tcp-close: restore established connections closed (the traditional
 //     migration that drops them).
-func (r *Runtime) criuConf(name string, slow, closeTCP bool) error {
+func (r *Runtime) criuConf(name string, slow, closeTCP, restore bool) error {
 	var conf string
 	if !slow {
 		conf += "manage-cgroups=ignore\n"
@@ -282,12 +297,46 @@ func (r *Runtime) criuConf(name string, slow, closeTCP bool) error {
 		// needed; running iptables to lock and unlock took ~50 ms of a
 		// restore, and in a fresh namespace the unlock fails anyway.
 		conf += "network-lock=skip\n"
+		conf += r.maskedExternals(restore)
 	}
 	if closeTCP {
 		conf += "tcp-close\n"
 	}
 	return os.WriteFile(filepath.Join(r.Dir(name), criuConfName), []byte(conf), 0o600)
 }
+
+// maskedExternals: runc masks a directory of MaskedPaths (/proc/acpi,
+// /sys/firmware) with an empty read-only tmpfs of its own, and CRIU would
+// archive and unpack each such tmpfs with tar and gzip (three programs
+// exec'd per mount and side, ~4 ms each). They are empty and read-only by
+// construction, so CRIU is told they are external: the dump records them
+// by name, and the restore binds StateDir/masked in their place: an empty
+// tmpfs mounted read-only, so that no bind of it can be written whatever
+// its mount flags (EnableFastPaths mounts it; without it, tar it is).
+func (r *Runtime) maskedExternals(restore bool) string {
+	if !r.maskedOK {
+		return ""
+	}
+	if strings.ContainsAny(r.StateDir, " \t\n\"'\\") {
+		return "" // not expressible in CRIU's configuration file: tar it is
+	}
+	var conf string
+	for _, p := range maskedPaths {
+		if st, err := os.Stat(p); err != nil || !st.IsDir() {
+			continue // a file (bound to /dev/null by runc) or absent
+		}
+		val := p
+		if restore {
+			val = r.maskedDir()
+		}
+		conf += fmt.Sprintf("external mnt[%s]:%s\n", p, val)
+	}
+	return conf
+}
+
+// maskedDir is the empty, read-only tmpfs that stands in for masked
+// directories after a restore.
+func (r *Runtime) maskedDir() string { return filepath.Join(r.StateDir, "masked") }
 
 const criuConfName = "criu.conf"
 

@@ -6,6 +6,14 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
+// maskedPaths are hidden from the container (runc binds /dev/null over a
+// file and mounts an empty read-only tmpfs over a directory).
+var maskedPaths = []string{
+	"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+	"/sys/firmware", "/proc/scsi",
+}
+
 var defaultCaps = []string{
 	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
 	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -36,14 +44,16 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
 		},
+		// /dev/shm is a directory of /dev's tmpfs (the init makes it), not
+		// a tmpfs of its own: CRIU archives every tmpfs with tar and gzip
+		// on each checkpoint and unpacks it on each restore (~8 ms a mount).
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},
 			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
-			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-			{Destination: InitPath, Type: "bind", Source: r.Self, Options: []string{"rbind", "ro"}},
+			{Destination: InitPath, Type: "bind", Source: r.initPath(), Options: []string{"rbind", "ro"}},
 		},
 		Linux: &specs.Linux{
 			CgroupsPath: r.CgroupParent + "/" + s.Name,
@@ -57,14 +67,19 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 			},
-			MaskedPaths: []string{
-				"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-				"/sys/firmware", "/proc/scsi",
-			},
+			MaskedPaths: append([]string(nil), maskedPaths...),
 			ReadonlyPaths: []string{
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
 		},
 	}
+}
+
+// initPath is the file bind-mounted as the container's init: the stable
+// copy of the agent's binary, or the binary itself when there is none.
+func (r *Runtime) initPath() string {
+	if r.Init != "" {
+		return r.Init
+	}
+	return r.Self
 }

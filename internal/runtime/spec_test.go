@@ -12,7 +12,11 @@ import (
 
 func testRuntime(t *testing.T) *Runtime {
 	t.Helper()
-	r, err := New(t.TempDir(), "edge-1", "/usr/local/bin/coat")
+	self := filepath.Join(t.TempDir(), "coat")
+	if err := os.WriteFile(self, []byte("agent binary v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(t.TempDir(), "edge-1", self)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -30,7 +34,7 @@ func TestNewCreatesDirs(t *testing.T) {
 	if r.CgroupParent != "/coat/edge-1" {
 		t.Errorf("CgroupParent = %q, want /coat/edge-1", r.CgroupParent)
 	}
-	if r.Host != "edge-1" || r.Self != "/usr/local/bin/coat" {
+	if r.Host != "edge-1" || filepath.Base(r.Self) != "coat" {
 		t.Errorf("Host/Self = %q/%q", r.Host, r.Self)
 	}
 }
@@ -233,7 +237,7 @@ func TestCriuConf(t *testing.T) {
 	}
 	for _, slow := range []bool{false, true} {
 		for _, closeTCP := range []bool{false, true} {
-			if err := r.criuConf("web", slow, closeTCP); err != nil {
+			if err := r.criuConf("web", slow, closeTCP, false); err != nil {
 				t.Fatalf("criuConf(slow=%v, closeTCP=%v): %v", slow, closeTCP, err)
 			}
 			path := filepath.Join(r.Dir("web"), "criu.conf")
@@ -273,7 +277,7 @@ func TestCriuConf(t *testing.T) {
 
 func TestCriuConfNoDir(t *testing.T) {
 	r := &Runtime{StateDir: t.TempDir()}
-	if err := r.criuConf("missing", false, false); err == nil {
+	if err := r.criuConf("missing", false, false, false); err == nil {
 		t.Fatal("criuConf without the container dir: want an error")
 	}
 }
@@ -318,5 +322,142 @@ not json
 func TestIsInit(t *testing.T) {
 	if IsInit() {
 		t.Fatalf("IsInit() true in a test binary (os.Args[0] = %q)", os.Args[0])
+	}
+}
+
+// Masked directories are external to CRIU on the fast path: named by their
+// own path on a dump, bound to the empty read-only StateDir/masked on a
+// restore; masked files (runc binds /dev/null) and the slow path are left
+// alone.
+func TestCriuConfMaskedDirs(t *testing.T) {
+	r := &Runtime{StateDir: t.TempDir(), maskedOK: true}
+	if err := os.MkdirAll(r.Dir("web"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	read := func() []string {
+		b, err := os.ReadFile(filepath.Join(r.Dir("web"), "criu.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+	var dirs []string
+	for _, p := range maskedPaths {
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			dirs = append(dirs, p)
+		}
+	}
+	if len(dirs) == 0 {
+		t.Skip("no masked path is a directory on this kernel")
+	}
+	for _, restore := range []bool{false, true} {
+		if err := r.criuConf("web", false, false, restore); err != nil {
+			t.Fatal(err)
+		}
+		lines := read()
+		for _, d := range dirs {
+			want := "external mnt[" + d + "]:" + d
+			if restore {
+				want = "external mnt[" + d + "]:" + filepath.Join(r.StateDir, "masked")
+			}
+			if !slices.Contains(lines, want) {
+				t.Errorf("restore=%v: %q missing from %q", restore, want, lines)
+			}
+		}
+		for _, l := range lines {
+			if strings.HasPrefix(l, "external mnt[/proc/kcore]") {
+				t.Errorf("masked file made external: %q", l)
+			}
+		}
+		if err := r.criuConf("web", true, false, restore); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range read() {
+			if strings.HasPrefix(l, "external") {
+				t.Errorf("slow path has %q", l)
+			}
+		}
+	}
+	// A state dir CRIU's configuration syntax cannot carry: no externals.
+	r2 := &Runtime{StateDir: filepath.Join(t.TempDir(), "a b"), maskedOK: true}
+	if got := r2.maskedExternals(true); got != "" {
+		t.Errorf("state dir with a space: %q, want none", got)
+	}
+	// No stand-in mounted: no externals.
+	r3 := &Runtime{StateDir: r.StateDir}
+	if got := r3.maskedExternals(true); got != "" {
+		t.Errorf("without the stand-in tmpfs: %q, want none", got)
+	}
+}
+
+// Containers get a copy of the agent's binary named by its content: it does
+// not change when the agent's binary is replaced (CRIU cannot checkpoint a
+// bind mount whose source was deleted), a new build gets a new copy, and
+// copies no container uses are removed.
+func TestInstallInit(t *testing.T) {
+	state := t.TempDir()
+	self := filepath.Join(t.TempDir(), "coat")
+	write := func(s string) {
+		// Replace, as a rebuild does: a new file under the old name.
+		tmp := self + ".new"
+		if err := os.WriteFile(tmp, []byte(s), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, self); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("agent binary v1")
+	p1, err := installInit(state, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p1); string(b) != "agent binary v1" {
+		t.Fatalf("copy holds %q", b)
+	}
+	if st, _ := os.Stat(p1); st.Mode().Perm() != 0o555 {
+		t.Errorf("copy mode %v, want 0555", st.Mode().Perm())
+	}
+	if again, _ := installInit(state, self); again != p1 {
+		t.Errorf("same binary, new copy: %s != %s", again, p1)
+	}
+	// A container made with v1 keeps its copy through the upgrade.
+	dir := filepath.Join(state, "containers", "web")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"mounts":[{"source":"`+p1+`"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write("agent binary v2")
+	p2, err := installInit(state, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p2 == p1 {
+		t.Fatal("a new build got the old copy")
+	}
+	if b, _ := os.ReadFile(p1); string(b) != "agent binary v1" {
+		t.Errorf("v1 copy changed or went while a container uses it: %q", b)
+	}
+	// Once no container names v1, the next start removes it.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := installInit(state, self); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p1); !os.IsNotExist(err) {
+		t.Errorf("unused v1 copy still there: %v", err)
+	}
+	if _, err := os.Stat(p2); err != nil {
+		t.Errorf("current copy gone: %v", err)
+	}
+	// The spec binds the copy.
+	r := &Runtime{StateDir: state, Self: self, Init: p2}
+	for _, m := range r.spec(Spec{Name: "web"}).Mounts {
+		if m.Destination == InitPath && m.Source != p2 {
+			t.Errorf("init mount source %q, want %q", m.Source, p2)
+		}
 	}
 }

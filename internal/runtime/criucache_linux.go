@@ -1,0 +1,201 @@
+package runtime
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// CRIU's kernel-feature cache.
+//
+// Every CRIU run first probes the kernel's features (~30 ms here, on both
+// the dump and the restore side of a migration) unless it finds them cached
+// in /run/criu.kdat. CRIU keeps that cache only on a tmpfs, so that a reboot
+// (perhaps into another kernel) clears it; where /run is no tmpfs (as on
+// these machines) it probes every time. The agent therefore keeps a small
+// tmpfs of its own (StateDir/criu-run, 0700, root's alone) and runs runc,
+// and through it CRIU, in a private mount namespace where that tmpfs is
+// /run. CRIU then writes and reads its cache there by its own rules; the
+// host's /run and mount table are untouched. runc and CRIU need nothing from
+// the host's /run: runc's state is under StateDir, and namespaces, images
+// and the rootfs are named by paths outside it.
+//
+// The private namespace belongs to one OS thread: unshare(CLONE_NEWNS) on a
+// thread locked for the purpose, then the child is forked from that thread
+// (Go forks from the calling thread) and inherits its namespace. The thread
+// is never unlocked, so Go discards it afterwards instead of reusing it.
+
+const criuRunDir = "criu-run"
+
+// EnableFastPaths mounts the two small tmpfs the fast checkpoint and
+// restore use, unless they are there already (left by an agent that died;
+// Close, `coat lab down` or a reboot removes them): CRIU's cache (above) and the
+// stand-in for masked directories (see maskedExternals). A failure only
+// costs speed: CRIU then probes and archives as before.
+func (r *Runtime) EnableFastPaths() error {
+	var errs []error
+	dir := filepath.Join(r.StateDir, criuRunDir)
+	if err := ensureTmpfs(dir, 0o700, 0, "size=1m,mode=0700"); err != nil {
+		errs = append(errs, err)
+	} else {
+		r.criuRun = dir
+	}
+	if err := ensureTmpfs(r.maskedDir(), 0o555, unix.MS_RDONLY, "size=4k,mode=0555"); err != nil {
+		errs = append(errs, err)
+	} else {
+		r.maskedOK = true
+	}
+	return errors.Join(errs...)
+}
+
+// Close unmounts what EnableFastPaths mounted, so that an agent that stops
+// leaves no mount behind. Containers keep their own binds of the masked
+// stand-in; the next agent mounts a fresh one.
+func (r *Runtime) Close() error {
+	var errs []error
+	for _, d := range []string{filepath.Join(r.StateDir, criuRunDir), r.maskedDir()} {
+		if mounted(d) {
+			if err := unix.Unmount(d, unix.MNT_DETACH); err != nil {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", d, err))
+			}
+		}
+	}
+	r.criuRun, r.maskedOK = "", false
+	return errors.Join(errs...)
+}
+
+func ensureTmpfs(dir string, perm os.FileMode, flags uintptr, data string) error {
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	if mounted(dir) && isTmpfs(dir) && (flags&unix.MS_RDONLY == 0 || isReadOnly(dir)) {
+		return nil // ours, from an agent before this one
+	}
+	if err := unix.Mount("coat-"+filepath.Base(dir), dir, "tmpfs", flags|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
+		return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+func isTmpfs(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+}
+
+func isReadOnly(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Flags&unix.ST_RDONLY != 0
+}
+
+// withCriuCache runs f (which runs runc) where /run is the cache tmpfs. If
+// the namespace cannot be made, f runs as it is.
+func (r *Runtime) withCriuCache(f func() error) error {
+	if r.criuRun == "" {
+		return f()
+	}
+	done := make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread()
+		// No UnlockOSThread: once this thread has left the host's mount
+		// namespace it must not run anything else.
+		if err := privateRun(r.criuRun); err != nil {
+			done <- f()
+			return
+		}
+		done <- f()
+	}()
+	return <-done
+}
+
+// privateRun moves the calling thread into a mount namespace of its own in
+// which the host's mounts are slaves (nothing made here reaches the host)
+// and dir is bind-mounted on /run.
+func privateRun(dir string) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return err
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return err
+	}
+	return unix.Mount(dir, "/run", "", unix.MS_BIND, "")
+}
+
+// installInit copies this binary to StateDir/init/coat-HASH and returns that
+// path: the file bind-mounted as every container's init. A container's
+// mount of it lives as long as the container, so it must never change
+// under it: replacing the agent's binary (an upgrade, a rebuild) would
+// otherwise leave the mount's source deleted, which CRIU cannot checkpoint.
+// Copies no container's config.json names any more are removed.
+func installInit(stateDir, self string) (string, error) {
+	dir := filepath.Join(stateDir, "init")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	src, err := os.Open(self)
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, src); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, "coat-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if _, err := os.Stat(dst); err != nil {
+		if _, err := src.Seek(0, io.SeekStart); err != nil {
+			return "", err
+		}
+		tmp, err := os.CreateTemp(dir, ".tmp-")
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(tmp, src)
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Chmod(tmp.Name(), 0o555)
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), dst)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+			return "", fmt.Errorf("install container init %s: %w", dst, err)
+		}
+	}
+	gcInits(stateDir, dst)
+	return dst, nil
+}
+
+// gcInits removes init copies other than keep that no container's
+// config.json refers to.
+func gcInits(stateDir, keep string) {
+	used := map[string]bool{keep: true}
+	configs, _ := filepath.Glob(filepath.Join(stateDir, "containers", "*", "config.json"))
+	for _, c := range configs {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			return // unsure: keep everything
+		}
+		for _, p := range strings.Split(string(b), `"`) {
+			if strings.HasPrefix(p, filepath.Join(stateDir, "init")+"/") {
+				used[p] = true
+			}
+		}
+	}
+	olds, _ := filepath.Glob(filepath.Join(stateDir, "init", "*"))
+	for _, p := range olds {
+		if !used[p] {
+			os.Remove(p)
+		}
+	}
+}
