@@ -39,7 +39,7 @@ func GratuitousARP(nsPath, ifname string, ip net.IP, mac net.HardwareAddr, count
 	if err != nil {
 		return fmt.Errorf("garp: %w", err)
 	}
-	defer unix.Close(fd)
+	defer closeAsync(fd)
 	to := &unix.SockaddrLinklayer{
 		Protocol: htons(etherTypeARP),
 		Ifindex:  ifindex,
@@ -76,3 +76,10 @@ func packetSocketIn(nsPath string) (int, error) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// closeAsync closes an AF_PACKET socket without waiting: the kernel's
+// release waits for an RCU grace period (synchronize_net, ~10 ms here),
+// which must not sit in a migration's freeze.
+func closeAsync(fd int) {
+	go unix.Close(fd)
+}

@@ -165,16 +165,19 @@ func (h *Host) inNS(fn func() error) error {
 // junk sends one frame of size bytes out of link towards the container:
 // an ethertype no stack handles, so the container's kernel drops it.
 func (h *Host) junk(link netlink.Link, size int) error {
-	fd := -1
-	err := h.inNS(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("packet socket: %w", err)
+	if h.pkt <= 0 {
+		fd := -1
+		err := h.inNS(func() error {
+			var err error
+			fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		h.pkt = fd
 	}
-	defer unix.Close(fd)
+	fd := h.pkt
 	frame := make([]byte, size)
 	copy(frame[0:6], net.HardwareAddr{0x02, 0, 0, 0, 0, 0})
 	copy(frame[6:12], link.Attrs().HardwareAddr)

@@ -22,6 +22,10 @@ type Host struct {
 	ns  netns.NsHandle
 	nl  *netlink.Handle
 	cfg Config // device names; set by Ensure, defaults before
+	// pkt is an AF_PACKET socket in ns for the hold's frames, opened once:
+	// closing one waits for an RCU grace period (synchronize_net, ~10 ms
+	// here), which would sit in every hold and release.
+	pkt int
 }
 
 // Open binds a Host to the netns at nsPath ("" means the current netns, else
@@ -50,6 +54,10 @@ func (h *Host) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.nl.Close()
+	if h.pkt > 0 {
+		closeAsync(h.pkt)
+		h.pkt = 0
+	}
 	return h.ns.Close()
 }
 
