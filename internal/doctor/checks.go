@@ -118,7 +118,38 @@ func checkTools(env Env) []Result {
 		}
 		rs = append(rs, ok(t.name, path))
 	}
-	return append(rs, checkCgroups(env))
+	return append(rs, checkCgroups(env), checkConntrack(env))
+}
+
+// conntrackBucketsWarn is the hash-table size above which the conntrack
+// walk in every checkpoint becomes a noticeable part of the freeze.
+const conntrackBucketsWarn = 65536
+
+// checkConntrack: CRIU dumps a network namespace's conntrack entries (and
+// expectations) on every checkpoint, even for the external namespace of a
+// container; each dump walks the kernel's whole, host-wide hash table,
+// empty or not. Its size follows the host's memory (262144 buckets on 24
+// GiB), and at that size each walk took ~9 ms on the project's VM, ~18 ms
+// of every freeze (0.6 ms each at 16384 buckets).
+func checkConntrack(env Env) Result {
+	const name = "conntrack"
+	b, err := env.ReadFile("/proc/sys/net/netfilter/nf_conntrack_buckets")
+	if err != nil {
+		return ok(name, "no conntrack table: nothing for CRIU to walk")
+	}
+	var n int
+	if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &n); err != nil {
+		return warn(name, fmt.Sprintf("unreadable bucket count %q", strings.TrimSpace(string(b))), "")
+	}
+	detail := fmt.Sprintf("%d hash buckets", n)
+	if n > conntrackBucketsWarn {
+		return warn(name, detail,
+			"CRIU walks the whole conntrack table twice in every checkpoint, while the container is frozen "+
+				"(~9 ms per walk at 262144 buckets on the project's VM, 0.6 ms at 16384). If this host tracks few "+
+				"connections, a smaller table shortens every migration's downtime: "+
+				"sysctl -w net.netfilter.nf_conntrack_buckets=16384 (and the same in /etc/sysctl.d to keep it).")
+	}
+	return ok(name, detail)
 }
 
 // checkCgroups looks for a cgroup v1 freezer or a cgroup v2 mount, which

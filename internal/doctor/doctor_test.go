@@ -276,6 +276,30 @@ func TestCgroupsMissing(t *testing.T) {
 	}
 }
 
+// A big conntrack table warns (CRIU walks it in every freeze) and says how
+// to shrink it; a small or absent one is fine.
+func TestConntrack(t *testing.T) {
+	env := healthy(t)
+	for _, tt := range []struct {
+		buckets string
+		want    Status
+	}{
+		{"262144\n", Warn}, {"16384\n", OK}, {"", OK}, {"lots\n", Warn},
+	} {
+		delete(env.files, "/proc/sys/net/netfilter/nf_conntrack_buckets")
+		if tt.buckets != "" {
+			env.files["/proc/sys/net/netfilter/nf_conntrack_buckets"] = tt.buckets
+		}
+		r := checkConntrack(env)
+		if r.Status != tt.want {
+			t.Errorf("buckets %q: %+v, want %s", tt.buckets, r, tt.want)
+		}
+		if tt.buckets == "262144\n" && !strings.Contains(r.Hint, "nf_conntrack_buckets=") {
+			t.Errorf("warning without the remedy: %+v", r)
+		}
+	}
+}
+
 func TestPrint(t *testing.T) {
 	var b bytes.Buffer
 	err := Print(&b, []Result{ok("root", "running as root"), fail("criu", "version 3.17", "run make deps"),
