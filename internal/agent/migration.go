@@ -90,6 +90,10 @@ type outgoing struct {
 	lock                    *store.Lock
 	neigh                   []overlay.Neighbour
 	imageBytes, rootfsBytes int64
+	// took: the source's held frames were taken out of its namespace
+	// (whose address went with them); replay is what they were.
+	took   bool
+	replay [][]byte
 }
 
 // newOutgoing checks a migration request before anything changes.
@@ -301,10 +305,29 @@ func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
 	if o.req.Reference {
 		return o.copyFile(ctx)
 	}
+	// Alongside the transfer: take what the source held since the freeze,
+	// for the destination to replay.
+	took := make(chan struct{})
+	go func() {
+		defer close(took)
+		if !o.hold() {
+			return
+		}
+		ep, err := o.a.endpoint(o.c)
+		if err == nil {
+			o.took = true
+			o.replay, err = o.a.ov.TakeHeld(ep.HostVeth, ep.NetNS, ep.MAC)
+			o.a.log.Debug("took held frames", "container", o.c.Name, "frames", len(o.replay))
+		}
+		if err != nil {
+			o.a.log.Warn("take held frames (they are lost: their senders retransmit)", "container", o.c.Name, "err", err)
+		}
+	}()
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(o.pack(pw)) }()
 	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data"), pr, "application/x-tar")
 	pr.CloseWithError(errors.New("transfer ended"))
+	<-took
 	if err != nil {
 		return 0, err
 	}
@@ -334,7 +357,7 @@ func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
 
 func (o *outgoing) Restore(ctx context.Context) error {
 	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
-		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow}, nil)
+		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay}, nil)
 }
 
 // Commit moves the record to the destination, then deletes the source's
@@ -387,6 +410,15 @@ func (o *outgoing) Resume(ctx context.Context) error {
 			o.a.log.Warn("restore neighbours", "container", o.c.Name, "err", err)
 		}
 	}
+	if o.took {
+		ep, err := o.a.endpoint(o.c)
+		if err == nil {
+			err = overlay.RestoreAddr(ep.NetNS, ep.Addr)
+		}
+		if err != nil {
+			return fmt.Errorf("put the address back: %w", err)
+		}
+	}
 	if o.a.rt.Status(ctx, o.c.Name) != "running" {
 		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
 		if err != nil {
@@ -397,6 +429,10 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		if err := o.a.reopen(o.c.Name); err != nil {
 			return err
 		}
+	}
+	// What the source held (and took for the destination) goes in here.
+	if err := o.a.ov.Inject(vethName(o.c.Name), o.replay); err != nil {
+		o.a.log.Warn("replay held frames", "container", o.c.Name, "err", err)
 	}
 	o.cleanup()
 	ep, err := o.a.endpoint(o.c)
@@ -598,6 +634,11 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		if err := corruptImage(ckpt); err != nil {
 			return err
 		}
+	}
+	// What the source held since the freeze queues here first (the hold
+	// is on until the restore is done).
+	if err := a.ov.Inject(vethName(c.Name), req.Replay); err != nil {
+		a.log.Warn("replay held frames", "container", c.Name, "err", err)
 	}
 	if err := a.rt.Prepare(a.spec(c)); err != nil {
 		return err

@@ -129,6 +129,13 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 	sort.Strings(imgs)
 	img := imgs[len(imgs)-1]
 	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-recover", c.Name, time.Now().UnixNano()))
+	// The coordinator may have taken the held frames, and the address with
+	// them, before it died.
+	if ep, err := a.endpoint(c); err == nil {
+		if err := overlay.RestoreAddr(ep.NetNS, ep.Addr); err != nil {
+			return fmt.Errorf("put the address back: %w", err)
+		}
+	}
 	if err := a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: img, WorkDir: work}); err != nil {
 		return err
 	}

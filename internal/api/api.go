@@ -99,6 +99,10 @@ type RestoreRequest struct {
 	NoTCP       bool   `json:"no_tcp,omitempty"`
 	FailRestore bool   `json:"fail_restore,omitempty"`
 	Slow        bool   `json:"slow,omitempty"`
+	// Replay holds the Ethernet frames the source held for the container
+	// after its freeze, oldest first: the destination queues them before
+	// its own (see internal/overlay's replay).
+	Replay [][]byte `json:"replay,omitempty"`
 }
 
 // RestoreReply reports the destination's restore.

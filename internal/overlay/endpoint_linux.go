@@ -53,6 +53,12 @@ func (h *Host) AttachEndpoint(ep Endpoint, up bool) error {
 	if err != nil {
 		return fmt.Errorf("endpoint %s: find bridge %s: %w", ep.HostVeth, h.cfg.Bridge, err)
 	}
+	// The hold's qdisc goes on now, open, while nothing flows: adding a
+	// root qdisc later would drop what crosses the link meanwhile (see
+	// hold_linux.go).
+	if err := h.openHold(host); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.HostVeth, err)
+	}
 	if err := h.ensurePort(host, br, ep.MTU, up); err != nil {
 		return fmt.Errorf("endpoint %s: host side: %w", ep.HostVeth, err)
 	}

@@ -30,12 +30,21 @@ import (
 // sending one junk frame (an ethertype nobody handles) of that size.
 // Release raises the rate, then one more junk frame makes the kernel
 // dequeue everything that waited.
+//
+// The qdisc is never removed while the container lives, only opened
+// (rate raised to releaseRate, far above what a veth carries) and closed
+// again: adding or deleting a root qdisc on a link that is up deactivates
+// the link's queues for a moment, and frames that cross it then are
+// dropped. Right after a restore that moment is when the clients' next
+// frames arrive, and each drop cost one a 200 ms retransmission timeout.
+// Changing an existing qdisc drops nothing. So the endpoint gets the open
+// qdisc when it is made (AttachEndpoint), before its link is up.
 
 const (
-	holdHandle  = 0xc0a70000 // qdisc handle c0a7:
-	holdLimit   = 8 << 20    // bytes queued at most while held
-	junkType    = 0x88b5     // IEEE "local experimental" ethertype
-	releaseRate = 10_000_000_000 / 8
+	holdHandle  = 0xc0a70000          // qdisc handle c0a7:
+	holdLimit   = 8 << 20             // bytes queued at most while held
+	junkType    = 0x88b5              // IEEE "local experimental" ethertype
+	releaseRate = 100_000_000_000 / 8 // 100 Gbit/s: open
 )
 
 // Hold makes the host side of a container's veth queue every frame bound
@@ -82,7 +91,7 @@ func (h *Host) Release(hostVeth string) error {
 	if err := h.junk(link, 60); err != nil {
 		return err
 	}
-	// Wait (briefly) for the queue to drain, then remove the qdisc.
+	// Wait (briefly) for the queue to drain; the open qdisc stays.
 	for i := 0; i < 100; i++ {
 		qs, err := h.nl.QdiscList(link)
 		if err != nil {
@@ -99,7 +108,24 @@ func (h *Host) Release(hostVeth string) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return h.unhold(link)
+	return nil
+}
+
+// openHold puts the hold's qdisc on link, open, unless it is there.
+func (h *Host) openHold(link netlink.Link) error {
+	qs, err := h.nl.QdiscList(link)
+	if err != nil {
+		return err
+	}
+	for _, q := range qs {
+		if q.Attrs().Handle == holdHandle {
+			return nil
+		}
+	}
+	if err := h.tbf(link, releaseRate, 1<<20, true); err != nil {
+		return fmt.Errorf("hold qdisc: %w", err)
+	}
+	return nil
 }
 
 // Unhold removes the holding qdisc, dropping anything still queued (used
@@ -165,17 +191,8 @@ func (h *Host) inNS(fn func() error) error {
 // junk sends one frame of size bytes out of link towards the container:
 // an ethertype no stack handles, so the container's kernel drops it.
 func (h *Host) junk(link netlink.Link, size int) error {
-	if h.pkt <= 0 {
-		fd := -1
-		err := h.inNS(func() error {
-			var err error
-			fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("packet socket: %w", err)
-		}
-		h.pkt = fd
+	if err := h.packetSocket(); err != nil {
+		return err
 	}
 	fd := h.pkt
 	frame := make([]byte, size)
@@ -190,16 +207,36 @@ func (h *Host) junk(link netlink.Link, size int) error {
 	return nil
 }
 
-// holding reports whether the holding qdisc is on link.
+// packetSocket opens h.pkt if needed; h.mu must be held.
+func (h *Host) packetSocket() error {
+	if h.pkt > 0 {
+		return nil
+	}
+	fd := -1
+	err := h.inNS(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("packet socket: %w", err)
+	}
+	h.pkt = fd
+	return nil
+}
+
+// holding reports whether the hold's qdisc on link is closed (holding).
 func (h *Host) holding(link netlink.Link) (bool, error) {
 	qs, err := h.nl.QdiscList(link)
 	if err != nil {
 		return false, err
 	}
 	for _, q := range qs {
-		if q.Attrs().Handle == holdHandle {
-			return true, nil
+		if q.Attrs().Handle != holdHandle {
+			continue
 		}
+		t, ok := q.(*netlink.Tbf)
+		return !ok || t.Rate < releaseRate/2, nil
 	}
 	return false, nil
 }

@@ -211,7 +211,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		err = o.AfterFreeze()
 	}
 	if err == nil {
-		err = r.withCriuCache(func() error { return r.runc.Checkpoint(ctx, name, opts, actions...) })
+		err = r.withCriuCache(o.Slow, func() error { return r.runc.Checkpoint(ctx, name, opts, actions...) })
 	}
 	if err != nil && frozen {
 		if terr := r.freeze(name, false); terr != nil {
@@ -243,7 +243,7 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	if err := r.criuConf(s.Name, o.Slow, o.CloseTCP, true); err != nil {
 		return err
 	}
-	err := r.withCriuCache(func() error {
+	err := r.withCriuCache(o.Slow, func() error {
 		_, err := r.runc.Restore(ctx, s.Name, r.Dir(s.Name), &runc.RestoreOpts{
 			CheckpointOpts: runc.CheckpointOpts{
 				ImagePath:    o.ImageDir,
