@@ -201,7 +201,7 @@ func (h *Host) junk(link netlink.Link, size int) error {
 	frame[12], frame[13] = junkType>>8, junkType&0xff
 	to := &unix.SockaddrLinklayer{Protocol: htons(junkType), Ifindex: link.Attrs().Index, Halen: 6}
 	copy(to.Addr[:], frame[0:6])
-	if err := unix.Sendto(fd, frame, 0, to); err != nil {
+	if err := unix.Sendto(fd, frame, unix.MSG_DONTWAIT, to); err != nil {
 		return fmt.Errorf("send drain frame on %s: %w", link.Attrs().Name, err)
 	}
 	return nil

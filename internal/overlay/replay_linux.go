@@ -149,13 +149,23 @@ func (h *Host) Inject(hostVeth string, frames [][]byte) error {
 	if err := h.packetSocket(); err != nil {
 		return err
 	}
-	for _, f := range frames {
+	// Queued frames stay charged to the sending socket until the hold lets
+	// them go: a blocking send would wait for the restore, which waits for
+	// this. So the socket's budget covers the most that is ever replayed,
+	// and a send that would block drops the rest instead (their senders
+	// retransmit, as without replay).
+	_ = unix.SetsockoptInt(h.pkt, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4*maxReplay)
+	for i, f := range frames {
 		if len(f) < 14 {
 			continue
 		}
 		to := &unix.SockaddrLinklayer{Protocol: htons(uint16(f[12])<<8 | uint16(f[13])), Ifindex: link.Attrs().Index, Halen: 6}
 		copy(to.Addr[:], f[0:6])
-		if err := unix.Sendto(h.pkt, f, 0, to); err != nil {
+		err := unix.Sendto(h.pkt, f, unix.MSG_DONTWAIT, to)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("inject on %s: %d of %d frames dropped: %w", hostVeth, len(frames)-i, len(frames), err)
+		}
+		if err != nil {
 			return fmt.Errorf("inject on %s: %w", hostVeth, err)
 		}
 	}

@@ -74,6 +74,26 @@ func TestTakeHeldAndReplay(t *testing.T) {
 	if _, err := io.ReadFull(server, buf[:9]); err != nil || string(buf[:9]) != "replay-me" {
 		t.Fatalf("replayed segment: %v %q", err, buf[:9])
 	}
+	// Injecting more than the hold lets go of never blocks (the restore
+	// that would release it waits for the injection): it returns, at worst
+	// having dropped the excess.
+	must(t, h.Hold("cvr", 1450))
+	many := make([][]byte, 8000)
+	for i := range many {
+		f := make([]byte, 1400)
+		copy(f[0:6], macA)
+		f[12], f[13] = 0x88, 0xb5
+		many[i] = f
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Inject("cvr", many) }()
+	select {
+	case err := <-done:
+		t.Logf("injecting 8000 frames into a held link: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Inject blocked on a held link")
+	}
+	must(t, h.Release("cvr"))
 	// An open link passes traffic as ever.
 	if _, err := client.Write([]byte("after")); err != nil {
 		t.Fatal(err)
