@@ -214,7 +214,10 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	}
 	req, _ := modeRequest(mode)
 	migStart := time.Since(t0)
-	res, err := ops.Migrate(ctx, name, req)
+	// A migration that hangs is a failed run, not a hung benchmark.
+	mctx, mcancel := context.WithTimeout(ctx, migrateTimeout)
+	res, err := ops.Migrate(mctx, name, req)
+	mcancel()
 	migEnd := time.Since(t0)
 	if err != nil {
 		_ = cmd.Wait()
@@ -229,6 +232,11 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	}
 	return r, nil
 }
+
+// migrateTimeout bounds one migration in a run (they take well under a
+// second here; the destination's restore alone may take two minutes
+// before it gives up).
+const migrateTimeout = 3 * time.Minute
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 

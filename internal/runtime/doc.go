@@ -15,5 +15,14 @@
 // /.coat/init and runs first inside the container: it points stdin at the
 // container's /dev/null and stdout/stderr at /.coat/log (in the upper layer,
 // so it travels with the container), then execs the command. CRIU sees only
-// files of the container's own mount namespace.
+// files of the container's own mount namespace. The bound file is a copy of
+// the binary named by its content (installInit): a bind whose source was
+// replaced (an upgrade) cannot be checkpointed.
+//
+// Fast path (profile in docs/bench/profile.md): the agent freezes the
+// cgroup itself, and a per-container CRIU configuration file skips cgroup
+// properties and CRIU's iptables lock and declares runc's masked
+// directories external; runc and CRIU run where the agent's tmpfs is /run,
+// so CRIU keeps its kernel-feature cache (criucache_linux.go). Slow is the
+// stock path, kept to measure the difference.
 package runtime
