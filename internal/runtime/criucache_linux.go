@@ -37,9 +37,9 @@ const criuRunDir = "criu-run"
 
 // EnableFastPaths mounts the two small tmpfs the fast checkpoint and
 // restore use, unless they are there already (left by an agent that died;
-// Close, `coat lab down` or a reboot removes them): CRIU's cache (above) and the
-// stand-in for masked directories (see maskedExternals). A failure only
-// costs speed: CRIU then probes and archives as before.
+// Close, `coat lab down` or a reboot removes them): CRIU's cache (above)
+// and the stand-in for masked directories (see maskedExternals). A failure
+// only costs speed: CRIU then probes and archives as before.
 func (r *Runtime) EnableFastPaths() error {
 	var errs []error
 	dir := filepath.Join(r.StateDir, criuRunDir)
@@ -95,9 +95,8 @@ func isReadOnly(dir string) bool {
 	return unix.Statfs(dir, &st) == nil && st.Flags&unix.ST_RDONLY != 0
 }
 
-// withCriuCache runs f (which runs runc) where /run is the cache tmpfs. If
-// the namespace cannot be made, or slow asks for the stock path, f runs as
-// it is.
+// withCriuCache runs f (which runs runc) where /run is the cache tmpfs;
+// with slow (the stock path) or without the tmpfs, f runs as it is.
 func (r *Runtime) withCriuCache(slow bool, f func() error) error {
 	if r.criuRun == "" || slow {
 		return f()
@@ -107,10 +106,9 @@ func (r *Runtime) withCriuCache(slow bool, f func() error) error {
 		goruntime.LockOSThread()
 		// No UnlockOSThread: once this thread has left the host's mount
 		// namespace it must not run anything else.
-		if err := privateRun(r.criuRun); err != nil {
-			done <- f()
-			return
-		}
+		// If the namespace cannot be made, f still runs: CRIU probes the
+		// kernel as it would without the cache.
+		_ = privateRun(r.criuRun)
 		done <- f()
 	}()
 	return <-done
