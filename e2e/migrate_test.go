@@ -294,3 +294,41 @@ func TestFailedRestoreRollsBack(t *testing.T) {
 		t.Fatalf("after second migration: %v %s", err, out)
 	}
 }
+
+// When the rollback fails too (the source's own restore fails), the
+// container is reported as what it is: failed, not running, with where its
+// checkpoint image is kept; `coat rm` then removes it and the image.
+func TestFailedRollbackIsReported(t *testing.T) {
+	t.Setenv("COAT_TEST_HOOKS", "1")
+	l := newLab(t, 2)
+	l.runSample("lost", "edge-1")
+	res, err := l.coat("migrate", "lost", "--to", "edge-2", "--fail-restore", "--fail-resume")
+	if err == nil {
+		t.Fatalf("migration with failing restores succeeded:\n%s", res)
+	}
+	if !strings.Contains(res, "rollback incomplete") {
+		t.Errorf("error does not say the rollback failed:\n%s", res)
+	}
+	got := l.get("lost")
+	if got.Status != "failed" || got.Host != "edge-1" {
+		t.Fatalf("after a failed rollback: %+v, want failed on edge-1", got)
+	}
+	if !strings.Contains(got.Error, "checkpoint image is kept on edge-1") {
+		t.Errorf("error does not say where the image is: %q", got.Error)
+	}
+	imgs := func() []string {
+		m, _ := filepath.Glob(filepath.Join("/var/lib/coat/labs", l.name, "edge-1", "checkpoints", "lost-*"))
+		return m
+	}
+	if len(imgs()) == 0 {
+		t.Fatal("the checkpoint image was not kept")
+	}
+	l.must("rm", "lost")
+	deadline := time.Now().Add(10 * time.Second)
+	for len(imgs()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if left := imgs(); len(left) > 0 {
+		t.Errorf("image left 10 s after rm: %v", left)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -206,5 +208,25 @@ func TestEndpointAndSpec(t *testing.T) {
 	s := a.spec(c)
 	if s.Name != "web" || s.Image != "alpine" || s.NetNS != ep.NetNS || len(s.Args) != 2 || len(s.Env) != 1 {
 		t.Errorf("spec = %+v", s)
+	}
+}
+
+// A container's checkpoint images are NAME-UNIXNANO (and .tar); another
+// container's whose name begins with NAME- are not among them.
+func TestCheckpointImages(t *testing.T) {
+	dir := t.TempDir()
+	a := &Agent{cfg: Config{StateDir: dir}}
+	for _, p := range []string{"web-1795641381296550902", "web-1795641381296550902.tar", "web-2-1795641381296550903", "web-x", "webby-1"} {
+		if err := os.MkdirAll(filepath.Join(dir, "checkpoints", p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for _, p := range a.checkpointImages("web") {
+		got = append(got, filepath.Base(p))
+	}
+	want := []string{"web-1795641381296550902", "web-1795641381296550902.tar"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("checkpointImages(web) = %v, want %v", got, want)
 	}
 }

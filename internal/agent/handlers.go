@@ -173,6 +173,12 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.unlock(name)
 	a.teardown(r.Context(), c)
+	// Images kept by a failed rollback hold its memory: they go with it.
+	for _, p := range a.checkpointImages(name) {
+		if err := os.RemoveAll(p); err != nil {
+			a.log.Warn("remove checkpoint image", "container", name, "err", err)
+		}
+	}
 	if err := a.st.DeleteContainer(r.Context(), name); err != nil {
 		httpError(w, err)
 		return

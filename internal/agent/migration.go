@@ -94,6 +94,8 @@ type outgoing struct {
 	// (whose address went with them); replay is what they were.
 	took   bool
 	replay [][]byte
+	// resumeFailed: the rollback could not bring the container back.
+	resumeFailed bool
 }
 
 // newOutgoing checks a migration request before anything changes.
@@ -420,8 +422,14 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 	}
 	if o.a.rt.Status(ctx, o.c.Name) != "running" {
+		if o.req.FailResume && os.Getenv("COAT_TEST_HOOKS") == "1" {
+			if err := corruptImage(o.ckptDir); err != nil {
+				return err
+			}
+		}
 		err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
 		if err != nil {
+			o.resumeFailed = true
 			return err
 		}
 	}
@@ -453,6 +461,12 @@ func (o *outgoing) Unlock(ctx context.Context, cause error) error {
 		return err
 	}
 	c.Status, c.MigratingTo, c.Error = store.StatusRunning, "", cause.Error()
+	if o.resumeFailed {
+		// Not running anywhere: say so, and where its image is kept.
+		c.Status = store.StatusFailed
+		c.Error = fmt.Sprintf("%s; the container is stopped: its checkpoint image is kept on %s in %s (`coat rm %s` removes it)",
+			cause, o.a.cfg.Name, o.ckptDir, o.c.Name)
+	}
 	_, err = o.a.st.FinishMigration(ctx, c)
 	return err
 }

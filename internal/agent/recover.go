@@ -116,7 +116,7 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 // resumeFromCheckpoint restores a container CRIU stopped, from the newest
 // checkpoint image this host kept of it.
 func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) error {
-	dirs, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "checkpoints", c.Name+"-*"))
+	dirs := a.checkpointImages(c.Name)
 	var imgs []string
 	for _, d := range dirs {
 		if st, err := os.Stat(d); err == nil && st.IsDir() && !strings.HasSuffix(d, ".tar") {
@@ -174,8 +174,7 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 			a.log.Info("removing leftovers of a container that runs elsewhere", "container", name)
 			a.teardown(ctx, store.Container{Name: name})
 			_ = os.RemoveAll(a.incomingDir(name))
-			imgs, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "checkpoints", name+"-*"))
-			for _, d := range imgs {
+			for _, d := range a.checkpointImages(name) {
 				_ = os.RemoveAll(d)
 			}
 		}
@@ -191,4 +190,19 @@ func (a *Agent) reopen(name string) error {
 		return err
 	}
 	return a.ov.SetEndpointUp(vethName(name), true)
+}
+
+// checkpointImages lists this host's checkpoint images of the container
+// (StateDir/checkpoints/NAME-UNIXNANO, and its .tar), not those of another
+// container whose name merely begins with NAME-.
+func (a *Agent) checkpointImages(name string) []string {
+	all, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "checkpoints", name+"-*"))
+	var out []string
+	for _, p := range all {
+		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), name+"-"), ".tar")
+		if id != "" && strings.Trim(id, "0123456789") == "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -49,6 +49,10 @@ type MigrateRequest struct {
 	// (a test hook honoured only by agents started with COAT_TEST_HOOKS=1),
 	// to exercise recovery of a migration whose coordinator died.
 	CrashAfter string `json:"crash_after,omitempty"`
+	// FailResume also makes the source's own restore fail, so that the
+	// rollback fails too (a test hook honoured only by agents started with
+	// COAT_TEST_HOOKS=1: it destroys the container's checkpoint).
+	FailResume bool `json:"fail_resume,omitempty"`
 }
 
 // MigrateResult is what a migration reports.

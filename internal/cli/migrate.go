@@ -74,5 +74,7 @@ func newMigrateCmd() *cobra.Command {
 	_ = f.MarkHidden("crash-after")
 	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
 	_ = f.MarkHidden("fail-restore")
+	f.BoolVar(&req.FailResume, "fail-resume", false, "test hook: the source's own restore fails too (agents need COAT_TEST_HOOKS=1)")
+	_ = f.MarkHidden("fail-resume")
 	return cmd
 }
