@@ -403,8 +403,9 @@ func (o *outgoing) Abort(ctx context.Context) error {
 // Resume brings the container back on the source: from its own checkpoint
 // if CRIU stopped it, into the network namespace that was kept.
 func (o *outgoing) Resume(ctx context.Context) error {
+	ep, epErr := o.a.endpoint(o.c)
 	if len(o.neigh) > 0 {
-		ep, err := o.a.endpoint(o.c)
+		err := epErr
 		if err == nil {
 			err = overlay.SetNeighbours(ep.NetNS, "eth0", o.neigh)
 		}
@@ -413,7 +414,7 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 	}
 	if o.took {
-		ep, err := o.a.endpoint(o.c)
+		err := epErr
 		if err == nil {
 			err = overlay.RestoreAddr(ep.NetNS, ep.Addr)
 		}
@@ -443,9 +444,8 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		o.a.log.Warn("replay held frames", "container", o.c.Name, "err", err)
 	}
 	o.cleanup()
-	ep, err := o.a.endpoint(o.c)
-	if err != nil {
-		return err
+	if epErr != nil {
+		return epErr
 	}
 	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3)
 }

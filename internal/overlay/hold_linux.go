@@ -88,10 +88,20 @@ func (h *Host) Release(hostVeth string) error {
 	if err := h.tbf(link, releaseRate, 1<<20, false); err != nil {
 		return fmt.Errorf("release %s: %w", hostVeth, err)
 	}
-	if err := h.junk(link, 60); err != nil {
+	// The qdisc stays, open; the frames drain at once (see waitDrained).
+	return h.junk(link, 60)
+}
+
+// waitDrained waits (briefly, up to ~100 ms) until nothing is queued on
+// hostVeth's hold any more: after Release, when what it let go must have
+// arrived before going on.
+func (h *Host) waitDrained(hostVeth string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
 		return err
 	}
-	// Wait (briefly) for the queue to drain; the open qdisc stays.
 	for i := 0; i < 100; i++ {
 		qs, err := h.nl.QdiscList(link)
 		if err != nil {
@@ -104,7 +114,7 @@ func (h *Host) Release(hostVeth string) error {
 			}
 		}
 		if empty {
-			break
+			return nil
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -124,26 +134,6 @@ func (h *Host) openHold(link netlink.Link) error {
 	}
 	if err := h.tbf(link, releaseRate, 1<<20, true); err != nil {
 		return fmt.Errorf("hold qdisc: %w", err)
-	}
-	return nil
-}
-
-// Unhold removes the holding qdisc, dropping anything still queued (used
-// when a migration is abandoned). No error if there is none.
-func (h *Host) Unhold(hostVeth string) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	link, err := h.nl.LinkByName(hostVeth)
-	if err != nil {
-		return nil
-	}
-	return h.unhold(link)
-}
-
-func (h *Host) unhold(link netlink.Link) error {
-	q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: holdHandle, Parent: netlink.HANDLE_ROOT}, QdiscType: "tbf"}
-	if err := h.nl.QdiscDel(q); err != nil && !isNotFound(err) && err != unix.ENOENT && err != unix.EINVAL {
-		return fmt.Errorf("unhold %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }

@@ -18,26 +18,8 @@ import (
 // closed port gets no reset); on release the waiting data arrives at once.
 func TestHoldRelease(t *testing.T) {
 	nstest.RequireRoot(t)
-	host := nstest.NewNetNS(t, "ovt-hold-")
-	ctr := nstest.NewNetNS(t, "ovt-holdc-")
-	h := openHost(t, host)
-	must(t, h.Ensure(overlay.Config{VNI: 42, Port: 4789, LocalIP: net.IPv4(10, 98, 0, 1), UnderlayDev: "lo",
-		BridgeAddr: &net.IPNet{IP: net.IPv4(10, 200, 0, 2), Mask: overlayMask}}))
-	must(t, h.AttachEndpoint(endpoint(ctr, "cvh", ipA, macA), true))
-
-	ln := nstest.Listen(t, ctr, "tcp4", ipA.String()+":"+echoPort)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
-	client, err := nstest.Dial(host, "tcp4", ipA.String()+":"+echoPort, 3*time.Second)
-	must(t, err)
-	defer client.Close()
-	server := <-accepted
-	defer server.Close()
+	hc := newHoldConn(t, "ovt-hold", "cvh")
+	h, host, client, server := hc.h, hc.host, hc.client, hc.server
 
 	must(t, h.Hold("cvh", 1450))
 	if _, err := client.Write([]byte("held")); err != nil {
@@ -49,7 +31,7 @@ func TestHoldRelease(t *testing.T) {
 		t.Fatalf("data passed a held link: %q", buf[:n])
 	}
 	// A connection to a port nobody listens on: held, so no reset comes back.
-	_, err = nstest.Dial(host, "tcp4", ipA.String()+":1", 300*time.Millisecond)
+	_, err := nstest.Dial(host, "tcp4", ipA.String()+":1", 300*time.Millisecond)
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatal("a held container answered with a reset")
 	}
@@ -71,5 +53,43 @@ func TestHoldRelease(t *testing.T) {
 	if _, err := io.ReadFull(server, buf[:4]); err != nil || string(buf[:4]) != "free" {
 		t.Fatalf("after release, normal traffic: %v %q", err, buf[:4])
 	}
-	must(t, h.Unhold("cvh"))
+}
+
+// holdConn is a host with one container endpoint (veth, ipA, macA) and a
+// TCP connection from the host to a listener in the container.
+type holdConn struct {
+	h              *overlay.Host
+	host, ctr      string // netns paths
+	ep             overlay.Endpoint
+	client, server net.Conn
+}
+
+func newHoldConn(t *testing.T, prefix, veth string) holdConn {
+	t.Helper()
+	hc := holdConn{host: nstest.NewNetNS(t, prefix+"-"), ctr: nstest.NewNetNS(t, prefix+"c-")}
+	hc.h = openHost(t, hc.host)
+	must(t, hc.h.Ensure(overlay.Config{VNI: 42, Port: 4789, LocalIP: net.IPv4(10, 98, 0, 1), UnderlayDev: "lo",
+		BridgeAddr: &net.IPNet{IP: net.IPv4(10, 200, 0, 2), Mask: overlayMask}}))
+	hc.ep = endpoint(hc.ctr, veth, ipA, macA)
+	must(t, hc.h.AttachEndpoint(hc.ep, true))
+
+	ln := nstest.Listen(t, hc.ctr, "tcp4", ipA.String()+":"+echoPort)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	var err error
+	hc.client, err = nstest.Dial(hc.host, "tcp4", ipA.String()+":"+echoPort, 3*time.Second)
+	must(t, err)
+	t.Cleanup(func() { hc.client.Close() })
+	select {
+	case hc.server = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+	}
+	t.Cleanup(func() { hc.server.Close() })
+	return hc
 }

@@ -81,6 +81,9 @@ func (h *Host) TakeHeld(hostVeth, nsPath string, mac net.HardwareAddr) ([][]byte
 	if err := h.Release(hostVeth); err != nil {
 		return nil, err
 	}
+	if err := h.waitDrained(hostVeth); err != nil {
+		return nil, err
+	}
 	var frames [][]byte
 	size := 0
 	buf := make([]byte, 65536)

@@ -5,7 +5,6 @@ package overlay_test
 import (
 	"bytes"
 	"io"
-	"net"
 	"testing"
 	"time"
 
@@ -19,27 +18,8 @@ import (
 // checksum complete, without waiting for the sender's retransmission.
 func TestTakeHeldAndReplay(t *testing.T) {
 	nstest.RequireRoot(t)
-	host := nstest.NewNetNS(t, "ovt-rep-")
-	ctr := nstest.NewNetNS(t, "ovt-repc-")
-	h := openHost(t, host)
-	must(t, h.Ensure(overlay.Config{VNI: 42, Port: 4789, LocalIP: net.IPv4(10, 98, 0, 1), UnderlayDev: "lo",
-		BridgeAddr: &net.IPNet{IP: net.IPv4(10, 200, 0, 2), Mask: overlayMask}}))
-	ep := endpoint(ctr, "cvr", ipA, macA)
-	must(t, h.AttachEndpoint(ep, true))
-
-	ln := nstest.Listen(t, ctr, "tcp4", ipA.String()+":"+echoPort)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
-	client, err := nstest.Dial(host, "tcp4", ipA.String()+":"+echoPort, 3*time.Second)
-	must(t, err)
-	defer client.Close()
-	server := <-accepted
-	defer server.Close()
+	hc := newHoldConn(t, "ovt-rep", "cvr")
+	h, ctr, ep, client, server := hc.h, hc.ctr, hc.ep, hc.client, hc.server
 
 	must(t, h.Hold("cvr", 1450))
 	if _, err := client.Write([]byte("replay-me")); err != nil {
