@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/coat-project/coat/internal/linkspec"
 	"hash/fnv"
 	"log/slog"
 	"net"
@@ -41,6 +42,9 @@ type Config struct {
 	Self        string // path of this binary
 	// CgroupParent for the containers (default /coat/NAME).
 	CgroupParent string
+	// LinkRate is the declared rate of this host's underlay link (0:
+	// unknown, taken as fast).
+	LinkRate linkspec.Rate
 }
 
 // Agent is a running agent.
@@ -95,7 +99,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if err := a.st.RegisterHost(ctx, store.Host{
-		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(),
+		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
 	}, 5*time.Second); err != nil {
 		return err
 	}

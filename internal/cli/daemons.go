@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/coat-project/coat/internal/linkspec"
 	"net"
 	"os"
 	"path/filepath"
@@ -101,6 +102,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24")
 	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
 	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
+	f.Var(&rateFlag{&cfg.LinkRate}, "link-rate", "the rate of this host's underlay link, e.g. 100mbit (what --strategy auto weighs; default: unknown, taken as fast)")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup parent of the containers (default /coat/NAME)")
 	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS, config key etcd_endpoints); none: the agent runs an embedded etcd on 127.0.0.1:2379")
 	f.StringVar(&pkiDir, "pki-dir", os.Getenv("COAT_PKI_DIR"), "PKI directory with ca.crt and NAME.crt/key (env COAT_PKI_DIR)")
@@ -221,3 +223,24 @@ func embedEtcd(ctx context.Context, stateDir, pkiDir string) (string, func(), er
 	}
 	return url, e.Close, nil
 }
+
+// rateFlag is a pflag.Value for a link rate.
+type rateFlag struct{ r *linkspec.Rate }
+
+func (f *rateFlag) String() string {
+	if f.r == nil || *f.r == 0 {
+		return ""
+	}
+	return f.r.String()
+}
+
+func (f *rateFlag) Set(s string) error {
+	r, err := linkspec.ParseRate(s)
+	if err != nil {
+		return err
+	}
+	*f.r = r
+	return nil
+}
+
+func (f *rateFlag) Type() string { return "rate" }

@@ -33,6 +33,9 @@ type Host struct {
 	UnderlayIP string    `json:"underlay_ip"` // VXLAN tunnel endpoint
 	API        string    `json:"api"`         // host:port of the agent's API
 	Started    time.Time `json:"started"`
+	// LinkRate is the underlay rate the operator declared (bits/s, 0:
+	// unknown): what --strategy auto weighs a transfer against.
+	LinkRate int64 `json:"link_rate,omitempty"`
 }
 
 // Status is a container's lifecycle state as the cluster sees it.
