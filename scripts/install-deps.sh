@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs COAT's host dependencies on Debian 12 (bookworm). Idempotent; run as root.
 #
-#  * Debian 12 packages: runc 1.1.5, network tools, traffic generators.
+#  * Debian 12 packages: runc 1.1.5, network tools, traffic generators, and
+#    redis-server (the bench's memory workload; its service is not started).
 #  * CRIU >= 4.2: Debian 12's criu 3.17 cannot work on kernels >= 6.13 (vDSO
 #    layout) and CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16. Debian
 #    unstable's criu 4.2 works but needs a newer libc, so its .debs and the
@@ -11,7 +12,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-APT_PKGS=(runc iproute2 nftables iptables iperf3 sockperf tcpdump busybox-static ca-certificates)
+APT_PKGS=(runc iproute2 nftables iptables iperf3 sockperf redis-server tcpdump busybox-static ca-certificates)
 CRIU_MIN=4.2
 PREFIX=/opt/coat/criu
 WRAPPER=/usr/local/bin/criu
@@ -38,6 +39,15 @@ install_apt_pkgs() {
     || die "apt-get install ${missing[*]} failed"
   for p in "${missing[@]}"; do is_installed "$p" || die "package $p did not install"; done
   log apt-packages "installed: ${missing[*]}"; CHANGED=1
+}
+
+# Debian starts redis-server's own service on install; the lab runs redis in
+# containers only, so the host's service is stopped and disabled (systemd only).
+quiet_redis_service() {
+  [[ -d /run/systemd/system ]] || return 0
+  systemctl is-enabled --quiet redis-server 2>/dev/null || systemctl is-active --quiet redis-server 2>/dev/null || return 0
+  systemctl disable --now --quiet redis-server >/dev/null 2>&1 || true
+  log redis-server "host service stopped and disabled (the lab runs redis in containers)"
 }
 
 # --- CRIU ----------------------------------------------------------------------
@@ -181,6 +191,7 @@ install_criu() {
 }
 
 install_apt_pkgs
+quiet_redis_service
 install_criu
 log runc "$(runc --version | head -n1)"
 if ((CHANGED)); then echo "install-deps: done"; else echo "install-deps: everything is present"; fi
