@@ -59,6 +59,8 @@ type Agent struct {
 	busy  map[string]bool // containers with an operation under way here
 	wg    sync.WaitGroup
 	peers []net.IP
+	// tunnels: loopback ports peers may reach (tunnel.go).
+	tunnels map[string]tunnelTarget
 }
 
 // New sets up the host's overlay and runtime.

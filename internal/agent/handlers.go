@@ -31,6 +31,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/incoming/{name}/data", a.handleData)
 	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
 	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)
+	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.handleTunnel)
 	return mux
 }
 

@@ -25,6 +25,10 @@
 //
 //	and announced the MAC (gratuitous ARP).
 //
+// fetched:      (post-copy only) the destination holds every page of the
+//
+//	container's memory; until then the source keeps serving them.
+//
 // committed:    the cluster record names the destination (every agent then
 //
 //	rewrites its VXLAN FDB from its watch); the source deletes
@@ -54,6 +58,7 @@ const (
 	PhaseCheckpointed Phase = "checkpointed"
 	PhaseTransferred  Phase = "transferred"
 	PhaseRestored     Phase = "restored"
+	PhaseFetched      Phase = "fetched"
 	PhaseCommitted    Phase = "committed"
 	PhaseRolledBack   Phase = "rolled-back"
 )
@@ -67,6 +72,11 @@ type Steps interface {
 	// Transfer streams the image and returns the bytes moved.
 	Transfer(ctx context.Context) (int64, error)
 	Restore(ctx context.Context) error
+	// Fetch waits until the destination holds all the container's memory
+	// (post-copy; a no-op otherwise). A failure there cannot roll back:
+	// the source's image lacks the memory the destination already
+	// changed; Fetch must stop the container and say so.
+	Fetch(ctx context.Context) error
 	Commit(ctx context.Context) error
 	// Abort undoes the destination's part.
 	Abort(ctx context.Context) error
@@ -79,8 +89,10 @@ type Steps interface {
 // Report is what a finished migration measured.
 type Report struct {
 	Checkpoint, Transfer, Restore, Total, Downtime time.Duration
-	Bytes                                          int64
-	Phase                                          Phase
+	// Lazy is from the restore until the last page arrived (post-copy).
+	Lazy  time.Duration
+	Bytes int64
+	Phase Phase
 }
 
 // Observer hears about each phase reached, with the time the step took.
@@ -128,6 +140,12 @@ func Run(ctx context.Context, s Steps, obs Observer) (Report, error) {
 		return r, rollback(ctx, s, &r, true, fmt.Errorf("restore on destination: %w", err))
 	}
 	r.Downtime = time.Since(freeze)
+	lazyStart := time.Now()
+	if _, err := step(PhaseFetched, s.Fetch); err != nil {
+		r.Total = time.Since(start)
+		return r, fmt.Errorf("post-copy: %w", err)
+	}
+	r.Lazy = time.Since(lazyStart)
 	if _, err := step(PhaseCommitted, s.Commit); err != nil {
 		// The container runs on the destination; the record could not be
 		// moved. Report it: rolling back now would kill a live container.

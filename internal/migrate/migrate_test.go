@@ -46,6 +46,7 @@ func (f *fakeSteps) Transfer(ctx context.Context) (int64, error) {
 	return f.bytes, f.do(ctx, "transfer")
 }
 func (f *fakeSteps) Restore(ctx context.Context) error { return f.do(ctx, "restore") }
+func (f *fakeSteps) Fetch(ctx context.Context) error   { return f.do(ctx, "fetch") }
 func (f *fakeSteps) Commit(ctx context.Context) error  { return f.do(ctx, "commit") }
 func (f *fakeSteps) Abort(ctx context.Context) error   { return f.do(ctx, "abort") }
 func (f *fakeSteps) Resume(ctx context.Context) error  { return f.do(ctx, "resume") }
@@ -83,7 +84,7 @@ func TestRunSuccess(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer restore commit"; got != want {
+	if got, want := f.trace(), "lock prepare checkpoint transfer restore fetch commit"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
 	if r.Phase != PhaseCommitted {
@@ -93,7 +94,7 @@ func TestRunSuccess(t *testing.T) {
 	for _, o := range *obs {
 		phases = append(phases, o.phase)
 	}
-	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseCommitted}); got != want {
+	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
 		t.Errorf("observed %s, want %s", got, want)
 	}
 	if r.Bytes != 4242 {
@@ -143,7 +144,10 @@ func TestRunFailures(t *testing.T) {
 		{"restore", "lock prepare checkpoint transfer restore abort resume unlock", PhaseRolledBack, PhaseTransferred,
 			"restore on destination: boom; rolled back: the container runs again on the source", true},
 		// After restore the container runs on the destination: no rollback.
-		{"commit", "lock prepare checkpoint transfer restore commit", PhaseRestored, PhaseRestored,
+		// A post-copy fetch that fails has no source image to go back to.
+		{"fetch", "lock prepare checkpoint transfer restore fetch", PhaseRestored, PhaseRestored,
+			"post-copy: boom", false},
+		{"commit", "lock prepare checkpoint transfer restore fetch commit", PhaseFetched, PhaseFetched,
 			"commit: boom (the container runs on the destination", false},
 	}
 	for _, tt := range tests {

@@ -169,6 +169,10 @@ type CheckpointOpts struct {
 	// Slow leaves freezing to CRIU (first poll after 100 ms): runc's stock
 	// behaviour, kept to measure what the fast path saves.
 	Slow bool
+	// PageServer is where a lazy dump serves memory (CheckpointLazy).
+	PageServer string
+	lazy       bool
+	status     *os.File
 }
 
 // Checkpoint dumps the container, established TCP connections included,
@@ -189,6 +193,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		AllowOpenTCP: true,
 		FileLocks:    true,
 	}
+	lazyOpts(opts, o)
 	if err := r.criuConf(name, o.Slow, false, false); err != nil {
 		return err
 	}
@@ -233,6 +238,9 @@ type RestoreOpts struct {
 	CloseTCP bool
 	// Slow: see CheckpointOpts.Slow.
 	Slow bool
+	// Lazy restores with the memory left to a running LazyDaemon whose
+	// work directory is WorkDir.
+	Lazy bool
 }
 
 // Restore brings a prepared container back from a checkpoint image.
@@ -250,6 +258,7 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 				WorkDir:      o.WorkDir,
 				AllowOpenTCP: true,
 				FileLocks:    true,
+				LazyPages:    o.Lazy,
 			},
 			Detach: true,
 		})

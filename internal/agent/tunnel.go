@@ -1,0 +1,244 @@
+package agent
+
+// Page tunnels: CRIU's page-server protocol, carried between two agents
+// over their mutual TLS.
+//
+// CRIU speaks plain TCP to its page server. It never leaves a host here:
+// on each side it talks to 127.0.0.1 of the agent's own namespace, and the
+// agents carry the bytes between them on a TLS connection of their own
+// (the same certificates as the API: an HTTP/1.1 upgrade on the API's
+// port). The side whose CRIU is the page-server client listens on a
+// loopback port for exactly one connection; the other side's agent, asked
+// through the upgrade, dials its own CRIU's port, which it registered for
+// that container's migration with that peer. Nothing else can be dialled.
+//
+// A peer that dies resets the connection; a peer cut off by a partition is
+// found by TCP keepalive (about 5 s), so a tunnel never waits forever.
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coat-project/coat/internal/store"
+)
+
+// keepalive finds a peer lost to a partition within about 5 s.
+var keepalive = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 4}
+
+// tunnelTarget is a loopback port this agent lets one peer reach.
+type tunnelTarget struct {
+	peer string // the peer host's name
+	addr string // 127.0.0.1:PORT
+}
+
+func tunnelKey(name, kind string) string { return name + "/" + kind }
+
+// allowTunnel lets peer reach addr as (name, kind) until the returned
+// function is called.
+func (a *Agent) allowTunnel(name, kind, peer, addr string) func() {
+	a.mu.Lock()
+	if a.tunnels == nil {
+		a.tunnels = map[string]tunnelTarget{}
+	}
+	a.tunnels[tunnelKey(name, kind)] = tunnelTarget{peer: peer, addr: addr}
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		delete(a.tunnels, tunnelKey(name, kind))
+		a.mu.Unlock()
+	}
+}
+
+// handleTunnel upgrades the request's connection to a raw byte pipe to a
+// registered loopback port.
+func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
+	key := tunnelKey(r.PathValue("name"), r.PathValue("kind"))
+	a.mu.Lock()
+	t, ok := a.tunnels[key]
+	a.mu.Unlock()
+	if !ok {
+		httpError(w, fmt.Errorf("no page tunnel %s is open here: %w", key, store.ErrNotFound))
+		return
+	}
+	if r.Header.Get("Upgrade") != tunnelProto {
+		httpError(w, badRequest("a tunnel needs Upgrade: %s", tunnelProto))
+		return
+	}
+	local, err := net.DialTimeout("tcp", t.addr, 5*time.Second)
+	if err != nil {
+		httpError(w, fmt.Errorf("dial CRIU at %s: %w", t.addr, err))
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		local.Close()
+		a.log.Warn("tunnel hijack", "err", err)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+tunnelProto+"\r\n\r\n"); err != nil {
+		conn.Close()
+		local.Close()
+		return
+	}
+	remote := &bufConn{Conn: conn, r: brw.Reader}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		_, _ = splice(remote, local, nil)
+	}()
+}
+
+const tunnelProto = "coat-pages"
+
+// dialTunnel opens the peer's tunnel (name, kind).
+func (a *Agent) dialTunnel(ctx context.Context, h store.Host, name, kind string) (net.Conn, error) {
+	cfg := a.tls.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}, Config: cfg}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", h.API)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel to %s: %w", h.Name, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	path := "/v1/tunnel/" + url.PathEscape(name) + "/" + url.PathEscape(kind)
+	req := "POST " + path + " HTTP/1.1\r\nHost: " + h.API + "\r\nConnection: Upgrade\r\nUpgrade: " + tunnelProto + "\r\nContent-Length: 0\r\n\r\n"
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, req); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tunnel to %s: %w", h.Name, err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tunnel to %s: %w", h.Name, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		c.Close()
+		return nil, fmt.Errorf("tunnel to %s: %s: %s", h.Name, resp.Status, b)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return &bufConn{Conn: c, r: br}, nil
+}
+
+// bufConn is a connection whose first bytes may sit in a reader.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// relay is a loopback listener for one CRIU connection, carried to the
+// peer's tunnel.
+type relay struct {
+	ln    net.Listener
+	port  int
+	moved atomic.Int64 // bytes from the peer to CRIU
+	done  chan error   // the relayed connection's end
+}
+
+// openRelay listens on 127.0.0.1 for CRIU; its one connection goes to the
+// peer's tunnel (name, kind).
+func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string) (*relay, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1)}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		local, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			rl.done <- err
+			return
+		}
+		remote, err := a.dialTunnel(ctx, h, name, kind)
+		if err != nil {
+			local.Close()
+			rl.done <- err
+			return
+		}
+		_, err = splice(local, remote, &rl.moved)
+		rl.done <- err
+	}()
+	return rl, nil
+}
+
+// Close stops waiting for CRIU's connection (a relayed connection goes on).
+func (rl *relay) Close() { rl.ln.Close() }
+
+// splice copies both ways until both directions end, and returns the
+// first error that was not an orderly end. fromB counts b's bytes to a.
+func splice(a, b net.Conn, fromB *atomic.Int64) (int64, error) {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	var n int64
+	cp := func(i int, dst, src net.Conn, count *atomic.Int64) {
+		defer wg.Done()
+		buf := make([]byte, 256<<10)
+		for {
+			m, rerr := src.Read(buf)
+			if m > 0 {
+				if _, werr := dst.Write(buf[:m]); werr != nil {
+					errs[i] = werr
+					break
+				}
+				if count != nil {
+					count.Add(int64(m))
+				}
+			}
+			if rerr != nil {
+				if !errors.Is(rerr, io.EOF) {
+					errs[i] = rerr
+				}
+				break
+			}
+		}
+		closeWrite(dst)
+		if errs[i] != nil {
+			// Tear the other direction down too.
+			a.Close()
+			b.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(0, b, a, nil)
+	go cp(1, a, b, fromB)
+	wg.Wait()
+	a.Close()
+	b.Close()
+	if fromB != nil {
+		n = fromB.Load()
+	}
+	return n, errors.Join(errs[0], errs[1])
+}
+
+func closeWrite(c net.Conn) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		_ = c.CloseWrite()
+	case *bufConn:
+		closeWrite(c.Conn)
+	case *tls.Conn:
+		_ = c.CloseWrite()
+	}
+}

@@ -1,0 +1,186 @@
+package runtime
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+)
+
+// Post-copy (lazy pages).
+//
+// A lazy checkpoint dumps everything but the container's anonymous memory
+// and then keeps serving that memory from a page server (CRIU's own, on
+// 127.0.0.1 of the agent's namespace) until every page was fetched; only
+// then does the runc checkpoint call return. On the other side a CRIU
+// lazy-pages daemon connects to that page server (through the agents'
+// mutual TLS tunnel), and a lazy restore hands it the container's
+// userfaultfd: pages the container touches are fetched on demand, the rest
+// in the background. The daemon exits 0 once it holds every page.
+
+// LazyDump is a checkpoint whose memory is still being served.
+type LazyDump struct {
+	done chan error
+	err  error
+	once sync.Once
+	kill context.CancelFunc
+}
+
+// Wait returns when CRIU has served every page (nil) or failed.
+func (d *LazyDump) Wait() error {
+	d.once.Do(func() { d.err = <-d.done })
+	return d.err
+}
+
+// Done is closed-equivalent: it yields once CRIU has ended.
+func (d *LazyDump) Done() <-chan error { return d.done }
+
+// Kill stops serving (the pages not fetched are lost with the dump).
+func (d *LazyDump) Kill() { d.kill() }
+
+// CheckpointLazy dumps the container leaving its memory on a page server
+// at o.PageServer (ADDR:PORT), and returns once the rest of the image is in
+// o.ImageDir and the page server is ready.
+func (r *Runtime) CheckpointLazy(ctx context.Context, name string, o CheckpointOpts) (*LazyDump, error) {
+	if o.PageServer == "" {
+		return nil, errors.New("a lazy checkpoint needs a page server address")
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer pr.Close()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d := &LazyDump{done: make(chan error, 1), kill: cancel}
+	o.lazy, o.status = true, pw
+	go func() {
+		err := r.Checkpoint(ctx, name, o)
+		pw.Close()
+		d.done <- err
+	}()
+	// CRIU writes one byte to the status file once the lazy part is
+	// ready; a failed dump closes it unwritten.
+	ready := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1)
+		_, err := pr.Read(b)
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err == nil {
+			return d, nil
+		}
+		if derr := d.Wait(); derr != nil {
+			return nil, derr
+		}
+		return nil, fmt.Errorf("lazy checkpoint of %s ended before it was ready", name)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		return nil, fmt.Errorf("lazy checkpoint of %s: not ready within 2m (CRIU log: %s)", name, filepath.Join(o.WorkDir, "dump.log"))
+	}
+}
+
+// LazyDaemon is CRIU's lazy-pages daemon serving one restore.
+type LazyDaemon struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan error
+	err  error
+	once sync.Once
+}
+
+// StartLazyPages runs `criu lazy-pages` for a restore from imageDir whose
+// CRIU work directory is workDir, fetching pages from the page server at
+// addr:port. It returns once the daemon listens for the restore.
+func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, error) {
+	if err := os.MkdirAll(workDir, 0o700); err != nil {
+		return nil, err
+	}
+	log := filepath.Join(workDir, "lazy-pages.log")
+	// -v4: the log counts the page faults served on demand ("#PF at").
+	cmd := exec.Command("criu", "lazy-pages", "--page-server", "--address", addr, "--port", strconv.Itoa(port),
+		"-D", imageDir, "-W", workDir, "-o", log, "-v4")
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
+	}
+	d := &LazyDaemon{cmd: cmd, log: log, done: make(chan error, 1)}
+	go func() {
+		err := cmd.Wait()
+		if err != nil {
+			err = fmt.Errorf("criu lazy-pages: %w (log: %s)", err, log)
+		}
+		d.done <- err
+	}()
+	sock := filepath.Join(workDir, "lazy-pages.socket")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return d, nil
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			if err == nil {
+				err = errors.New("criu lazy-pages exited before it listened")
+			}
+			return nil, err
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.Kill()
+			return nil, fmt.Errorf("criu lazy-pages did not listen within 10s (log: %s)", log)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Done yields the daemon's end: nil once every page arrived.
+func (d *LazyDaemon) Done() <-chan error { return d.done }
+
+// Wait returns the daemon's end.
+func (d *LazyDaemon) Wait() error {
+	d.once.Do(func() { d.err = <-d.done })
+	return d.err
+}
+
+// Kill stops the daemon (pages not yet fetched stay missing).
+func (d *LazyDaemon) Kill() { _ = d.cmd.Process.Kill() }
+
+// PagesOnDemand counts the page faults the daemon served (each fetched
+// one range on demand rather than in the background push).
+func (d *LazyDaemon) PagesOnDemand() int {
+	f, err := os.Open(d.log)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if bytes.Contains(sc.Bytes(), []byte("#PF at")) {
+			n++
+		}
+	}
+	return n
+}
+
+// lazyOpts adds a lazy dump's options to runc's.
+func lazyOpts(opts *runc.CheckpointOpts, o CheckpointOpts) {
+	if !o.lazy {
+		return
+	}
+	opts.LazyPages = true
+	opts.CriuPageServer = o.PageServer
+	opts.StatusFile = o.status
+}
