@@ -34,6 +34,9 @@ func Down(ctx context.Context, name string) error {
 	for _, pid := range s.Pids {
 		stop(pid)
 	}
+	for _, pid := range findRelays(name, "") { // also those a lost state forgot
+		stop(pid)
+	}
 	killNamespaces(s)
 	for i := 1; i <= 64; i++ {
 		root := filepath.Join(s.Dir, EdgeName(i), "runc")

@@ -32,6 +32,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/coat-project/coat/internal/linkspec"
 )
 
 // BaseDir holds every lab's state.
@@ -54,6 +56,10 @@ type State struct {
 	// EtcdMembers is 1 (in the root namespace) or 3 (etcd-i in edge-i's
 	// namespace); 0 in a state written before it existed means 1.
 	EtcdMembers int `json:"etcd_members,omitempty"`
+
+	// Links are the nodes' emulated underlay links; a node not named has
+	// a plain one.
+	Links map[string]linkspec.Link `json:"links,omitempty"`
 }
 
 var labNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)

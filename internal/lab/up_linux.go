@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/coat-project/coat/internal/linkspec"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
 )
@@ -36,7 +37,10 @@ type Options struct {
 	Hosts int
 	// EtcdMembers is 1 or 3; 0 keeps what the lab has (1 for a new lab).
 	EtcdMembers int
-	Self        string // the coat binary
+	// Links are every node's link; nil keeps what the lab has (plain
+	// links for a new lab).
+	Links map[string]linkspec.Link
+	Self  string // the coat binary
 	Log         *slog.Logger
 }
 
@@ -68,6 +72,17 @@ func Up(ctx context.Context, o Options) (*State, error) {
 	if err := ValidEtcdMembers(members, o.Hosts); err != nil {
 		return nil, err
 	}
+	if o.Links != nil {
+		if err := ValidateLinks(o.Links, o.Hosts); err != nil {
+			return nil, err
+		}
+		s.Links = map[string]linkspec.Link{}
+		for n, l := range o.Links {
+			if !l.Zero() {
+				s.Links[n] = l
+			}
+		}
+	}
 	s.Hosts = o.Hosts
 	s.EtcdMembers = members
 	if s.Pids == nil {
@@ -88,6 +103,7 @@ func Up(ctx context.Context, o Options) (*State, error) {
 	}{
 		{"pki", s.ensurePKI},
 		{"underlay", s.ensureUnderlay},
+		{"links", func() error { return s.ensureLinks(o.Self) }},
 		{"client overlay", s.ensureClientOverlay},
 		{"etcd", func() error { return s.ensureEtcd(ctx, o.Self) }},
 		{"agents", func() error { return s.ensureAgents(ctx, o.Self) }},
@@ -425,16 +441,18 @@ func (s *State) waitEtcd(ctx context.Context, limit time.Duration) error {
 func (s *State) ensureAgents(ctx context.Context, self string) error {
 	for i := 1; i <= s.Hosts; i++ {
 		node := EdgeName(i)
+		rate := s.Link(node).Rate
 		if alive(s.Pids[node]) {
-			if runs(s.Pids[node], self) {
+			if runs(s.Pids[node], self) && agentRate(s.Pids[node]) == rate {
 				continue
 			}
-			// An agent of an older build: restart it on this one. Its
-			// containers keep running; its state is on disk and in etcd.
+			// An agent of an older build, or told another link rate:
+			// restart it. Its containers keep running; its state is on
+			// disk and in etcd.
 			stop(s.Pids[node])
 		}
 		ip := s.UnderlayIP(node)
-		pid, err := s.start(node, node, []string{self, "agent",
+		argv := []string{self, "agent",
 			"--name", node,
 			"--state-dir", filepath.Join(s.Dir, node),
 			"--listen", net.JoinHostPort(ip.String(), strconv.Itoa(AgentPort)),
@@ -445,7 +463,11 @@ func (s *State) ensureAgents(ctx context.Context, self string) error {
 			"--cgroup-parent", "/coat/" + s.Name + "/" + node,
 			"--etcd-endpoints", s.EtcdURL,
 			"--pki-dir", s.PKIDir(),
-		})
+		}
+		if rate > 0 {
+			argv = append(argv, "--link-rate", rate.String())
+		}
+		pid, err := s.start(node, node, argv)
 		if err != nil {
 			return err
 		}

@@ -183,7 +183,7 @@ func TestRunFailures(t *testing.T) {
 			if tt.rolledBak && !errors.Is(f.unlocked, boom) {
 				t.Errorf("Unlock got cause %v, want it to wrap %v", f.unlocked, boom)
 			}
-			if r.Downtime != 0 && tt.failAt != "commit" {
+			if r.Downtime != 0 && tt.failAt != "commit" && tt.failAt != "fetch" {
 				t.Errorf("downtime %v reported for a failed migration", r.Downtime)
 			}
 		})
