@@ -1,24 +1,28 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/images"
 	"github.com/coat-project/coat/internal/lab"
+	"github.com/coat-project/coat/internal/linkspec"
 )
 
 func newLabCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "A whole edge on this machine: hosts and a client as network namespaces"}
 	var hosts, members int
+	var lf linkFlags
 	up := &cobra.Command{
-		Use:   "up [--hosts N] [--etcd-members 1|3]",
+		Use:   "up [--hosts N] [--etcd-members 1|3] [--link-rate RATE] [--link-delay D] [--link-loss P] [--link NODE=rate=R,delay=D,loss=P]...",
 		Short: "Build the lab (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -30,6 +34,11 @@ func newLabCmd() *cobra.Command {
 				}
 				o.EtcdMembers = members
 			}
+			links, err := lf.links(cmd, hosts)
+			if err != nil {
+				return err
+			}
+			o.Links = links
 			st, err := lab.Up(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -48,6 +57,7 @@ func newLabCmd() *cobra.Command {
 	}
 	up.Flags().IntVar(&hosts, "hosts", 2, "number of edge hosts")
 	up.Flags().IntVar(&members, "etcd-members", 1, "etcd members: 1 (in the root namespace) or 3 (member i in edge-i's namespace; needs --hosts >= 3); a lab that is up keeps its count when not given")
+	lf.register(up)
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove the lab and everything it made",
@@ -91,7 +101,7 @@ func newLabCmd() *cobra.Command {
 			return err
 		},
 	}
-	cmd.AddCommand(up, down, exe)
+	cmd.AddCommand(up, down, exe, newLabShowCmd(), newLabRelayCmd())
 	return cmd
 }
 
@@ -129,4 +139,147 @@ func labImages(cmd *cobra.Command, st *lab.State) error {
 		}
 	}
 	return nil
+}
+
+// linkFlags are lab up's link emulation flags.
+type linkFlags struct {
+	rate, delay, loss string
+	nodes             []string
+}
+
+func (f *linkFlags) register(c *cobra.Command) {
+	fl := c.Flags()
+	fl.StringVar(&f.rate, "link-rate", "", "every node's underlay link rate, both directions, e.g. 100mbit or 1gbit (TBF)")
+	fl.StringVar(&f.delay, "link-delay", "", "delay added to every frame a node sends, e.g. 20ms: ping between two nodes takes about twice it")
+	fl.StringVar(&f.loss, "link-loss", "", "probability that a frame a node sends is lost, e.g. 1%")
+	fl.StringArrayVar(&f.nodes, "link", nil, "one node's link, replacing the --link-* settings for it, e.g. edge-2=rate=100mbit,delay=20ms,loss=1% or client=none (repeatable)")
+}
+
+// links reads the flags: nil when none was given (the lab keeps its
+// links), else every node's link. Any link flag sets all links anew.
+func (f *linkFlags) links(c *cobra.Command, hosts int) (map[string]linkspec.Link, error) {
+	fl := c.Flags()
+	if !fl.Changed("link-rate") && !fl.Changed("link-delay") && !fl.Changed("link-loss") && !fl.Changed("link") {
+		return nil, nil
+	}
+	var def linkspec.Link
+	var err error
+	if fl.Changed("link-rate") {
+		if def.Rate, err = linkspec.ParseRate(f.rate); err != nil {
+			return nil, fmt.Errorf("--link-rate: %w", err)
+		}
+	}
+	if fl.Changed("link-delay") {
+		if def.Delay, err = linkspec.ParseDelay(f.delay); err != nil {
+			return nil, fmt.Errorf("--link-delay: %w", err)
+		}
+	}
+	if fl.Changed("link-loss") {
+		if def.Loss, err = linkspec.ParseLoss(f.loss); err != nil {
+			return nil, fmt.Errorf("--link-loss: %w", err)
+		}
+	}
+	per := map[string]linkspec.Link{}
+	for _, spec := range f.nodes {
+		node, l, err := linkspec.ParseNodeLink(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--link: %w", err)
+		}
+		if _, dup := per[node]; dup {
+			return nil, fmt.Errorf("--link %s: %s's link is given twice: give one --link per node", spec, node)
+		}
+		per[node] = l
+	}
+	if err := lab.ValidateLinks(per, hosts); err != nil {
+		return nil, err
+	}
+	all := map[string]linkspec.Link{}
+	for _, n := range (&lab.State{Hosts: hosts}).Nodes() {
+		all[n] = def
+		if l, ok := per[n]; ok {
+			all[n] = l
+		}
+	}
+	return all, nil
+}
+
+// labNode is one node in `lab show --json`.
+type labNode struct {
+	Node       string  `json:"node"`
+	UnderlayIP string  `json:"underlay_ip"`
+	Link       string  `json:"link"` // as --link reads it; "none" when plain
+	RateBps    int64   `json:"rate_bps,omitempty"`
+	DelayMs    float64 `json:"delay_ms,omitempty"`
+	Loss       float64 `json:"loss,omitempty"`
+	Relay      bool    `json:"relay"` // frames it sends cross the userspace relay
+}
+
+func newLabShowCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "show [--json]",
+		Short: "Print the lab's nodes, their underlay IPs and their links",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.Load(g.lab)
+			if err != nil {
+				return err
+			}
+			var nodes []labNode
+			for _, n := range st.Nodes() {
+				l := st.Link(n)
+				nodes = append(nodes, labNode{Node: n, UnderlayIP: st.UnderlayIP(n).String(), Link: l.String(),
+					RateBps: int64(l.Rate), DelayMs: float64(l.Delay) / float64(time.Millisecond), Loss: l.Loss, Relay: l.NeedsRelay()})
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"name": st.Name, "underlay": st.Underlay, "overlay": st.Overlay, "nodes": nodes})
+			}
+			fmt.Fprintf(out, "lab %s: underlay %s, overlay %s\n", st.Name, st.Underlay, st.Overlay)
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tUNDERLAY IP\tLINK\tPATH")
+			for _, n := range nodes {
+				path := "kernel"
+				if n.Relay {
+					path = "relay"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Node, n.UnderlayIP, n.Link, path)
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+// newLabRelayCmd is the process lab up starts for a link with a delay or
+// a loss (see internal/lab/relay_linux.go).
+func newLabRelayCmd() *cobra.Command {
+	var node, in, out, delay, loss string
+	c := &cobra.Command{
+		Use:    "relay --node NODE --in DEV --out DEV --delay D --loss P",
+		Short:  "Carry a lab node's frames with a delay and a loss (started by lab up)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := linkspec.ParseDelay(delay)
+			if err != nil {
+				return err
+			}
+			p, err := linkspec.ParseLoss(loss)
+			if err != nil {
+				return err
+			}
+			return lab.Relay(cmd.Context(), lab.RelayConfig{In: in, Out: out, Delay: d, Loss: p, Log: logger(os.Stderr).With("node", node)})
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&node, "node", "", "the node whose frames these are")
+	f.StringVar(&in, "in", "", "link to read the node's frames from")
+	f.StringVar(&out, "out", "", "link to write them to")
+	f.StringVar(&delay, "delay", "0", "delay per frame")
+	f.StringVar(&loss, "loss", "0", "loss probability")
+	return c
 }

@@ -41,7 +41,7 @@ type Options struct {
 	// links for a new lab).
 	Links map[string]linkspec.Link
 	Self  string // the coat binary
-	Log         *slog.Logger
+	Log   *slog.Logger
 }
 
 // Up builds the lab, or completes one that is partly there.

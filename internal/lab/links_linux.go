@@ -1,0 +1,297 @@
+package lab
+
+// Link emulation on the nodes' underlay links (see relay_linux.go for the
+// picture). Rate is a TBF qdisc on both ends of the node's veth: eth0 in
+// the node (what it sends) and the root-side veth (what it receives).
+// Delay and loss, which need netem this kernel lacks, put the relay
+// between the node's veth and the bridge; a link without them keeps the
+// plain kernel path (the node's veth is a bridge port).
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/coat-project/coat/internal/linkspec"
+)
+
+// rateHandle marks the lab's TBF ("tc qdisc ... root handle c1a0: tbf").
+var rateHandle = netlink.MakeHandle(0xc1a0, 0)
+
+// Link is a node's link as recorded (the zero Link when plain).
+func (s *State) Link(node string) linkspec.Link { return s.Links[node] }
+
+// relayVeth is the root-side veth the relay writes to; bridgeVeth its
+// peer on the bridge.
+func (s *State) relayVeth(node string) string  { return s.rootVeth(node) + "r" }
+func (s *State) bridgeVeth(node string) string { return s.rootVeth(node) + "b" }
+
+func relayKey(node string) string { return "relay-" + node }
+
+// ValidateLinks checks that every node named has a link in a lab of hosts
+// edge hosts.
+func ValidateLinks(links map[string]linkspec.Link, hosts int) error {
+	s := &State{Hosts: hosts}
+	nodes := s.Nodes()
+	for n := range links {
+		known := false
+		for _, k := range nodes {
+			known = known || k == n
+		}
+		if !known {
+			return fmt.Errorf("--link %s=...: no node %q in a lab of %d edge hosts: name one of %s", n, n, hosts, strings.Join(nodes, ", "))
+		}
+	}
+	return nil
+}
+
+// ensureLinks makes every node's link what s.Links says.
+func (s *State) ensureLinks(self string) error {
+	br, err := netlink.LinkByName(s.bridge())
+	if err != nil {
+		return err
+	}
+	for _, node := range s.Nodes() {
+		if err := s.ensureLink(br, node, self); err != nil {
+			return fmt.Errorf("link of %s: %w", node, err)
+		}
+	}
+	return nil
+}
+
+func (s *State) ensureLink(br netlink.Link, node, self string) error {
+	l := s.Link(node)
+	root, err := netlink.LinkByName(s.rootVeth(node))
+	if err != nil {
+		return err
+	}
+	if l.NeedsRelay() {
+		if err := s.ensureRelayPath(br, root, node); err != nil {
+			return err
+		}
+		if err := s.ensureRelay(node, self, l); err != nil {
+			return err
+		}
+		if root.Attrs().MasterIndex != 0 {
+			if err := netlink.LinkSetNoMaster(root); err != nil {
+				return fmt.Errorf("take %s off the bridge: %w", s.rootVeth(node), err)
+			}
+		}
+	} else {
+		if root.Attrs().MasterIndex != br.Attrs().Index {
+			if err := netlink.LinkSetMaster(root, br); err != nil {
+				return fmt.Errorf("put %s on the bridge: %w", s.rootVeth(node), err)
+			}
+		}
+		stop(s.Pids[relayKey(node)])
+		delete(s.Pids, relayKey(node))
+		if rv, err := netlink.LinkByName(s.relayVeth(node)); err == nil {
+			if err := netlink.LinkDel(rv); err != nil && !errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("delete %s: %w", s.relayVeth(node), err)
+			}
+		}
+	}
+	if err := setRate(root, l.Rate); err != nil {
+		return fmt.Errorf("rate on %s: %w", s.rootVeth(node), err)
+	}
+	return InNetNS(s.NetNSPath(node), func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := setRate(eth0, l.Rate); err != nil {
+			return fmt.Errorf("rate on %s's eth0: %w", node, err)
+		}
+		return nil
+	})
+}
+
+// ensureRelayPath makes the relay's veth pair (one end on the bridge) and
+// the way back: every frame arriving from the bridge is redirected to the
+// node's veth ("tc qdisc add dev R ingress; tc filter add dev R parent
+// ffff: u32 match u32 0 0 action mirred egress redirect dev N").
+func (s *State) ensureRelayPath(br, root netlink.Link, node string) error {
+	rv, err := netlink.LinkByName(s.relayVeth(node))
+	if err != nil {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.relayVeth(node)}, PeerName: s.bridgeVeth(node)}
+		_ = netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.bridgeVeth(node)}})
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", s.relayVeth(node), err)
+		}
+		if rv, err = netlink.LinkByName(s.relayVeth(node)); err != nil {
+			return err
+		}
+	}
+	bv, err := netlink.LinkByName(s.bridgeVeth(node))
+	if err != nil {
+		return err
+	}
+	if bv.Attrs().MasterIndex != br.Attrs().Index {
+		if err := netlink.LinkSetMaster(bv, br); err != nil {
+			return err
+		}
+	}
+	for _, l := range []netlink.Link{rv, bv} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	return ensureRedirect(rv, root)
+}
+
+// ensureRedirect redirects every frame arriving on from to to's egress.
+func ensureRedirect(from, to netlink.Link) error {
+	parent := netlink.MakeHandle(0xffff, 0)
+	filters, err := netlink.FilterList(from, parent)
+	if err == nil && len(filters) == 1 {
+		if u, ok := filters[0].(*netlink.U32); ok && len(u.Actions) == 1 {
+			if m, ok := u.Actions[0].(*netlink.MirredAction); ok && m.Ifindex == to.Attrs().Index {
+				return nil
+			}
+		}
+	}
+	_ = netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: from.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: parent}})
+	if err := netlink.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: from.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: parent}}); err != nil {
+		return fmt.Errorf("ingress qdisc on %s: %w", from.Attrs().Name, err)
+	}
+	f := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: from.Attrs().Index, Parent: parent, Priority: 1, Protocol: unix.ETH_P_ALL},
+		Sel:         &netlink.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Nkeys: 1, Keys: []netlink.TcU32Key{{}}},
+		Actions:     []netlink.Action{netlink.NewMirredAction(to.Attrs().Index)},
+	}
+	if err := netlink.FilterAdd(f); err != nil {
+		return fmt.Errorf("redirect %s to %s: %w", from.Attrs().Name, to.Attrs().Name, err)
+	}
+	return nil
+}
+
+// relayArgv is the command line of node's relay.
+func (s *State) relayArgv(node, self string, l linkspec.Link) []string {
+	return []string{self, "lab", "relay", "--lab", s.Name, "--node", node,
+		"--in", s.rootVeth(node), "--out", s.relayVeth(node),
+		"--delay", linkspec.FormatDelay(l.Delay), "--loss", linkspec.FormatLoss(l.Loss)}
+}
+
+// ensureRelay runs node's relay with l, restarting one that runs another
+// build or other settings, and ending strays a lost state left behind.
+func (s *State) ensureRelay(node, self string, l linkspec.Link) error {
+	argv := s.relayArgv(node, self, l)
+	pid := s.Pids[relayKey(node)]
+	if alive(pid) && runs(pid, self) && sameCmdline(pid, argv) {
+		return nil
+	}
+	stop(pid)
+	for _, p := range findRelays(s.Name, node) {
+		stop(p)
+	}
+	pid, err := s.start("", relayKey(node), argv)
+	if err != nil {
+		return err
+	}
+	s.Pids[relayKey(node)] = pid
+	return nil
+}
+
+func cmdline(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+}
+
+func sameCmdline(pid int, argv []string) bool {
+	return strings.Join(cmdline(pid), "\x00") == strings.Join(argv, "\x00")
+}
+
+// findRelays lists the relay processes of lab name (of node; "" any).
+func findRelays(name, node string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if !bytes.Contains(b, []byte("\x00lab\x00relay\x00--lab\x00"+name+"\x00")) {
+			continue
+		}
+		if node != "" && !bytes.Contains(b, []byte("\x00--node\x00"+node+"\x00")) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && pid != os.Getpid() {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// setRate puts a TBF of rate on link's egress, or removes the lab's TBF
+// when rate is 0.
+func setRate(link netlink.Link, rate linkspec.Rate) error {
+	if rate <= 0 {
+		qs, err := netlink.QdiscList(link)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Attrs().Handle == rateHandle && q.Attrs().Parent == netlink.HANDLE_ROOT {
+				return netlink.QdiscDel(q)
+			}
+		}
+		return nil
+	}
+	return tbf(link, uint64(rate.BytesPerSecond()), tbfBurst(rate), tbfLimit(rate))
+}
+
+// tbfBurst lets a whole 64 KiB GSO frame through (TBF would otherwise
+// split it in software) and covers 4 ms at rate.
+func tbfBurst(r linkspec.Rate) uint32 {
+	return uint32(max(2*65536, r.BytesPerSecond()*0.004))
+}
+
+// tbfLimit queues 50 ms at rate beyond the burst: enough for a TCP
+// stream over a delayed link to keep the link busy.
+func tbfLimit(r linkspec.Rate) uint32 {
+	return tbfBurst(r) + uint32(min(r.BytesPerSecond()*0.05, 1<<30))
+}
+
+// tbf is "tc qdisc replace dev L root handle c1a0: tbf rate R burst B
+// limit L", built by hand: netlink's Tbf type cannot set TCA_TBF_BURST.
+// It acts in the calling thread's network namespace.
+func tbf(link netlink.Link, rate uint64, burst, limit uint32) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWQDISC, unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(link.Attrs().Index), Handle: rateHandle, Parent: netlink.HANDLE_ROOT})
+	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("tbf")))
+	opts := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
+	qopt := nl.TcTbfQopt{Limit: limit}
+	qopt.Rate.Linklayer = 1 // ethernet
+	if rate < 1<<32 {
+		qopt.Rate.Rate = uint32(rate)
+	} else {
+		qopt.Rate.Rate = ^uint32(0)
+		opts.AddRtAttr(nl.TCA_TBF_RATE64, nl.Uint64Attr(rate))
+	}
+	opts.AddRtAttr(nl.TCA_TBF_PARMS, qopt.Serialize())
+	opts.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
+	req.AddData(opts)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// agentRate is the --link-rate agent pid was started with (0: none).
+func agentRate(pid int) linkspec.Rate {
+	args := cmdline(pid)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--link-rate" {
+			r, _ := linkspec.ParseRate(args[i+1])
+			return r
+		}
+	}
+	return 0
+}
