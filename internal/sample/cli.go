@@ -23,6 +23,16 @@ commands:
   stream --addr IP:PORT [--duration 10s] [--rate 1MB/s] [--chunk 1024]
          [--json] [--timeline FILE] [--drain-timeout 30s]
       stream the pattern, verify the echo, report stalls (--duration 0: until SIGINT/SIGTERM)
+  conns --addr IP:PORT [--conns 100] [--interval 100ms] [--size 64] [--duration 0] [--json]
+      open N connections to the stream port, each sending a line of the pattern every
+      interval and checking its echo; report each connection's longest wait and survival
+      (--duration 0: until SIGINT/SIGTERM; "ready N" goes to stderr once all are open)
+  redis-load --addr IP:PORT --fill SIZE [--value-size 64KiB] [--seed 1] [--no-fill | --fill-only]
+         [--duration 30s] [--rate 200] [--conns 1] [--json] [--timeline FILE]
+      fill redis with SIZE of incompressible values (SIZE/value-size keys), then GET and
+      SET them, checking every GET against the last SET; report errors, p50/p99 latency
+      and the longest stall (--duration 0: until SIGINT/SIGTERM; "ready" goes to stderr
+      when the load starts; --timeline: t_ms,latency_ms,op,conn per request)
   ctl --addr IP:PORT CMD [ARGS...]
       send one control line (stats | incr | put KEY VALUE | get KEY | ping), print the reply
 `
@@ -41,6 +51,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return runStream(args[1:], stdout, stderr)
 	case "ctl":
 		return runCtl(args[1:], stdout, stderr)
+	case "conns":
+		return runConns(args[1:], stdout, stderr)
+	case "redis-load":
+		return runRedisLoad(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
