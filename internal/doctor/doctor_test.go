@@ -316,3 +316,24 @@ func TestPrint(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+func TestLinkEmulation(t *testing.T) {
+	env := healthy(t)
+	// This machine's kind: TBF, HTB, ingress, u32, mirred; no netem.
+	env.files["/proc/config.gz"] = gz(t, sampleConfig+"CONFIG_PACKET=y\nCONFIG_NET_SCH_TBF=y\nCONFIG_NET_SCH_INGRESS=y\n"+
+		"CONFIG_NET_CLS_U32=y\nCONFIG_NET_ACT_MIRRED=y\n# CONFIG_NET_SCH_NETEM is not set\n")
+	r := byName(t, Check(context.Background(), env), "link emulation")
+	if r.Status != OK || r.Detail != "rate: TBF; delay and loss: COAT's userspace relay (no netem)" {
+		t.Errorf("%+v", r)
+	}
+	// No TBF, no u32: a warning that says what each flag needs.
+	env.files["/proc/config.gz"] = gz(t, sampleConfig+"CONFIG_PACKET=y\nCONFIG_NET_SCH_INGRESS=y\nCONFIG_NET_ACT_MIRRED=y\nCONFIG_NET_SCH_NETEM=m\n")
+	r = byName(t, Check(context.Background(), env), "link emulation")
+	if r.Status != Warn || !strings.Contains(r.Detail, "rate: none") || !strings.Contains(r.Detail, "netem present") ||
+		!strings.Contains(r.Hint, "CONFIG_NET_SCH_TBF") || !strings.Contains(r.Hint, "CONFIG_NET_CLS_U32") {
+		t.Errorf("%+v", r)
+	}
+	if n := Failed(Check(context.Background(), env)); n != 0 {
+		t.Errorf("link emulation must never fail the doctor: %d failed", n)
+	}
+}

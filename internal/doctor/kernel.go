@@ -69,7 +69,7 @@ func checkKernel(ctx context.Context, env Env) []Result {
 	for _, f := range features {
 		rs = append(rs, checkFeature(ctx, env, f, cfg, rel))
 	}
-	return rs
+	return append(rs, checkLinks(env, cfg, rel))
 }
 
 func checkFeature(ctx context.Context, env Env, f feature, cfg KConfig, rel string) Result {
