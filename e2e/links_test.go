@@ -1,0 +1,211 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// linkShow is `coat lab show --json`.
+type linkShow struct {
+	Nodes []struct {
+		Node       string `json:"node"`
+		UnderlayIP string `json:"underlay_ip"`
+		Link       string `json:"link"`
+		Relay      bool   `json:"relay"`
+	} `json:"nodes"`
+}
+
+func (l *testLab) linkShow() linkShow {
+	l.t.Helper()
+	var s linkShow
+	out := l.must("lab", "show", "--json")
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		l.t.Fatalf("lab show --json: %v\n%s", err, out)
+	}
+	return s
+}
+
+func (l *testLab) nodeIP(node string) string {
+	l.t.Helper()
+	for _, n := range l.linkShow().Nodes {
+		if n.Node == node {
+			return n.UnderlayIP
+		}
+	}
+	l.t.Fatalf("no node %s in lab show", node)
+	return ""
+}
+
+// linkServers starts iperf3 and sockperf servers on node's underlay IP;
+// lab down ends them with the node.
+func (l *testLab) linkServers(node, ip string) {
+	l.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	l.t.Cleanup(cancel)
+	for _, argv := range [][]string{
+		{"iperf3", "-s", "-B", ip, "-p", "5201"},
+		{"sockperf", "server", "--tcp", "-i", ip, "-p", "11111"},
+	} {
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "coat"), append([]string{"lab", "exec", node, "--"}, argv...)...)
+		cmd.Env = append(os.Environ(), "COAT_LAB="+l.name)
+		if err := cmd.Start(); err != nil {
+			l.t.Fatal(err)
+		}
+		go cmd.Wait()
+	}
+}
+
+// iperfRate runs a 5 s iperf3 stream from node to ip and returns what the
+// receiver got, in bits per second.
+func (l *testLab) iperfRate(node, ip string) float64 {
+	l.t.Helper()
+	var out string
+	var err error
+	for i := 0; i < 50; i++ { // the server may still be starting
+		if out, err = l.coat("lab", "exec", node, "--", "iperf3", "-c", ip, "-p", "5201", "-t", "5", "-J"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		l.t.Fatalf("iperf3 from %s to %s: %v\n%s", node, ip, err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		l.t.Fatalf("iperf3 -J: %v\n%s", err, out)
+	}
+	return r.End.SumReceived.BitsPerSecond
+}
+
+var sockperfMedian = regexp.MustCompile(`percentile 50\.000 = ([0-9.]+)`)
+
+// tcpRTT is the median round trip of a TCP ping-pong from node to ip
+// (sockperf reports half of it, in microseconds).
+func (l *testLab) tcpRTT(node, ip string) time.Duration {
+	l.t.Helper()
+	var out string
+	var err error
+	for i := 0; i < 50; i++ {
+		if out, err = l.coat("lab", "exec", node, "--", "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "11111", "-t", "3"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := sockperfMedian.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		l.t.Fatalf("sockperf from %s to %s: %v\n%s", node, ip, err, out)
+	}
+	half, _ := strconv.ParseFloat(m[1], 64)
+	return time.Duration(2 * half * float64(time.Microsecond))
+}
+
+func checkRate(t *testing.T, what string, got, want float64) {
+	t.Helper()
+	t.Logf("%s: %.1f Mbit/s (want %.0f +- 10%%)", what, got/1e6, want/1e6)
+	if math.Abs(got-want) > 0.1*want {
+		t.Errorf("%s: %.1f Mbit/s, want %.0f Mbit/s within 10%%", what, got/1e6, want/1e6)
+	}
+}
+
+func checkRTT(t *testing.T, what string, got, want time.Duration) {
+	t.Helper()
+	tol := 2*time.Millisecond + want/10
+	t.Logf("%s: RTT %s (want %s +- %s)", what, got, want, tol)
+	if got < want-tol || got > want+tol {
+		t.Errorf("%s: RTT %s, want %s within %s", what, got, want, tol)
+	}
+}
+
+// Lab links: rate with TBF, delay through the relay; measured between two
+// nodes, re-applied by a second lab up, and refused when they don't parse.
+func TestLinks(t *testing.T) {
+	l := newLabWith(t, "--hosts", "2", "--link-rate", "100mbit", "--link-delay", "10ms")
+	show := l.linkShow()
+	for _, n := range show.Nodes {
+		if n.Link != "rate=100mbit,delay=10ms" || !n.Relay {
+			t.Fatalf("lab show: %s has %q (relay %v), want rate=100mbit,delay=10ms through the relay", n.Node, n.Link, n.Relay)
+		}
+	}
+	if pid := l.labPids()["edge-1"]; !strings.Contains(procCmdline(pid), " --link-rate 100mbit") {
+		t.Errorf("agent edge-1 was not given --link-rate 100mbit: %s", procCmdline(pid))
+	}
+	ip := l.nodeIP("edge-2")
+	l.linkServers("edge-2", ip)
+
+	t.Run("rate and delay", func(t *testing.T) {
+		checkRTT(t, "edge-1 -> edge-2, delay 10ms each", l.tcpRTT("edge-1", ip), 20*time.Millisecond)
+		checkRate(t, "edge-1 -> edge-2 at 100mbit", l.iperfRate("edge-1", ip), 100e6)
+	})
+
+	t.Run("bad specs change nothing", func(t *testing.T) {
+		state := filepath.Join("/var/lib/coat/labs", l.name, "lab.json")
+		before, _ := os.ReadFile(state)
+		for _, args := range [][]string{
+			{"--link-rate", "fast"},
+			{"--link-delay", "20"},
+			{"--link-loss", "150%"},
+			{"--link", "edge-2=rate=100mbit,dly=20ms"},
+			{"--link", "edge-9=rate=100mbit"},
+			{"--link", "edge-2"},
+		} {
+			out, err := l.coat(append([]string{"lab", "up", "--hosts", "2"}, args...)...)
+			var ee *exec.ExitError
+			if !errorsAs(err, &ee) || ee.ExitCode() == 0 {
+				t.Errorf("lab up %s: want a non-zero exit, got %v\n%s", strings.Join(args, " "), err, out)
+			}
+			if !strings.Contains(out, "e.g.") && !strings.Contains(out, "name one of") {
+				t.Errorf("lab up %s: the error does not say what to write: %s", strings.Join(args, " "), out)
+			}
+			if after, _ := os.ReadFile(state); string(after) != string(before) {
+				t.Fatalf("lab up %s changed the lab:\nbefore %s\nafter %s", strings.Join(args, " "), before, after)
+			}
+		}
+	})
+
+	t.Run("re-applied", func(t *testing.T) {
+		// 1 Gbit/s through the relay, and edge-2 plain (the kernel path).
+		l.must("lab", "up", "--hosts", "2", "--link-rate", "1gbit", "--link-delay", "2ms", "--link", "edge-2=rate=1gbit")
+		for _, n := range l.linkShow().Nodes {
+			want := "rate=1gbit,delay=2ms"
+			if n.Node == "edge-2" {
+				want = "rate=1gbit"
+			}
+			if n.Link != want || n.Relay != (n.Node != "edge-2") {
+				t.Errorf("lab show: %s has %q (relay %v), want %q", n.Node, n.Link, n.Relay, want)
+			}
+		}
+		if _, ok := l.labPids()["relay-edge-2"]; ok {
+			t.Errorf("edge-2's link has no delay, but a relay is recorded: %v", l.labPids())
+		}
+		checkRTT(t, "edge-1 -> edge-2, delay 2ms one way", l.tcpRTT("edge-1", ip), 2*time.Millisecond)
+		checkRate(t, "edge-1 -> edge-2 at 1gbit through edge-1's relay", l.iperfRate("edge-1", ip), 1e9)
+		// Plain again: no relay left.
+		l.must("lab", "up", "--hosts", "2", "--link-delay", "0")
+		for k := range l.labPids() {
+			if strings.HasPrefix(k, "relay-") {
+				t.Errorf("relay %s still recorded after links became plain", k)
+			}
+		}
+	})
+}
+
+func procCmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
