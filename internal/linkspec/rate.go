@@ -1,6 +1,7 @@
 // Package linkspec parses and formats the link properties operators and the
 // lab speak of: rates ("100mbit", "1gbit", "1.5gbit", "800kbit"), as tc
-// spells them.
+// spells them, delays ("20ms"), losses ("1%") and whole links
+// ("edge-2=rate=100mbit,delay=20ms,loss=1%").
 package linkspec
 
 import (
