@@ -92,6 +92,7 @@ func runRedisLoad(args []string, stdout, stderr io.Writer) int {
 	drain := fs.Duration("drain-timeout", 30*time.Second, "max wait for requests in flight when stopping")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	timeline := fs.String("timeline", "", "write t_ms,latency_ms,op,conn per load request to this file")
+	state := fs.String("state", "", "keep each key's version in this file across runs (read if present, written at the end)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -115,10 +116,24 @@ func runRedisLoad(args []string, stdout, stderr io.Writer) int {
 		tl = bufio.NewWriterSize(tlFile, 256<<10)
 		opts.Timeline = tl
 	}
+	var st *redisState
+	if *state != "" {
+		if st, err = loadRedisState(*state, opts); err != nil {
+			fmt.Fprintf(stderr, "coat-sample redis-load: %v\n", err)
+			return 1
+		}
+		opts.Versions = st.Versions
+	}
 	ctx, stop := signalContext()
 	defer stop()
 	rep := RedisLoad(ctx, opts)
 	code := 0
+	if st != nil {
+		if err := st.save(*state); err != nil {
+			fmt.Fprintf(stderr, "coat-sample redis-load: %v\n", err)
+			code = 1
+		}
+	}
 	if !rep.OK() {
 		code = 1
 	}
@@ -138,4 +153,50 @@ func runRedisLoad(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return code
+}
+
+// redisState is what --state keeps between runs on one data set.
+type redisState struct {
+	Seed      uint64   `json:"seed"`
+	ValueSize int      `json:"value_size"`
+	Versions  []uint32 `json:"versions"`
+}
+
+// loadRedisState reads path, or starts at version 0 (a fresh fill) when
+// path does not exist or this run fills.
+func loadRedisState(path string, o RedisLoadOptions) (*redisState, error) {
+	st := &redisState{Seed: o.Seed, ValueSize: o.ValueSize, Versions: make([]uint32, o.Keys())}
+	if o.ValueSize == 0 {
+		st.ValueSize = 64 << 10
+	}
+	if o.Fill {
+		return st, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var old redisState
+	if err := json.Unmarshal(b, &old); err != nil {
+		return nil, fmt.Errorf("state %s: %w", path, err)
+	}
+	if old.Seed != st.Seed || old.ValueSize != st.ValueSize || len(old.Versions) != len(st.Versions) {
+		return nil, fmt.Errorf("state %s is of another data set (seed %d, value size %d, %d keys)", path, old.Seed, old.ValueSize, len(old.Versions))
+	}
+	return &old, nil
+}
+
+func (st *redisState) save(path string) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

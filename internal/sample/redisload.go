@@ -35,6 +35,10 @@ type RedisLoadOptions struct {
 	DialTimeout    time.Duration // default 10 s
 	RequestTimeout time.Duration // one request's bound; default 5 min
 	DrainTimeout   time.Duration // wait for requests in flight when stopping; default 30 s
+	// Versions, if not nil, holds each key's current version (len Keys())
+	// on entry, e.g. from an earlier run, and on return; nil means every
+	// key is at version 0 (just filled).
+	Versions []uint32
 	// Ready, if set, is called when the load's connections are open.
 	Ready func()
 	// Timeline, if set, gets one CSV row per load request:
@@ -228,6 +232,10 @@ func (s *loadStats) connFail(msg string) {
 // opts.Rate, each GETting or SETting (half and half, at random) keys of
 // its own share and checking every GET against its last SET.
 func redisLoadRun(ctx context.Context, opts RedisLoadOptions, rep *RedisReport) {
+	versions := opts.Versions
+	if len(versions) != rep.Keys {
+		versions = make([]uint32, rep.Keys)
+	}
 	st := &loadStats{start: time.Now(), timeline: opts.Timeline}
 	if st.timeline != nil {
 		fmt.Fprintln(st.timeline, "t_ms,latency_ms,op,conn")
@@ -242,6 +250,9 @@ func redisLoadRun(ctx context.Context, opts RedisLoadOptions, rep *RedisReport) 
 	conns := make([]net.Conn, opts.Conns)
 	var wg sync.WaitGroup
 	for ci := range opts.Conns {
+		if ci >= rep.Keys {
+			break
+		}
 		d := net.Dialer{Timeout: opts.DialTimeout}
 		c, err := d.DialContext(ctx, "tcp", opts.Addr)
 		if err != nil {
@@ -252,7 +263,7 @@ func redisLoadRun(ctx context.Context, opts RedisLoadOptions, rep *RedisReport) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			loadConn(runCtx, opts, st, c, ci, rep.Keys)
+			loadConn(runCtx, opts, st, c, ci, versions)
 		}()
 	}
 	if opts.Ready != nil {
@@ -283,6 +294,9 @@ func redisLoadRun(ctx context.Context, opts RedisLoadOptions, rep *RedisReport) 
 			c.Close()
 		}
 	}
+	if opts.Versions != nil {
+		copy(opts.Versions, versions)
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	rep.Requests = int64(len(st.lat))
@@ -306,7 +320,10 @@ func nearestRank(sorted []float64, p float64) float64 {
 	return sorted[min(max(r, 1), len(sorted))-1]
 }
 
-func loadConn(ctx context.Context, opts RedisLoadOptions, st *loadStats, c net.Conn, ci, keys int) {
+// loadConn runs one connection on its own keys (ci, ci+Conns, ...): no
+// two connections touch the same entry of versions.
+func loadConn(ctx context.Context, opts RedisLoadOptions, st *loadStats, c net.Conn, ci int, versions []uint32) {
+	keys := len(versions)
 	rc := newRespConn(c)
 	rng := rand.New(rand.NewPCG(opts.Seed, uint64(ci)+1))
 	// This connection's keys: ci, ci+Conns, ci+2*Conns, ...
@@ -314,7 +331,6 @@ func loadConn(ctx context.Context, opts RedisLoadOptions, st *loadStats, c net.C
 	if mine <= 0 {
 		return
 	}
-	versions := make([]uint32, mine)
 	val := make([]byte, opts.ValueSize)
 	var reply []byte
 	var interval time.Duration
@@ -347,7 +363,7 @@ func loadConn(ctx context.Context, opts RedisLoadOptions, st *loadStats, c net.C
 		op := byte('G')
 		if rng.IntN(2) == 0 {
 			op = 'S'
-			RedisValue(val, opts.Seed, k, versions[j]+1)
+			RedisValue(val, opts.Seed, k, versions[k]+1)
 			rc.writeCommand([]byte("SET"), key, val)
 		} else {
 			rc.writeCommand([]byte("GET"), key)
@@ -371,13 +387,13 @@ func loadConn(ctx context.Context, opts RedisLoadOptions, st *loadStats, c net.C
 		case errors.As(err, &re):
 			st.fail(fmt.Sprintf("%c %s: %v", op, key, err))
 		case op == 'S':
-			versions[j]++
+			versions[k]++
 		case errors.Is(err, errNil):
 			st.fail(fmt.Sprintf("GET %s: missing", key))
 		default:
-			RedisValue(val, opts.Seed, k, versions[j])
+			RedisValue(val, opts.Seed, k, versions[k])
 			if !bytes.Equal(reply, val) {
-				st.fail(fmt.Sprintf("GET %s: %d bytes, not version %d's %d bytes", key, len(reply), versions[j], len(val)))
+				st.fail(fmt.Sprintf("GET %s: %d bytes, not version %d's %d bytes", key, len(reply), versions[k], len(val)))
 			}
 		}
 	}

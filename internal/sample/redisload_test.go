@@ -272,3 +272,28 @@ func TestRedisLoadRealRedis(t *testing.T) {
 		t.Fatalf("against redis-server: %+v", rep)
 	}
 }
+
+func TestMainRedisLoadStateAcrossRuns(t *testing.T) {
+	addr := startFakeRedis(t, &fakeRedis{})
+	state := filepath.Join(t.TempDir(), "state.json")
+	run := func(args ...string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		base := []string{"redis-load", "--addr", addr, "--fill", "16KiB", "--value-size", "1KiB", "--rate", "0", "--state", state, "--json"}
+		if code := Main(append(base, args...), &out, &errOut); code != 0 {
+			t.Fatalf("%v: exit %d: %s %s", args, code, out.String(), errOut.String())
+		}
+	}
+	run("--fill-only")
+	run("--no-fill", "--duration", "100ms")
+	// Values SET by the first load are what the second one expects.
+	run("--no-fill", "--duration", "100ms")
+	b, err := os.ReadFile(state)
+	if err != nil || !strings.Contains(string(b), `"versions":[`) {
+		t.Fatalf("state %s, %v", b, err)
+	}
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"redis-load", "--addr", addr, "--fill", "32KiB", "--value-size", "1KiB", "--no-fill", "--state", state}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "another data set") {
+		t.Errorf("mismatched state: exit %d, %s", code, errOut.String())
+	}
+}
