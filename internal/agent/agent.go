@@ -11,7 +11,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/coat-project/coat/internal/linkspec"
 	"hash/fnv"
 	"log/slog"
 	"net"
@@ -20,6 +19,9 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/overlay"
@@ -59,6 +61,10 @@ type Agent struct {
 	busy  map[string]bool // containers with an operation under way here
 	wg    sync.WaitGroup
 	peers []net.IP
+	// features: the memory strategies this host's kernel allows.
+	features migrate.Features
+	// fetching: post-copy restores whose memory is still arriving.
+	fetching map[string]*fetch
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
 }
@@ -89,7 +95,12 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}}
+	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}, fetching: map[string]*fetch{}}
+	var note string
+	a.features, note = hostFeatures()
+	if note != "" {
+		log.Info(note)
+	}
 	a.emptyTrash() // left by an agent that died before it was done
 	return a, nil
 }
@@ -102,6 +113,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
+		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty,
 	}, 5*time.Second); err != nil {
 		return err
 	}

@@ -32,6 +32,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
 	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)
 	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.handleTunnel)
+	mux.HandleFunc("POST /v1/incoming/{name}/fetched", a.handleFetched)
 	return mux
 }
 

@@ -64,6 +64,9 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 	if m.To == a.cfg.Name && !running {
 		return nil // the source (alive or when it is back) rolls back
 	}
+	if m.To == a.cfg.Name && a.isFetching(m.Name) {
+		return nil // post-copy: committed once every page is here, or failed
+	}
 	if !a.lockWait(m.Name, time.Second) {
 		return nil // a migration or another recovery is at it here
 	}
@@ -128,6 +131,12 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 	}
 	sort.Strings(imgs)
 	img := imgs[len(imgs)-1]
+	if _, err := os.Stat(img + postcopyMarker); err == nil {
+		// A post-copy image: its memory was served from CRIU, which died
+		// with the migration. Restoring it would run the container with
+		// zeros for memory.
+		return fmt.Errorf("the image %s was taken for post-copy and holds no memory: the container cannot be restored from it", img)
+	}
 	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-recover", c.Name, time.Now().UnixNano()))
 	// The coordinator may have taken the held frames, and the address with
 	// them, before it died.

@@ -39,6 +39,7 @@ var keepalive = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: t
 type tunnelTarget struct {
 	peer string // the peer host's name
 	addr string // 127.0.0.1:PORT
+	used bool   // the peer dialled it
 }
 
 func tunnelKey(name, kind string) string { return name + "/" + kind }
@@ -59,15 +60,37 @@ func (a *Agent) allowTunnel(name, kind, peer, addr string) func() {
 	}
 }
 
+// tunnelUsed reports whether the peer has dialled (name, kind).
+func (a *Agent) tunnelUsed(name, kind string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.tunnels[tunnelKey(name, kind)].used
+}
+
+// peerName is the common name of the caller's certificate (a host's name).
+func peerName(r *http.Request) string {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return ""
+	}
+	return r.TLS.PeerCertificates[0].Subject.CommonName
+}
+
 // handleTunnel upgrades the request's connection to a raw byte pipe to a
 // registered loopback port.
 func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	key := tunnelKey(r.PathValue("name"), r.PathValue("kind"))
 	a.mu.Lock()
 	t, ok := a.tunnels[key]
+	if ok && !t.used && peerName(r) == t.peer {
+		t.used = true
+		a.tunnels[key] = t
+	} else {
+		ok = false
+	}
 	a.mu.Unlock()
 	if !ok {
-		httpError(w, fmt.Errorf("no page tunnel %s is open here: %w", key, store.ErrNotFound))
+		// Not registered, not for this peer, or already used once.
+		httpError(w, fmt.Errorf("no page tunnel %s is open here for %s: %w", key, peerName(r), store.ErrNotFound))
 		return
 	}
 	if r.Header.Get("Upgrade") != tunnelProto {
@@ -86,6 +109,11 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if tc, ok := conn.(*tls.Conn); ok {
+		if nc, ok := tc.NetConn().(*net.TCPConn); ok {
+			_ = nc.SetKeepAliveConfig(keepalive)
+		}
+	}
 	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+tunnelProto+"\r\n\r\n"); err != nil {
 		conn.Close()
 		local.Close()
@@ -95,7 +123,7 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		_, _ = splice(remote, local, nil)
+		_, _ = splice(remote, local, nil, nil)
 	}()
 }
 
@@ -152,6 +180,9 @@ type relay struct {
 	port  int
 	moved atomic.Int64 // bytes from the peer to CRIU
 	done  chan error   // the relayed connection's end
+	// beforeEOF, if set, runs when the peer's side ends, before CRIU
+	// hears of it.
+	beforeEOF func()
 }
 
 // openRelay listens on 127.0.0.1 for CRIU; its one connection goes to the
@@ -177,7 +208,7 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string) 
 			rl.done <- err
 			return
 		}
-		_, err = splice(local, remote, &rl.moved)
+		_, err = splice(local, remote, &rl.moved, rl.beforeEOF)
 		rl.done <- err
 	}()
 	return rl, nil
@@ -187,12 +218,13 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string) 
 func (rl *relay) Close() { rl.ln.Close() }
 
 // splice copies both ways until both directions end, and returns the
-// first error that was not an orderly end. fromB counts b's bytes to a.
-func splice(a, b net.Conn, fromB *atomic.Int64) (int64, error) {
+// first error that was not an orderly end. fromB counts b's bytes to a;
+// bEnded, if set, runs when b's side ends, before a hears of it.
+func splice(a, b net.Conn, fromB *atomic.Int64, bEnded func()) (int64, error) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	var n int64
-	cp := func(i int, dst, src net.Conn, count *atomic.Int64) {
+	cp := func(i int, dst, src net.Conn, count *atomic.Int64, ended func()) {
 		defer wg.Done()
 		buf := make([]byte, 256<<10)
 		for {
@@ -213,6 +245,9 @@ func splice(a, b net.Conn, fromB *atomic.Int64) (int64, error) {
 				break
 			}
 		}
+		if ended != nil {
+			ended()
+		}
 		closeWrite(dst)
 		if errs[i] != nil {
 			// Tear the other direction down too.
@@ -221,8 +256,8 @@ func splice(a, b net.Conn, fromB *atomic.Int64) (int64, error) {
 		}
 	}
 	wg.Add(2)
-	go cp(0, b, a, nil)
-	go cp(1, a, b, fromB)
+	go cp(0, b, a, nil, nil)
+	go cp(1, a, b, fromB, bEnded)
 	wg.Wait()
 	a.Close()
 	b.Close()

@@ -30,8 +30,10 @@ type RunRequest struct {
 
 // MigrateRequest asks a container's agent to move it.
 type MigrateRequest struct {
-	To    string `json:"to"`
-	NoTCP bool   `json:"no_tcp,omitempty"`
+	To string `json:"to"`
+	// Strategy: auto (default), stop-and-copy, post-copy or pre-copy.
+	Strategy string `json:"strategy,omitempty"`
+	NoTCP    bool   `json:"no_tcp,omitempty"`
 	// FailRestore makes the destination's restore fail on purpose, to
 	// exercise rollback (used by tests and `coat migrate --fail-restore`).
 	FailRestore bool `json:"fail_restore,omitempty"`
@@ -70,6 +72,15 @@ type MigrateResult struct {
 	Bytes        int64   `json:"bytes"`
 	ImageBytes   int64   `json:"image_bytes"`
 	RootfsBytes  int64   `json:"rootfs_bytes"`
+	// Strategy is how memory moved, and StrategyReason why (auto).
+	Strategy       string `json:"strategy"`
+	StrategyReason string `json:"strategy_reason"`
+	// MemoryBytes is the container's memory at the freeze.
+	MemoryBytes int64 `json:"memory_bytes"`
+	// LazyMS is from the restore until the last page arrived (post-copy;
+	// 0 otherwise), PagesOnDemand the page faults served meanwhile.
+	LazyMS        float64 `json:"lazy_ms"`
+	PagesOnDemand int     `json:"pages_on_demand"`
 }
 
 // Progress is one line of a migration's streamed reply: a phase that
@@ -99,6 +110,9 @@ type SwitchRequest struct {
 
 // RestoreRequest tells the destination to restore what it received.
 type RestoreRequest struct {
+	// Lazy restores post-copy: memory is fetched from the source's page
+	// tunnel.
+	Lazy        bool   `json:"lazy,omitempty"`
 	Name        string `json:"name"`
 	NoTCP       bool   `json:"no_tcp,omitempty"`
 	FailRestore bool   `json:"fail_restore,omitempty"`
@@ -112,6 +126,13 @@ type RestoreRequest struct {
 // RestoreReply reports the destination's restore.
 type RestoreReply struct {
 	RestoreMS float64 `json:"restore_ms"`
+}
+
+// FetchReply says how a post-copy's memory arrived on the destination.
+type FetchReply struct {
+	LazyMS        float64 `json:"lazy_ms"`
+	PagesOnDemand int     `json:"pages_on_demand"`
+	Bytes         int64   `json:"bytes"`
 }
 
 // Error is the JSON body of a failed request.

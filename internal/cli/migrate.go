@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/coat-project/coat/internal/migrate"
+
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/api"
@@ -14,13 +16,16 @@ func newMigrateCmd() *cobra.Command {
 	var req api.MigrateRequest
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST [--json] [--no-tcp]",
+		Use:   "migrate NAME --to HOST [--strategy auto|stop-and-copy|post-copy|pre-copy] [--json] [--no-tcp]",
 		Short: "Live-migrate a container to another host, keeping its TCP connections",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if req.To == "" {
 				return fmt.Errorf("--to is required: `coat hosts` lists the hosts")
+			}
+			if _, err := migrate.ParseStrategy(req.Strategy); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			s, err := connect(ctx)
@@ -56,16 +61,22 @@ func newMigrateCmd() *cobra.Command {
 			if asJSON {
 				return json.NewEncoder(out).Encode(res)
 			}
+			fmt.Fprintf(out, "strategy %s (%s)\n", res.Strategy, res.StrategyReason)
 			fmt.Fprintf(out, "done: checkpoint %.1f ms, transfer %.1f ms, restore %.1f ms, total %.1f ms\n",
 				res.CheckpointMS, res.TransferMS, res.RestoreMS, res.TotalMS)
 			fmt.Fprintf(out, "downtime %.1f ms, %d bytes moved (image %d, rootfs %d)\n",
 				res.DowntimeMS, res.Bytes, res.ImageBytes, res.RootfsBytes)
+			if res.Strategy == string(migrate.PostCopy) {
+				fmt.Fprintf(out, "post-copy: last page arrived %.1f ms after the restore (%d page faults served on demand); committed only then\n",
+					res.LazyMS, res.PagesOnDemand)
+			}
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.To, "to", "", "destination host")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.StringVar(&req.Strategy, "strategy", "auto", "how memory moves: auto (picks from memory size, link rate and kernel features), stop-and-copy, post-copy (restore first, fetch memory after; if either host fails before the last page arrives, the container is stopped and reported failed), pre-copy (needs soft-dirty tracking)")
 	f.BoolVar(&req.NoTCP, "no-tcp", false, "traditional migration: established connections are closed at restore")
 	f.BoolVar(&req.NoHold, "no-hold", false, "do not hold the clients' packets at the destination during the freeze (for comparison)")
 	f.BoolVar(&req.Slow, "slow", false, "runc's stock checkpoint path (CRIU freezes; cgroup properties saved), to compare")

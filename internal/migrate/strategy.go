@@ -55,8 +55,13 @@ func ParseStrategy(s string) (Strategy, error) {
 type Features struct {
 	// LazyPages: userfaultfd on the destination and CRIU lazy pages.
 	LazyPages bool
-	// SoftDirty: memory change tracking on the source (pre-copy).
+	// SoftDirty: memory change tracking on the source's kernel.
 	SoftDirty bool
+	// PreCopy: the agents have an iterative pre-dump pipeline. This
+	// version has none (no machine it runs on has soft-dirty tracking to
+	// build and test one with), so pre-copy is refused even where the
+	// kernel could track memory.
+	PreCopy bool
 }
 
 // Inputs is what Choose weighs.
@@ -99,6 +104,9 @@ func Choose(in Inputs) (Strategy, string, error) {
 		if !in.Features.SoftDirty {
 			return "", "", fmt.Errorf("pre-copy needs the kernel's soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY), which the source's kernel lacks (`coat doctor` says so); use --strategy post-copy or stop-and-copy")
 		}
+		if !in.Features.PreCopy {
+			return "", "", fmt.Errorf("pre-copy is not built into this version of COAT (the kernel has soft-dirty tracking, but no iterative pre-dump pipeline was built); use --strategy post-copy or stop-and-copy")
+		}
 		return PreCopy, "requested", nil
 	case Auto, "":
 	default:
@@ -116,7 +124,7 @@ func Choose(in Inputs) (Strategy, string, error) {
 	if in.Features.LazyPages {
 		return PostCopy, fmt.Sprintf("%s of memory would take about %v frozen over %s: post-copy moves it after the restore", mem, est.Round(time.Millisecond), link), nil
 	}
-	if in.Features.SoftDirty {
+	if in.Features.SoftDirty && in.Features.PreCopy {
 		return PreCopy, fmt.Sprintf("%s of memory would take about %v frozen over %s, and lazy pages are unavailable: pre-copy moves it before the freeze", mem, est.Round(time.Millisecond), link), nil
 	}
 	return StopAndCopy, fmt.Sprintf("%s of memory takes about %v frozen over %s, but neither lazy pages nor soft-dirty tracking is available", mem, est.Round(time.Millisecond), link), nil

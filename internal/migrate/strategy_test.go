@@ -7,7 +7,7 @@ import (
 
 func TestChoose(t *testing.T) {
 	lazy := Features{LazyPages: true}
-	both := Features{LazyPages: true, SoftDirty: true}
+	both := Features{LazyPages: true, SoftDirty: true, PreCopy: true}
 	for _, tc := range []struct {
 		name string
 		in   Inputs
@@ -19,7 +19,9 @@ func TestChoose(t *testing.T) {
 		{"64MiB on edge", Inputs{Requested: Auto, MemoryBytes: 64 << 20, LinkRate: 100e6, Features: lazy}, PostCopy, ""},
 		{"4MiB on edge", Inputs{Requested: Auto, MemoryBytes: 2 << 20, LinkRate: 100e6, Features: lazy}, StopAndCopy, ""},
 		{"big, no uffd, no soft-dirty", Inputs{Requested: Auto, MemoryBytes: 1 << 30}, StopAndCopy, ""},
-		{"big, no uffd, soft-dirty", Inputs{Requested: Auto, MemoryBytes: 1 << 30, Features: Features{SoftDirty: true}}, PreCopy, ""},
+		{"big, no uffd, soft-dirty", Inputs{Requested: Auto, MemoryBytes: 1 << 30, Features: Features{SoftDirty: true, PreCopy: true}}, PreCopy, ""},
+		{"big, soft-dirty but no pipeline", Inputs{Requested: Auto, MemoryBytes: 1 << 30, Features: Features{SoftDirty: true}}, StopAndCopy, ""},
+		{"pre-copy, soft-dirty but no pipeline", Inputs{Requested: PreCopy, Features: Features{SoftDirty: true}}, "", "not built"},
 		{"big, both: post-copy first", Inputs{Requested: Auto, MemoryBytes: 1 << 30, Features: both}, PostCopy, ""},
 		{"pre-copy without soft-dirty", Inputs{Requested: PreCopy, Features: lazy}, "", "soft-dirty"},
 		{"pre-copy with soft-dirty", Inputs{Requested: PreCopy, Features: both}, PreCopy, ""},

@@ -147,6 +147,9 @@ func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, erro
 // Done yields the daemon's end: nil once every page arrived.
 func (d *LazyDaemon) Done() <-chan error { return d.done }
 
+// Requeue puts back an end taken from Done, for Wait.
+func (d *LazyDaemon) Requeue(err error) { d.done <- err }
+
 // Wait returns the daemon's end.
 func (d *LazyDaemon) Wait() error {
 	d.once.Do(func() { d.err = <-d.done })
@@ -183,4 +186,22 @@ func lazyOpts(opts *runc.CheckpointOpts, o CheckpointOpts) {
 	opts.LazyPages = true
 	opts.CriuPageServer = o.PageServer
 	opts.StatusFile = o.status
+}
+
+// MemoryBytes is the container's anonymous and shared memory, what a dump
+// moves (cgroup v1 memory.stat: total_rss + total_shmem; 0 if unknown).
+func (r *Runtime) MemoryBytes(name string) int64 {
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", r.CgroupParent, name, "memory.stat"))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		f := bytes.Fields(line)
+		if len(f) == 2 && (string(f[0]) == "total_rss" || string(f[0]) == "total_shmem") {
+			v, _ := strconv.ParseInt(string(f[1]), 10, 64)
+			n += v
+		}
+	}
+	return n
 }

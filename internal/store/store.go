@@ -36,6 +36,10 @@ type Host struct {
 	// LinkRate is the underlay rate the operator declared (bits/s, 0:
 	// unknown): what --strategy auto weighs a transfer against.
 	LinkRate int64 `json:"link_rate,omitempty"`
+	// LazyPages and SoftDirty: what the host's kernel offers for
+	// post-copy and pre-copy (migrate.Features).
+	LazyPages bool `json:"lazy_pages,omitempty"`
+	SoftDirty bool `json:"soft_dirty,omitempty"`
 }
 
 // Status is a container's lifecycle state as the cluster sees it.

@@ -1,0 +1,310 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/runtime"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
+)
+
+func (a *Agent) incomingDir(name string) string {
+	return filepath.Join(a.cfg.StateDir, "incoming", name)
+}
+
+func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
+	var req api.PrepareRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	c := req.Container
+	if c.Name != r.PathValue("name") || store.ValidName(c.Name) != nil {
+		httpError(w, badRequest("bad container name %q", c.Name))
+		return
+	}
+	if !a.rt.HasImage(c.Image) {
+		httpError(w, badRequest("image %q is not on host %s: import it with `coat image import`", c.Image, a.cfg.Name))
+		return
+	}
+	if a.rt.Status(r.Context(), c.Name) != "" {
+		httpError(w, fmt.Errorf("a container named %s already runs on %s: %w", c.Name, a.cfg.Name, errBusy))
+		return
+	}
+	if !a.lockWait(c.Name, 10*time.Second) {
+		httpError(w, fmt.Errorf("container %s: %w", c.Name, errBusy))
+		return
+	}
+	if err := a.prepareIncoming(c, req.Hold); err != nil {
+		a.abortIncoming(r.Context(), c.Name)
+		httpError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// prepareIncoming builds the container's network namespace with the same
+// IP and MAC, its veth down (or, with hold, up with every inbound frame
+// queued) until the restore is done, so the destination neither answers
+// nor resets anything while the source still owns the connections.
+func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
+	dir := a.incomingDir(c.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(c)
+	if err := os.WriteFile(filepath.Join(dir, "container.json"), b, 0o600); err != nil {
+		return err
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	if err := overlay.CreateNetNS(ep.NetNS); err != nil {
+		return err
+	}
+	if err := a.ov.AttachEndpoint(ep, false); err != nil {
+		return err
+	}
+	if hold {
+		// Up, but everything bound for the container waits in a queue.
+		if err := a.ov.Hold(ep.HostVeth, ep.MTU); err != nil {
+			return err
+		}
+	}
+	return os.MkdirAll(a.rt.UpperDir(c.Name), 0o755)
+}
+
+// handleSwitch takes the container's MAC over: a gratuitous ARP from its
+// (still empty, held) namespace makes the client side and the switches
+// send its traffic here, where it queues until the restore.
+func (a *Agent) handleSwitch(w http.ResponseWriter, r *http.Request) {
+	var req api.SwitchRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	c, err := a.incomingContainer(r.PathValue("name"))
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	if err := overlay.SetNeighbours(ep.NetNS, "eth0", req.Neighbours); err != nil {
+		a.log.Warn("set neighbours", "container", c.Name, "err", err)
+	}
+	if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 2); err != nil {
+		httpError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) incomingContainer(name string) (store.Container, error) {
+	var c store.Container
+	b, err := os.ReadFile(filepath.Join(a.incomingDir(name), "container.json"))
+	if err != nil {
+		return c, fmt.Errorf("no migration of %s is prepared here: %w", name, store.ErrNotFound)
+	}
+	err = json.Unmarshal(b, &c)
+	return c, err
+}
+
+func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.incomingContainer(name); err != nil {
+		httpError(w, err)
+		return
+	}
+	dirs := map[string]string{
+		"checkpoint/": filepath.Join(a.incomingDir(name), "checkpoint"),
+		"upper/":      a.rt.UpperDir(name),
+	}
+	var body io.Reader = r.Body
+	if r.URL.Query().Get("staged") != "" {
+		// The hand-run path: the file lands whole before it is unpacked.
+		f, err := os.CreateTemp(a.incomingDir(name), "staged-*.tar")
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		if _, err := io.Copy(f, r.Body); err != nil {
+			httpError(w, fmt.Errorf("receive %s: %w", name, err))
+			return
+		}
+		if err := f.Sync(); err != nil {
+			httpError(w, err)
+			return
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			httpError(w, err)
+			return
+		}
+		body = f
+	}
+	if _, err := transfer.Unpack(tar.NewReader(body), dirs); err != nil {
+		httpError(w, fmt.Errorf("receive %s: %w", name, err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
+	var req api.RestoreRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	name := r.PathValue("name")
+	c, err := a.incomingContainer(name)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	t := time.Now()
+	if err := a.restoreIncoming(r.Context(), c, req); err != nil {
+		httpError(w, fmt.Errorf("on %s: %w", a.cfg.Name, err))
+		return
+	}
+	a.unlock(name)
+	writeJSON(w, http.StatusOK, api.RestoreReply{RestoreMS: api.Ms(time.Since(t))})
+}
+
+func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.RestoreRequest) error {
+	ckpt := filepath.Join(a.incomingDir(c.Name), "checkpoint")
+	if req.FailRestore {
+		// A real CRIU failure: its memory image is gone.
+		if err := corruptImage(ckpt); err != nil {
+			return err
+		}
+	}
+	// What the source held since the freeze queues here first (the hold
+	// is on until the restore is done).
+	if err := a.ov.Inject(vethName(c.Name), req.Replay); err != nil {
+		a.log.Warn("replay held frames", "container", c.Name, "err", err)
+	}
+	if err := a.rt.Prepare(a.spec(c)); err != nil {
+		return err
+	}
+	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-restore", c.Name, time.Now().UnixNano()))
+	// A restore that hangs must not hold the container hostage: the source
+	// rolls back once this fails.
+	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
+	var err error
+	if req.Lazy {
+		err = a.restoreLazy(ctx, c, ckpt, work)
+	} else {
+		err = a.rt.Restore(ctx, a.spec(c), runtime.RestoreOpts{ImageDir: ckpt, WorkDir: work, CloseTCP: req.NoTCP, Slow: req.Slow})
+	}
+	if err != nil {
+		return err
+	}
+	// Let the held frames in (the clients' retransmissions meet live
+	// sockets at once), or bring the link up if nothing was held. This
+	// ends the clients' wait; what follows is off their clock.
+	if err := a.reopen(c.Name); err != nil {
+		return err
+	}
+	// The image held the container's memory: it goes as soon as it is not
+	// needed (rollback uses the source's copy). Moved aside now (a later
+	// migration back here reuses the name), deleted in the background.
+	if !req.Lazy { // a lazy restore's image goes when its memory is in
+		if err := a.trash(a.incomingDir(c.Name)); err != nil {
+			return err
+		}
+	}
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		// Announce the MAC once more from the live container (the switch
+		// to this host was announced at freeze time).
+		if err := overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3); err != nil {
+			a.log.Warn("gratuitous arp", "container", c.Name, "err", err)
+		}
+		a.emptyTrash()
+	}()
+	return nil
+}
+
+// trash moves dir into StateDir/trash, from where emptyTrash deletes it
+// (and the agent's start, should it die first).
+func (a *Agent) trash(dir string) error {
+	t := filepath.Join(a.cfg.StateDir, "trash")
+	if err := os.MkdirAll(t, 0o700); err != nil {
+		return err
+	}
+	dst := filepath.Join(t, fmt.Sprintf("%s-%d", filepath.Base(dir), time.Now().UnixNano()))
+	if err := os.Rename(dir, dst); err != nil {
+		return fmt.Errorf("move %s out of the way: %w", dir, err)
+	}
+	return nil
+}
+
+// emptyTrash deletes what trash moved aside.
+func (a *Agent) emptyTrash() {
+	t := filepath.Join(a.cfg.StateDir, "trash")
+	ents, _ := os.ReadDir(t)
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(t, e.Name())); err != nil {
+			a.log.Warn("empty trash", "err", err)
+		}
+	}
+}
+
+// corruptImage empties the process images (core-*.img), which CRIU then
+// fails to read. (An empty pages image is no good: CRIU 4.2 retries the
+// short read forever.)
+func corruptImage(dir string) error {
+	m, _ := filepath.Glob(filepath.Join(dir, "core-*.img"))
+	if len(m) == 0 {
+		return errors.New("no process image to corrupt")
+	}
+	for _, p := range m {
+		if err := os.Truncate(p, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) handleAbort(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.incomingContainer(name); err != nil {
+		httpError(w, err)
+		return
+	}
+	a.abortFetch(name)
+	a.abortIncoming(r.Context(), name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// abortIncoming throws away a half-received container.
+func (a *Agent) abortIncoming(ctx context.Context, name string) {
+	a.teardown(ctx, store.Container{Name: name})
+	if err := os.RemoveAll(a.incomingDir(name)); err != nil {
+		a.log.Warn("remove incoming", "container", name, "err", err)
+	}
+	a.unlock(name)
+}

@@ -1,0 +1,535 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/migrate"
+	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/runtime"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
+)
+
+func now() time.Time { return time.Now().UTC() }
+
+// restoreTimeout bounds a destination's restore.
+const restoreTimeout = 2 * time.Minute
+
+// handleMigrate runs a migration of one of this host's containers and
+// streams its phases to the caller as JSON lines.
+func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
+	var req api.MigrateRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpError(w, badRequest("decode request: %v", err))
+		return
+	}
+	out, err := a.newOutgoing(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	send := func(p api.Progress) {
+		_ = json.NewEncoder(w).Encode(p)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	// The migration must finish (or roll back) even if the caller goes.
+	ctx := context.WithoutCancel(r.Context())
+	rep, err := migrate.Run(ctx, out, func(p migrate.Phase, d time.Duration) {
+		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
+		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
+		if req.CrashAfter == string(p) && os.Getenv("COAT_TEST_HOOKS") == "1" {
+			a.log.Error("test hook: exiting mid-migration", "container", out.c.Name, "after", p)
+			os.Exit(3)
+		}
+	})
+	if err != nil {
+		a.log.Error("migration failed", "container", out.c.Name, "to", out.dest.Name, "err", err)
+		send(api.Progress{Error: err.Error()})
+		return
+	}
+	mode := "coat"
+	switch {
+	case req.Reference:
+		mode = "reference"
+	case req.NoTCP:
+		mode = "traditional"
+	}
+	send(api.Progress{Done: true, Result: &api.MigrateResult{
+		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode, Held: out.hold(),
+		CheckpointMS: api.Ms(rep.Checkpoint), TransferMS: api.Ms(rep.Transfer), RestoreMS: api.Ms(rep.Restore),
+		TotalMS: api.Ms(rep.Total), DowntimeMS: api.Ms(rep.Downtime),
+		Bytes: rep.Bytes + out.pageBytes, ImageBytes: out.imageBytes + out.pageBytes, RootfsBytes: out.rootfsBytes,
+		Strategy: string(out.strategy), StrategyReason: out.why, MemoryBytes: out.memory,
+		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: out.onDemand,
+	}})
+}
+
+// outgoing implements migrate.Steps on the source agent.
+type outgoing struct {
+	a                       *Agent
+	c                       store.Container
+	dest                    store.Host
+	peer                    *api.Client
+	req                     api.MigrateRequest
+	ckptDir, workDir        string
+	locked, cut             bool
+	lock                    *store.Lock
+	neigh                   []overlay.Neighbour
+	imageBytes, rootfsBytes int64
+	// took: the source's held frames were taken out of its namespace
+	// (whose address went with them); replay is what they were.
+	took   bool
+	replay [][]byte
+	// resumeFailed: the rollback could not bring the container back.
+	resumeFailed bool
+	// strategy is how memory moves, and why it was picked.
+	strategy migrate.Strategy
+	why      string
+	memory   int64 // the container's memory before the freeze
+	// Post-copy: the dump that serves the memory, its loopback address,
+	// and the tunnel that lets the destination reach it.
+	lazy      *runtime.LazyDump
+	pageAddr  string
+	untunnel  func()
+	pageBytes int64
+	onDemand  int
+}
+
+// newOutgoing checks a migration request before anything changes.
+func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateRequest) (*outgoing, error) {
+	c, err := a.st.Container(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if c.Host != a.cfg.Name {
+		return nil, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name)
+	}
+	if c.Status == store.StatusMigrating {
+		return nil, fmt.Errorf("container %s is already migrating to %s: %w", name, c.MigratingTo, errBusy)
+	}
+	if c.Status != store.StatusRunning {
+		return nil, badRequest("container %s is %s; only a running container can migrate", name, c.Status)
+	}
+	if req.To == a.cfg.Name {
+		return nil, badRequest("container %s already runs on %s: pick another host (`coat hosts` lists them)", name, req.To)
+	}
+	dest, err := a.st.Host(ctx, req.To)
+	if err != nil {
+		return nil, badRequest("unknown host %q: `coat hosts` lists the hosts", req.To)
+	}
+	if req.Reference {
+		req.Slow = true // the hand-run path is runc's stock one
+	}
+	want, err := migrate.ParseStrategy(req.Strategy)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if want != migrate.StopAndCopy && want != migrate.Auto && (req.Reference || req.Slow) {
+		return nil, badRequest("the reference path is stop-and-copy only")
+	}
+	mem := a.rt.MemoryBytes(name)
+	strategy, why, err := migrate.Choose(migrate.Inputs{
+		Requested: want, MemoryBytes: mem, LinkRate: linkRate(a.cfg.LinkRate, dest),
+		Features: migrate.Features{LazyPages: dest.LazyPages && a.features.LazyPages, SoftDirty: a.features.SoftDirty},
+	})
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if req.Reference || req.Slow {
+		strategy, why = migrate.StopAndCopy, "the reference path"
+	}
+	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	return &outgoing{
+		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req,
+		ckptDir:  filepath.Join(a.cfg.StateDir, "checkpoints", id),
+		workDir:  filepath.Join(a.cfg.StateDir, "criu-logs", id),
+		strategy: strategy, why: why, memory: mem,
+	}, nil
+}
+
+// linkRate is the slower of the two hosts' declared link rates (0:
+// neither declared one).
+func linkRate(self linkspec.Rate, dest store.Host) float64 {
+	r, d := float64(self), float64(dest.LinkRate)
+	switch {
+	case r == 0:
+		return d
+	case d == 0 || r < d:
+		return r
+	}
+	return d
+}
+
+// hold says whether the destination holds the clients' packets.
+func (o *outgoing) hold() bool { return !o.req.NoHold && !o.req.Reference }
+
+func (o *outgoing) incoming(op string) string {
+	return "/v1/incoming/" + url.PathEscape(o.c.Name) + "/" + op
+}
+
+// Lock takes the container's leased lock in the store (a second
+// migration, from anywhere, fails here), marks it migrating and records
+// the migration. If this agent dies, the lease expires and whoever finds
+// the record finishes or rolls it back (recover.go).
+func (o *outgoing) Lock(ctx context.Context) error {
+	if !o.a.lock(o.c.Name) {
+		return fmt.Errorf("container %s: an operation is under way: %w", o.c.Name, errBusy)
+	}
+	lk, err := o.a.st.LockContainer(ctx, o.c.Name, o.a.cfg.Name, lockTTL)
+	if err != nil {
+		o.a.unlock(o.c.Name)
+		if errors.Is(err, store.ErrLocked) {
+			return fmt.Errorf("container %s is already migrating: %w", o.c.Name, errBusy)
+		}
+		return err
+	}
+	c := o.c
+	c.Status, c.MigratingTo, c.Error = store.StatusMigrating, o.dest.Name, ""
+	c, err = o.a.st.UpdateContainer(ctx, c)
+	if err == nil {
+		err = o.a.st.PutMigration(ctx, o.record(string(migrate.PhaseLocked)))
+	}
+	if err != nil {
+		_ = lk.Unlock(ctx)
+		o.a.unlock(o.c.Name)
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("container %s changed or is already migrating: %w", o.c.Name, err)
+		}
+		return err
+	}
+	o.c, o.locked, o.lock = c, true, lk
+	return nil
+}
+
+// lockTTL is how long a dead coordinator's lock outlives it.
+const lockTTL = 5 * time.Second
+
+func (o *outgoing) record(phase string) store.Migration {
+	return store.Migration{
+		Name: o.c.Name, From: o.a.cfg.Name, To: o.dest.Name, Phase: phase,
+		Coordinator: o.a.cfg.Name, NoTCP: o.req.NoTCP, Started: o.c.Created,
+	}
+}
+
+func (o *outgoing) Prepare(ctx context.Context) error {
+	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
+		return err
+	}
+	// The container's neighbours go to the destination at the switch;
+	// read them here, before the freeze window opens.
+	ep, err := o.a.endpoint(o.c)
+	if err != nil {
+		return err
+	}
+	if o.neigh, err = overlay.Neighbours(ep.NetNS, "eth0"); err != nil {
+		o.a.log.Warn("read neighbours", "container", o.c.Name, "err", err)
+	}
+	// From here on the container may be frozen: recovery must look at
+	// both hosts.
+	return o.a.st.PutMigration(ctx, o.record(string(migrate.PhasePrepared)))
+}
+
+// Checkpoint cuts the container off the overlay, so no packet changes its
+// sockets after CRIU has read them, hands its MAC over to the destination
+// once it is frozen (which holds what arrives until the restore), then
+// dumps it.
+//
+// With holding, the source holds too rather than taking the link down:
+// inbound frames wait (and are dropped with the veth after a commit, or
+// delivered after a rollback) while the container's own last packets,
+// sent before the freeze, still leave. A reply lost there would cost the
+// client the restored socket's first retransmission timeout (1 s: CRIU
+// does not restore RTT estimates). The gratuitous ARP waits for the
+// freeze: a packet from the source after it would turn the client's
+// forwarding back to the source.
+func (o *outgoing) Checkpoint(ctx context.Context) error {
+	ep, err := o.a.endpoint(o.c)
+	if err != nil {
+		return err
+	}
+	if o.hold() {
+		err = o.a.ov.Hold(ep.HostVeth, ep.MTU)
+	} else {
+		err = o.a.ov.SetEndpointUp(ep.HostVeth, false)
+	}
+	if err != nil {
+		return err
+	}
+	o.cut = true
+	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
+		return err
+	}
+	opts := runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}
+	// The switch runs alongside CRIU's dump; only the transfer waits for
+	// it.
+	switched := make(chan error, 1)
+	started := false
+	if o.hold() {
+		opts.AfterFreeze = func() error {
+			started = true
+			go func() {
+				err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: o.neigh}, nil)
+				if err != nil {
+					err = fmt.Errorf("switch to destination: %w", err)
+				}
+				switched <- err
+			}()
+			return nil
+		}
+	}
+	t0 := time.Now()
+	if o.strategy == migrate.PostCopy {
+		err = o.checkpointLazy(ctx, opts)
+	} else {
+		err = o.a.rt.Checkpoint(ctx, o.c.Name, opts)
+	}
+	o.a.log.Debug("runc checkpoint", "container", o.c.Name, "duration", time.Since(t0))
+	if started {
+		if serr := <-switched; err == nil {
+			err = serr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	// The emptied namespace must stay silent: its neighbour entries would
+	// go on to probe (unicast ARP from the container's MAC, 5 s after the
+	// last use) and turn the client's forwarding back to this host.
+	if err := overlay.FlushNeighbours(ep.NetNS, "eth0"); err != nil {
+		o.a.log.Warn("flush neighbours", "container", o.c.Name, "err", err)
+	}
+	if o.req.Reference {
+		return o.exportFile()
+	}
+	return nil
+}
+
+// exportFile writes image and upper layer to one tar file, as a runtime's
+// "checkpoint --export" does on the hand-run path.
+func (o *outgoing) exportFile() error {
+	f, err := os.OpenFile(o.ckptDir+".tar", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := o.pack(f); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// pack writes the checkpoint image and the rootfs upper layer to w.
+func (o *outgoing) pack(w io.Writer) error {
+	tw := tar.NewWriter(w)
+	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
+	o.imageBytes = n
+	if err != nil {
+		return err
+	}
+	n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+	o.rootfsBytes = n
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// Transfer streams the checkpoint image and the rootfs upper layer as one
+// tar stream over mutual TLS.
+func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
+	if o.req.Reference {
+		return o.copyFile(ctx)
+	}
+	// Alongside the transfer: take what the source held since the freeze,
+	// for the destination to replay.
+	took := make(chan struct{})
+	go func() {
+		defer close(took)
+		if !o.hold() {
+			return
+		}
+		ep, err := o.a.endpoint(o.c)
+		if err == nil {
+			o.took = true
+			o.replay, err = o.a.ov.TakeHeld(ep.HostVeth, ep.NetNS, ep.MAC)
+			o.a.log.Debug("took held frames", "container", o.c.Name, "frames", len(o.replay))
+		}
+		if err != nil {
+			o.a.log.Warn("take held frames (they are lost: their senders retransmit)", "container", o.c.Name, "err", err)
+		}
+	}()
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(o.pack(pw)) }()
+	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data"), pr, "application/x-tar")
+	pr.CloseWithError(errors.New("transfer ended"))
+	<-took
+	if err != nil {
+		return 0, err
+	}
+	rc.Close()
+	return o.imageBytes + o.rootfsBytes, nil
+}
+
+// copyFile sends the exported file whole; the destination stores it
+// before unpacking it, as a copy-then-import would.
+func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
+	f, err := os.Open(o.ckptDir + ".tar")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data")+"?staged=1", f, "application/x-tar")
+	if err != nil {
+		return 0, err
+	}
+	rc.Close()
+	return st.Size(), nil
+}
+
+func (o *outgoing) Restore(ctx context.Context) error {
+	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
+		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay,
+			Lazy: o.strategy == migrate.PostCopy}, nil)
+}
+
+// Commit moves the record to the destination, then deletes the source's
+// copy: its rootfs, network namespace and checkpoint image.
+func (o *outgoing) Commit(ctx context.Context) error {
+	c := o.c
+	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusRunning, ""
+	if _, err := o.a.st.FinishMigration(ctx, c); err != nil {
+		return err
+	}
+	_ = o.lock.Unlock(ctx)
+	// The container runs on the destination: the source's leftovers go
+	// off the migration's clock. The name stays locked here until they
+	// are gone, and a migration back waits for that (lockWait).
+	o.a.wg.Add(1)
+	go func() {
+		defer o.a.wg.Done()
+		o.a.teardown(context.WithoutCancel(ctx), c)
+		o.cleanup()
+		o.a.unlock(o.c.Name)
+	}()
+	return nil
+}
+
+func (o *outgoing) cleanup() {
+	_ = os.Remove(o.ckptDir + ".tar")
+	if err := os.RemoveAll(o.ckptDir); err != nil {
+		o.a.log.Warn("remove checkpoint image", "dir", o.ckptDir, "err", err)
+	}
+}
+
+func (o *outgoing) Abort(ctx context.Context) error {
+	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("abort"), nil, nil)
+	var se *api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return nil
+	}
+	return err
+}
+
+// Resume brings the container back on the source: from its own checkpoint
+// if CRIU stopped it, into the network namespace that was kept.
+func (o *outgoing) Resume(ctx context.Context) error {
+	ep, epErr := o.a.endpoint(o.c)
+	if len(o.neigh) > 0 {
+		err := epErr
+		if err == nil {
+			err = overlay.SetNeighbours(ep.NetNS, "eth0", o.neigh)
+		}
+		if err != nil {
+			o.a.log.Warn("restore neighbours", "container", o.c.Name, "err", err)
+		}
+	}
+	if o.took {
+		err := epErr
+		if err == nil {
+			err = overlay.RestoreAddr(ep.NetNS, ep.Addr)
+		}
+		if err != nil {
+			return fmt.Errorf("put the address back: %w", err)
+		}
+	}
+	if o.a.rt.Status(ctx, o.c.Name) != "running" {
+		if o.req.FailResume && os.Getenv("COAT_TEST_HOOKS") == "1" {
+			if err := corruptImage(o.ckptDir); err != nil {
+				return err
+			}
+		}
+		var err error
+		switch {
+		case o.lazy != nil && !o.a.tunnelUsed(o.c.Name, "lazy"):
+			err = o.resumeLazy(ctx)
+		case o.lazy != nil:
+			o.lazy.Kill()
+			err = errors.New("post-copy: the destination had started fetching memory, which is gone with its copy")
+		default:
+			err = o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
+		}
+		if o.untunnel != nil {
+			o.untunnel()
+		}
+		if err != nil {
+			o.resumeFailed = true
+			return err
+		}
+	}
+	if o.cut {
+		if err := o.a.reopen(o.c.Name); err != nil {
+			return err
+		}
+	}
+	// What the source held (and took for the destination) goes in here.
+	if err := o.a.ov.Inject(vethName(o.c.Name), o.replay); err != nil {
+		o.a.log.Warn("replay held frames", "container", o.c.Name, "err", err)
+	}
+	o.cleanup()
+	if epErr != nil {
+		return epErr
+	}
+	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3)
+}
+
+func (o *outgoing) Unlock(ctx context.Context, cause error) error {
+	defer o.a.unlock(o.c.Name)
+	if !o.locked {
+		return nil
+	}
+	defer o.lock.Unlock(ctx)
+	c, err := o.a.st.Container(ctx, o.c.Name)
+	if err != nil {
+		return err
+	}
+	c.Status, c.MigratingTo, c.Error = store.StatusRunning, "", cause.Error()
+	if o.resumeFailed {
+		// Not running anywhere: say so, and where its image is kept.
+		c.Status = store.StatusFailed
+		c.Error = fmt.Sprintf("%s; the container is stopped: its checkpoint image is kept on %s in %s (`coat rm %s` removes it)",
+			cause, o.a.cfg.Name, o.ckptDir, o.c.Name)
+	}
+	_, err = o.a.st.FinishMigration(ctx, c)
+	return err
+}

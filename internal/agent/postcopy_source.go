@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/migrate"
+	"github.com/coat-project/coat/internal/runtime"
+	"github.com/coat-project/coat/internal/store"
+)
+
+// Post-copy, the source's part. The checkpoint leaves the container's
+// memory in CRIU, which serves it on a loopback page server that only the
+// destination's agent may reach (through its page tunnel). After the
+// restore the source waits until the destination holds every page; only
+// then does the migration commit. Until then neither copy is complete: if
+// the destination or the source fails, the destination stops the
+// container and the record says it failed, with why. A failure before the
+// destination's restore began rolls back as usual: the source restores
+// lazily from its own page server.
+
+// postcopyMarker sits beside an image without memory: recovery must not
+// restore from it.
+const postcopyMarker = ".postcopy"
+
+func (o *outgoing) checkpointLazy(ctx context.Context, opts runtime.CheckpointOpts) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	o.pageAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	opts.PageServer = o.pageAddr
+	if err := os.WriteFile(o.ckptDir+postcopyMarker, nil, 0o600); err != nil {
+		return err
+	}
+	o.untunnel = o.a.allowTunnel(o.c.Name, "lazy", o.dest.Name, o.pageAddr)
+	o.lazy, err = o.a.rt.CheckpointLazy(ctx, o.c.Name, opts)
+	if err != nil {
+		o.untunnel()
+		_ = os.Remove(o.ckptDir + postcopyMarker)
+	}
+	return err
+}
+
+// freePort finds an unused loopback port for CRIU's page server.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// fetchBudget bounds the wait for the last page: the memory at the link's
+// rate, three times over, plus a minute.
+func (o *outgoing) fetchBudget() time.Duration {
+	return 3*migrate.EstimateFreeze(o.memory, linkRate(o.a.cfg.LinkRate, o.dest)) + time.Minute
+}
+
+// Fetch waits until the destination holds every page and the source's
+// CRIU has served them.
+func (o *outgoing) Fetch(ctx context.Context) error {
+	if o.lazy == nil {
+		return nil
+	}
+	defer o.untunnel()
+	fctx, cancel := context.WithTimeout(ctx, o.fetchBudget())
+	defer cancel()
+	var rep api.FetchReply
+	err := o.peer.JSON(fctx, http.MethodPost, o.incoming("fetched"), nil, &rep)
+	if err == nil {
+		select {
+		case err = <-o.lazy.Done():
+			if err != nil {
+				err = fmt.Errorf("the source's page server: %w", err)
+			}
+		case <-time.After(10 * time.Second):
+			err = errors.New("the source's page server did not end within 10s of the last page")
+		}
+	}
+	if err != nil {
+		// The destination stops its copy when its pages stop coming;
+		// make sure of it before anything else.
+		bg := context.WithoutCancel(ctx)
+		if aerr := o.Abort(bg); aerr != nil {
+			o.a.log.Error("post-copy: stop the destination's copy", "container", o.c.Name, "err", aerr)
+		}
+		// CRIU keeps the source's processes frozen until every page is
+		// served, and resumes them when the transfer fails: then the
+		// container goes back to the source, as it was at the freeze.
+		select {
+		case <-o.lazy.Done():
+		case <-time.After(5 * time.Second):
+		}
+		if o.a.rt.Status(bg, o.c.Name) == "running" {
+			o.lazy = nil
+			cause := fmt.Errorf("%w; rolled back: the container runs again on %s as it was at the freeze (what it did on %s is lost, and its connections may reset)", err, o.a.cfg.Name, o.dest.Name)
+			if rerr := o.Resume(bg); rerr != nil {
+				o.a.log.Warn("post-copy rollback", "container", o.c.Name, "err", rerr)
+			}
+			_ = o.Unlock(bg, cause)
+			return cause
+		}
+		o.lazy.Kill()
+		o.failPostCopy(ctx, err)
+		return fmt.Errorf("%w; memory was still missing on %s: the container was stopped there rather than run on with pages missing (`coat rm %s` removes it)", err, o.dest.Name, o.c.Name)
+	}
+	o.pageBytes, o.onDemand = rep.Bytes, rep.PagesOnDemand
+	_ = os.Remove(o.ckptDir + postcopyMarker)
+	return nil
+}
+
+// failPostCopy records a post-copy that lost memory: the container is
+// stopped, on the destination, and failed.
+func (o *outgoing) failPostCopy(ctx context.Context, cause error) {
+	ctx = context.WithoutCancel(ctx)
+	defer o.a.unlock(o.c.Name)
+	if o.lock != nil {
+		defer o.lock.Unlock(ctx)
+	}
+	c, err := o.a.st.Container(ctx, o.c.Name)
+	if err != nil {
+		return
+	}
+	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusFailed, ""
+	c.Error = fmt.Sprintf("post-copy migration from %s to %s failed before every page arrived (%v): the container was stopped rather than run on with memory missing", o.a.cfg.Name, o.dest.Name, cause)
+	if _, err := o.a.st.FinishMigration(ctx, c); err != nil {
+		o.a.log.Warn("record failed post-copy", "container", o.c.Name, "err", err)
+	}
+	o.a.wg.Add(1)
+	go func() {
+		defer o.a.wg.Done()
+		o.a.teardown(ctx, o.c)
+		o.cleanup()
+		_ = os.Remove(o.ckptDir + postcopyMarker)
+	}()
+}
+
+// resumeLazy brings the container back on the source from its own page
+// server, when the destination never started fetching.
+func (o *outgoing) resumeLazy(ctx context.Context) error {
+	host, port, err := net.SplitHostPort(o.pageAddr)
+	if err != nil {
+		return err
+	}
+	var p int
+	fmt.Sscanf(port, "%d", &p)
+	work := o.workDir + "-resume"
+	d, err := runtime.StartLazyPages(o.ckptDir, work, host, p)
+	if err != nil {
+		return err
+	}
+	if err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: work, Lazy: true}); err != nil {
+		d.Kill()
+		return err
+	}
+	// The pages come from this host's own memory: wait for them before
+	// the image goes.
+	select {
+	case err = <-d.Done():
+	case <-time.After(o.fetchBudget()):
+		err = errors.New("local lazy restore did not finish in time")
+	}
+	if err != nil {
+		_ = o.a.rt.Kill(context.WithoutCancel(ctx), o.c.Name)
+		return fmt.Errorf("lazy resume: %w", err)
+	}
+	_ = o.lazy.Wait()
+	_ = os.Remove(o.ckptDir + postcopyMarker)
+	return nil
+}
