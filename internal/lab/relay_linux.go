@@ -15,7 +15,10 @@ package lab
 // sockets use PACKET_VNET_HDR, so a TCP stream's 64 KiB GSO frames cross
 // the relay whole, with their segmentation and checksum offload intact:
 // a few thousand frames per second carry 1 Gbit/s. Delay is constant,
-// so a FIFO keeps the frames in order.
+// so a FIFO keeps the frames in order. The sender waits on a timerfd
+// with an absolute deadline, on its own thread with a 1 ns timer slack:
+// Go's timers overshoot by up to a millisecond, which would show in
+// every round trip.
 
 import (
 	"context"
@@ -24,6 +27,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,7 +50,7 @@ type RelayConfig struct {
 const vnetHdrLen = 10 // struct virtio_net_hdr
 
 type heldFrame struct {
-	due time.Time
+	due int64 // CLOCK_MONOTONIC, ns
 	b   []byte
 }
 
@@ -70,9 +75,18 @@ func Relay(ctx context.Context, c RelayConfig) error {
 
 	var queued atomic.Int64
 	q := make(chan heldFrame, 1<<16)
-	done := make(chan error, 1)
-	go func() { done <- sendLoop(out, q, &queued) }()
-	defer func() { close(q); <-done }()
+	var sendErr error
+	failed := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if sendErr = sendLoop(out, q, &queued); sendErr != nil {
+			close(failed)
+		}
+	}()
+	defer func() { close(q); wg.Wait() }()
+	delay := c.Delay.Nanoseconds()
 
 	var dropped, lost, frames uint64
 	buf := make([]byte, vnetHdrLen+256<<10)
@@ -86,7 +100,10 @@ func Relay(ctx context.Context, c RelayConfig) error {
 			if _, lerr := net.InterfaceByName(c.In); lerr != nil {
 				return nil // the lab took its link away
 			}
-			return fmt.Errorf("read %s: %w", c.In, err)
+			// Down for a moment (ENETDOWN): the link comes back up.
+			c.Log.Warn("relay read", "in", c.In, "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		frames++
 		if c.Loss > 0 && rand.Float64() < c.Loss {
@@ -101,7 +118,7 @@ func Relay(ctx context.Context, c RelayConfig) error {
 		copy(b, buf[:n])
 		queued.Add(int64(n))
 		select {
-		case q <- heldFrame{due: time.Now().Add(c.Delay), b: b}:
+		case q <- heldFrame{due: monotonic() + delay, b: b}:
 		default:
 			queued.Add(-int64(n))
 			dropped++
@@ -111,32 +128,60 @@ func Relay(ctx context.Context, c RelayConfig) error {
 			last = time.Now()
 		}
 		select {
-		case err := <-done:
-			return fmt.Errorf("write %s: %w", c.Out, err)
+		case <-failed:
+			return fmt.Errorf("write %s: %w", c.Out, sendErr)
 		default:
 		}
 	}
 	return nil
 }
 
+// slack: a frame due this soon goes now, so a burst costs no timer per
+// frame.
+const slack = 20 * int64(time.Microsecond)
+
 // sendLoop writes each frame when it is due.
 func sendLoop(fd int, q <-chan heldFrame, queued *atomic.Int64) error {
+	// Drain on return so the reader never blocks on a dead writer.
+	defer func() {
+		go func() {
+			for range q {
+			}
+		}()
+	}()
+	runtime.LockOSThread() // the timer slack below is per thread
+	defer runtime.UnlockOSThread()
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("timerfd: %w", err)
+	}
+	defer unix.Close(tfd)
+	var tick [8]byte
 	for f := range q {
-		if d := time.Until(f.due); d > 0 {
-			time.Sleep(d)
+		if f.due > monotonic()+slack {
+			at := unix.ItimerSpec{Value: unix.NsecToTimespec(f.due)}
+			if err := unix.TimerfdSettime(tfd, unix.TFD_TIMER_ABSTIME, &at, nil); err != nil {
+				return fmt.Errorf("timerfd: %w", err)
+			}
+			if _, err := unix.Read(tfd, tick[:]); err != nil && !errors.Is(err, unix.EINTR) {
+				return fmt.Errorf("timerfd: %w", err)
+			}
 		}
 		_, err := unix.Write(fd, f.b)
 		queued.Add(-int64(len(f.b)))
 		if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EMSGSIZE) {
-			// Drain so the reader never blocks on a dead writer.
-			go func() {
-				for range q {
-				}
-			}()
 			return err
 		}
 	}
 	return nil
+}
+
+// monotonic is CLOCK_MONOTONIC in ns, the timerfd's clock.
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // packetSocket opens a raw packet socket with virtio-net headers bound to
