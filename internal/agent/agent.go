@@ -88,6 +88,9 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if cfg.CgroupParent != "" {
 		rt.CgroupParent = cfg.CgroupParent
 	}
+	if err := rt.MountMemDirs(); err != nil {
+		log.Warn("checkpoint images go to disk", "err", err)
+	}
 	if err := rt.EnableFastPaths(); err != nil {
 		log.Warn("checkpoints and restores will be slower", "err", err)
 	}
@@ -134,6 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent serving", "host", a.cfg.Name, "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
 	err = srv.Serve(ln)
 	a.wg.Wait()
+	a.rt.UnmountMemDirs()
 	if cerr := a.rt.Close(); cerr != nil {
 		a.log.Warn("stop", "err", cerr)
 	}

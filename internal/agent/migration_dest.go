@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
@@ -159,6 +161,15 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 		}
 		body = f
 	}
+	if r.URL.Query().Get("zstd") != "" {
+		zr, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		defer zr.Close()
+		body = zr
+	}
 	if _, err := transfer.Unpack(tar.NewReader(body), dirs); err != nil {
 		httpError(w, fmt.Errorf("receive %s: %w", name, err))
 		return
@@ -248,14 +259,11 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	return nil
 }
 
-// trash moves dir into StateDir/trash, from where emptyTrash deletes it
+// trash moves dir aside (".trash-NAME-N" beside it, on the same
+// filesystem: images live on a tmpfs), from where emptyTrash deletes it
 // (and the agent's start, should it die first).
 func (a *Agent) trash(dir string) error {
-	t := filepath.Join(a.cfg.StateDir, "trash")
-	if err := os.MkdirAll(t, 0o700); err != nil {
-		return err
-	}
-	dst := filepath.Join(t, fmt.Sprintf("%s-%d", filepath.Base(dir), time.Now().UnixNano()))
+	dst := filepath.Join(filepath.Dir(dir), fmt.Sprintf(".trash-%s-%d", filepath.Base(dir), time.Now().UnixNano()))
 	if err := os.Rename(dir, dst); err != nil {
 		return fmt.Errorf("move %s out of the way: %w", dir, err)
 	}
@@ -264,10 +272,15 @@ func (a *Agent) trash(dir string) error {
 
 // emptyTrash deletes what trash moved aside.
 func (a *Agent) emptyTrash() {
-	t := filepath.Join(a.cfg.StateDir, "trash")
-	ents, _ := os.ReadDir(t)
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(t, e.Name())); err != nil {
+	var all []string
+	for _, d := range []string{"incoming", "checkpoints"} {
+		m, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, d, ".trash-*"))
+		all = append(all, m...)
+	}
+	// An older agent's trash directory.
+	all = append(all, filepath.Join(a.cfg.StateDir, "trash"))
+	for _, p := range all {
+		if err := os.RemoveAll(p); err != nil {
 			a.log.Warn("empty trash", "err", err)
 		}
 	}

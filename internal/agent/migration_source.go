@@ -97,6 +97,8 @@ type outgoing struct {
 	// (whose address went with them); replay is what they were.
 	took   bool
 	replay [][]byte
+	// stream carries the image to the destination as CRIU writes it.
+	stream *imageStream
 	// resumeFailed: the rollback could not bring the container back.
 	resumeFailed bool
 	// strategy is how memory moves, and why it was picked.
@@ -294,6 +296,10 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 			return nil
 		}
 	}
+	// The image streams to the destination while CRIU writes it.
+	if !o.req.Reference {
+		o.startStream(ctx)
+	}
 	t0 := time.Now()
 	if o.strategy == migrate.PostCopy {
 		err = o.checkpointLazy(ctx, opts)
@@ -305,6 +311,9 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		if serr := <-switched; err == nil {
 			err = serr
 		}
+	}
+	if o.stream != nil {
+		o.stream.dumped(err)
 	}
 	if err != nil {
 		return err
@@ -375,15 +384,11 @@ func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
 			o.a.log.Warn("take held frames (they are lost: their senders retransmit)", "container", o.c.Name, "err", err)
 		}
 	}()
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(o.pack(pw)) }()
-	rc, err := o.peer.Stream(ctx, http.MethodPut, o.incoming("data"), pr, "application/x-tar")
-	pr.CloseWithError(errors.New("transfer ended"))
+	err := <-o.stream.done
 	<-took
 	if err != nil {
 		return 0, err
 	}
-	rc.Close()
 	return o.imageBytes + o.rootfsBytes, nil
 }
 

@@ -198,3 +198,33 @@ func gcInits(stateDir, keep string) {
 		}
 	}
 }
+
+// MemDirs are the state directories that hold checkpoint images: they are
+// tmpfs mounts (root's alone), so an image is written and read at memory
+// speed and never reaches a disk. A stop-and-copy migration makes up to
+// four passes over the container's memory while it is frozen (dump,
+// send, receive, restore); on a disk each was a full write or read.
+var MemDirs = []string{"checkpoints", "incoming"}
+
+// MountMemDirs mounts MemDirs as tmpfs (kept if already there).
+func (r *Runtime) MountMemDirs() error {
+	var errs []error
+	for _, d := range MemDirs {
+		if err := ensureTmpfs(filepath.Join(r.StateDir, d), 0o700, 0, "mode=0700"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// UnmountMemDirs unmounts the MemDirs that hold nothing: an image kept
+// for recovery or after a failed rollback stays until `coat rm` or
+// `coat lab down`.
+func (r *Runtime) UnmountMemDirs() {
+	for _, d := range MemDirs {
+		p := filepath.Join(r.StateDir, d)
+		if ents, err := os.ReadDir(p); err == nil && len(ents) == 0 && mounted(p) {
+			_ = unix.Unmount(p, unix.MNT_DETACH)
+		}
+	}
+}

@@ -194,8 +194,18 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 			return 0, err
 		}
 	case tar.TypeReg:
-		_ = os.Remove(target)
-		f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+		if hdr.PAXRecords[appendKey] == "1" {
+			// More of a file already received (Follow): never through a
+			// link, never anything but a regular file.
+			flags = os.O_WRONLY | os.O_APPEND | unix.O_NOFOLLOW
+			if fi, err := os.Lstat(target); err != nil || !fi.Mode().IsRegular() {
+				return 0, fmt.Errorf("append to %s: not a file received before", hdr.Name)
+			}
+		} else {
+			_ = os.Remove(target)
+		}
+		f, err := os.OpenFile(target, flags, 0o600)
 		if err != nil {
 			return 0, err
 		}

@@ -1,0 +1,70 @@
+package transfer
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestFollowWhileWritten streams a directory while a pages file grows in
+// pieces (as CRIU writes it) and small files appear at the end; the
+// receiver ends with identical files.
+func TestFollowWhileWritten(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	data := make([]byte, 5*minChunk+12345)
+	rand.New(rand.NewSource(1)).Read(data)
+	done := make(chan struct{})
+	go func() {
+		f, err := os.Create(filepath.Join(src, "pages-1.img"))
+		if err != nil {
+			panic(err)
+		}
+		for off := 0; off < len(data); off += 700_000 {
+			end := min(off+700_000, len(data))
+			f.Write(data[off:end])
+			time.Sleep(3 * time.Millisecond)
+		}
+		f.Close()
+		os.WriteFile(filepath.Join(src, "core-1.img"), []byte("core"), 0o600)
+		os.WriteFile(filepath.Join(src, "pagemap-1.img"), []byte("map"), 0o600)
+		close(done)
+	}()
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		_, err := Follow(tw, src, "checkpoint/", done)
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	if _, err := Unpack(tar.NewReader(pr), map[string]string{"checkpoint/": dst}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]byte{"pages-1.img": data, "core-1.img": []byte("core"), "pagemap-1.img": []byte("map")} {
+		got, err := os.ReadFile(filepath.Join(dst, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, err %v; want %d bytes, identical", name, len(got), err, len(want))
+		}
+	}
+}
+
+// TestAppendRefusesUnknownFile: an append entry for a file that was not
+// received first (or is a symlink) is refused.
+func TestAppendRefusesUnknownFile(t *testing.T) {
+	dst := t.TempDir()
+	os.Symlink("/etc/passwd", filepath.Join(dst, "pages-1.img"))
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Size: 1, Mode: 0o600, Format: tar.FormatPAX, PAXRecords: map[string]string{appendKey: "1"}})
+	tw.Write([]byte("x"))
+	tw.Close()
+	if _, err := Unpack(tar.NewReader(&buf), map[string]string{"checkpoint/": dst}); err == nil {
+		t.Fatal("append through a symlink was accepted")
+	}
+}
