@@ -5,7 +5,7 @@ BIN       := bin
 export CGO_ENABLED := 0
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps demo test unit vet bench lab-down clean
+.PHONY: all build deps demo test unit vet bench bench-full lab-down clean
 
 all: build
 
@@ -31,9 +31,22 @@ unit:
 test: deps build vet
 	$(GO) test -count=1 -timeout 25m ./...
 
-# The paper's evaluation on the lab (about 12 minutes): docs/bench/.
+# The paper's evaluation on the lab (about 12 minutes), plus a reduced
+# matrix of the memory and conns workloads (lan only: redis of 256 MiB and
+# 1, 1,000 connections, one run per strategy; a few minutes): docs/bench/.
 bench: deps build
-	$(BIN)/coat --lab bench bench --out docs/bench; rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
+	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns \
+	  --profiles lan --mem-sizes 256MiB --conn-counts 1,1000 --matrix-runs 1 --out docs/bench; \
+	  rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
+
+# Everything: the paper's evaluation and the whole matrix (redis of 64 MiB,
+# 256 MiB and 1 GiB; 1, 100 and 1,000 connections; links lan, 1gbit and
+# edge; every strategy, 3 runs each). Well over 15 minutes: the edge
+# profile moves each GiB at 100 Mbit/s.
+bench-full: deps build
+	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns \
+	  --profiles lan,1gbit,edge --mem-sizes 64MiB,256MiB,1GiB --conn-counts 1,100,1000 --matrix-runs 3 --out docs/bench; \
+	  rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
 
 lab-down:
 	$(BIN)/coat lab down

@@ -18,6 +18,9 @@ var csvHeader = []string{
 	"lat_before_p50_us", "lat_before_p99_us", "lat_after_p50_us", "lat_after_p99_us",
 	"tput_before_mbps", "tput_after_mbps",
 	"mig_start_ms", "mig_end_ms",
+	"profile", "strategy", "param", "memory_bytes", "lazy_ms", "pages_on_demand",
+	"requests", "req_errors", "mig_lat_p50_ms", "mig_lat_p99_ms", "mig_lat_max_ms",
+	"conns", "conns_survived", "conn_stall_p99_ms",
 }
 
 func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
@@ -38,6 +41,11 @@ func WriteCSV(w io.Writer, runs []Run) error {
 			f3(r.LatBeforeP50), f3(r.LatBeforeP99), f3(r.LatAfterP50), f3(r.LatAfterP99),
 			f3(r.ThroughputBeforeMbps), f3(r.ThroughputAfterMbps),
 			f3(r.MigStartMS), f3(r.MigEndMS),
+			r.Profile, r.Strategy, strconv.FormatInt(r.Param, 10), strconv.FormatInt(r.MemoryBytes, 10),
+			f3(r.LazyMS), strconv.Itoa(r.PagesOnDemand),
+			strconv.FormatInt(r.Requests, 10), strconv.FormatInt(r.ReqErrors, 10),
+			f3(r.MigLatP50), f3(r.MigLatP99), f3(r.MigLatMax),
+			strconv.Itoa(r.Conns), strconv.Itoa(r.ConnsSurvived), f3(r.ConnStallP99),
 		}
 		if err := cw.Write(rec); err != nil {
 			return err

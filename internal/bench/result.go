@@ -39,6 +39,30 @@ type Run struct {
 	Timeline   []Point `json:"timeline,omitempty"`
 	MigStartMS float64 `json:"mig_start_ms"`
 	MigEndMS   float64 `json:"mig_end_ms"`
+
+	// The matrix workloads (memory, conns): the link profile, the
+	// strategy asked for (Mode) and the one used (Strategy), the data set
+	// size in bytes (memory) or the connection count (conns).
+	Profile  string `json:"profile,omitempty"`
+	Strategy string `json:"strategy,omitempty"`
+	Param    int64  `json:"param,omitempty"`
+	// From the migration: memory at the freeze, post-copy's time until
+	// the last page arrived and pages served on demand.
+	MemoryBytes   int64   `json:"memory_bytes,omitempty"`
+	LazyMS        float64 `json:"lazy_ms,omitempty"`
+	PagesOnDemand int     `json:"pages_on_demand,omitempty"`
+	// memory: the redis client's requests and wrong answers, and the
+	// latency (ms) of the requests in flight during the migration.
+	Requests  int64   `json:"requests,omitempty"`
+	ReqErrors int64   `json:"req_errors,omitempty"`
+	MigLatP50 float64 `json:"mig_lat_p50_ms,omitempty"`
+	MigLatP99 float64 `json:"mig_lat_p99_ms,omitempty"`
+	MigLatMax float64 `json:"mig_lat_max_ms,omitempty"`
+	// conns: connections opened and surviving, and the 99th percentile
+	// of the connections' longest waits (StallMS is the longest).
+	Conns         int     `json:"conns,omitempty"`
+	ConnsSurvived int     `json:"conns_survived,omitempty"`
+	ConnStallP99  float64 `json:"conn_stall_p99_ms,omitempty"`
 }
 
 // Point is one sample of a timeline.

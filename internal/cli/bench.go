@@ -1,13 +1,21 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,19 +23,29 @@ import (
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/bench"
+	"github.com/coat-project/coat/internal/images"
 	"github.com/coat-project/coat/internal/lab"
+	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/sample"
 )
 
 func newBenchCmd() *cobra.Command {
 	var cfg bench.Config
-	var workloads, modes string
+	var mcfg bench.MatrixConfig
+	var workloads, modes, profiles, strategies, sizes, counts string
 	var hosts int
 	cmd := &cobra.Command{
-		Use:   "bench [--workload sample,sockperf,iperf3] [--runs N] [--modes coat,traditional,...] [--out DIR]",
-		Short: "Reproduce the paper's evaluation on the lab: COAT against traditional migration",
+		Use:   "bench [--workloads sample,sockperf,iperf3,memory,conns] [--runs N] [--modes coat,traditional,...] [--profiles lan,1gbit,edge] [--strategies ...] [--out DIR]",
+		Short: "Reproduce the paper's evaluation on the lab, and the memory and connection-count workloads by link profile and strategy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Workloads = splitList(workloads)
+			for _, w := range splitList(workloads) {
+				if bench.IsMatrix(w) {
+					mcfg.Workloads = append(mcfg.Workloads, w)
+				} else {
+					cfg.Workloads = append(cfg.Workloads, w)
+				}
+			}
 			cfg.Modes = splitList(modes)
 			if cfg.Runs < 1 {
 				return fmt.Errorf("--runs %d: want at least 1", cfg.Runs)
@@ -35,9 +53,15 @@ func newBenchCmd() *cobra.Command {
 			if cfg.RefRuns < 1 {
 				cfg.RefRuns = cfg.Runs
 			}
+			if err := matrixFlags(&mcfg, profiles, strategies, sizes, counts); err != nil {
+				return err
+			}
 			cfg.SampleBin = filepath.Join(filepath.Dir(self()), "coat-sample")
 			cfg.Progress = cmd.OutOrStdout()
+			mcfg.SampleBin, mcfg.Progress, mcfg.OutDir, mcfg.MigrateAt = cfg.SampleBin, cfg.Progress, cfg.OutDir, cfg.MigrateAt
 			ctx := cmd.Context()
+			_, lerr := lab.Load(g.lab)
+			fresh := lerr != nil
 			st, err := lab.Up(ctx, lab.Options{Name: g.lab, Hosts: hosts, Self: self()})
 			if err != nil {
 				return err
@@ -50,33 +74,119 @@ func newBenchCmd() *cobra.Command {
 				return err
 			}
 			defer s.Close()
+			if slices.Contains(mcfg.Workloads, bench.WorkloadMemory) {
+				if err := redisImage(cmd, s, st); err != nil {
+					return err
+				}
+			}
 			if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
 				return err
 			}
 			started := time.Now()
-			runs, err := bench.Bench(ctx, &benchOps{s: s, st: st}, cfg)
-			if len(runs) > 0 {
-				if werr := writeBench(cfg, runs, started); werr != nil {
-					return werr
+			ops := &benchOps{s: s, st: st, hosts: hosts}
+			var runs []bench.Run
+			if len(cfg.Workloads) > 0 {
+				runs, err = bench.Bench(ctx, ops, cfg)
+			}
+			var mruns []bench.Run
+			var failures []bench.Failure
+			if err == nil && len(mcfg.Workloads) > 0 {
+				before := maps.Clone(st.Links)
+				mruns, failures, err = bench.BenchMatrix(ctx, ops, mcfg)
+				// Give the lab back the links it had.
+				if _, lerr := lab.Up(context.WithoutCancel(ctx), lab.Options{Name: g.lab, Hosts: hosts, Self: self(), Links: allLinks(hosts, before)}); lerr != nil {
+					err = errors.Join(err, fmt.Errorf("restore the lab's links: %w", lerr))
+				}
+			}
+			if len(runs)+len(mruns)+len(failures) > 0 {
+				info := bench.MatrixReportInfo{MemRate: mcfg.MemRate, FreshHost: fresh}
+				if werr := writeBench(cfg, runs, mruns, failures, info, started); werr != nil {
+					return errors.Join(err, werr)
 				}
 			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %s; report: %s\n", len(runs), time.Since(started).Round(time.Second), filepath.Join(cfg.OutDir, "README.md"))
+			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %s; report: %s\n", len(runs)+len(mruns), time.Since(started).Round(time.Second), filepath.Join(cfg.OutDir, "README.md"))
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&workloads, "workload", "sample,sockperf,iperf3", "workloads, comma-separated")
-	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock", "modes, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile)")
+	f.StringVar(&workloads, "workloads", "sample,sockperf,iperf3", "workloads, comma-separated: sample, sockperf, iperf3 (the paper's, by mode), memory and conns (by link profile and strategy)")
+	f.StringVar(&workloads, "workload", "sample,sockperf,iperf3", "the same as --workloads")
+	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock", "modes of sample, sockperf and iperf3, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile)")
 	f.IntVar(&cfg.RefRuns, "ref-runs", 10, "runs per workload for the other modes")
 	f.IntVar(&cfg.Runs, "runs", 20, "runs per workload for coat and traditional")
 	f.StringVar(&cfg.OutDir, "out", "docs/bench", "output directory (report, CSV, plots)")
 	f.DurationVar(&cfg.ClientTime, "client-time", 3*time.Second, "how long each client runs")
 	f.DurationVar(&cfg.MigrateAt, "migrate-at", 1200*time.Millisecond, "when the migration starts in the client's run")
 	f.IntVar(&hosts, "hosts", 2, "edge hosts in the lab")
+	f.StringVar(&profiles, "profiles", "lan,1gbit,edge", "memory and conns: link profiles, comma-separated: lan (unshaped), 1gbit, edge (100 Mbit/s, 10 ms)")
+	f.StringVar(&strategies, "strategies", strings.Join(bench.Strategies, ","), "memory and conns: migration strategies, comma-separated")
+	f.StringVar(&sizes, "mem-sizes", "64MiB,256MiB,1GiB", "memory: redis data set sizes, comma-separated")
+	f.StringVar(&counts, "conn-counts", "1,100,1000", "conns: connection counts, comma-separated (1 is the single-connection baseline)")
+	f.IntVar(&mcfg.Runs, "matrix-runs", 3, "memory and conns: runs per profile, size or count, and strategy")
+	f.Float64Var(&mcfg.MemRate, "mem-rate", 50, "memory: the redis client's requests per second (64 KiB each)")
+	f.DurationVar(&mcfg.Tail, "tail", 2*time.Second, "memory and conns: client time after the migration returns")
 	return cmd
+}
+
+func matrixFlags(m *bench.MatrixConfig, profiles, strategies, sizes, counts string) error {
+	m.Profiles, m.Strategies = splitList(profiles), splitList(strategies)
+	for _, p := range m.Profiles {
+		if _, err := bench.LookupProfile(p); err != nil {
+			return err
+		}
+	}
+	for _, s := range m.Strategies {
+		if !slices.Contains(bench.Strategies, s) {
+			return fmt.Errorf("--strategies: unknown strategy %q: want %s", s, strings.Join(bench.Strategies, ", "))
+		}
+	}
+	for _, s := range splitList(sizes) {
+		n, err := sample.ParseSize(s)
+		if err != nil || n < 64<<10 {
+			return fmt.Errorf("--mem-sizes: %q: want a size of at least 64KiB, e.g. 256MiB", s)
+		}
+		m.MemSizes = append(m.MemSizes, n)
+	}
+	for _, s := range splitList(counts) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 20000 {
+			return fmt.Errorf("--conn-counts: %q: want a count between 1 and 20000", s)
+		}
+		m.ConnCounts = append(m.ConnCounts, n)
+	}
+	return nil
+}
+
+// allLinks is every node's link for lab.Options: the given ones, plain
+// for the rest.
+func allLinks(hosts int, links map[string]linkspec.Link) map[string]linkspec.Link {
+	all := map[string]linkspec.Link{}
+	for _, n := range (&lab.State{Hosts: hosts}).Nodes() {
+		all[n] = links[n]
+	}
+	return all
+}
+
+// redisImage builds the redis image and imports it on every host (the
+// lab's own images are sample, sockperf and iperf3).
+func redisImage(cmd *cobra.Command, s *session, st *lab.State) error {
+	dir := filepath.Join(lab.BaseDir, ".images", "redis")
+	if err := images.BuildRedis(dir); err != nil {
+		return fmt.Errorf("build image redis (scripts/install-deps.sh installs redis-server): %w", err)
+	}
+	for i := 1; i <= st.Hosts; i++ {
+		cl, err := s.agent(cmd.Context(), lab.EdgeName(i))
+		if err != nil {
+			return err
+		}
+		if err := importTo(cmd, cl, "redis", dir); err != nil {
+			return fmt.Errorf("import redis on %s: %w", lab.EdgeName(i), err)
+		}
+	}
+	return nil
 }
 
 func splitList(s string) []string {
@@ -89,21 +199,31 @@ func splitList(s string) []string {
 	return out
 }
 
-func writeBench(cfg bench.Config, runs []bench.Run, started time.Time) error {
+func writeBench(cfg bench.Config, runs, mruns []bench.Run, failures []bench.Failure, info bench.MatrixReportInfo, started time.Time) error {
 	f, err := os.Create(filepath.Join(cfg.OutDir, "runs.csv"))
 	if err != nil {
 		return err
 	}
-	if err := bench.WriteCSV(f, runs); err != nil {
+	if err := bench.WriteCSV(f, append(slices.Clone(runs), mruns...)); err != nil {
 		f.Close()
 		return err
 	}
 	f.Close()
-	b, _ := json.Marshal(runs)
+	b, _ := json.Marshal(append(slices.Clone(runs), mruns...))
 	if err := os.WriteFile(filepath.Join(cfg.OutDir, "runs.json"), b, 0o644); err != nil {
 		return err
 	}
+	if len(failures) > 0 || len(mruns) > 0 {
+		b, _ := json.Marshal(failures)
+		if err := os.WriteFile(filepath.Join(cfg.OutDir, "failures.json"), b, 0o644); err != nil {
+			return err
+		}
+	}
 	if _, err := bench.WritePlots(cfg.OutDir, runs); err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	plots, err := bench.WriteMatrixPlots(cfg.OutDir, mruns)
+	if err != nil {
 		return fmt.Errorf("plots: %w", err)
 	}
 	m := machine(started)
@@ -116,7 +236,13 @@ func writeBench(cfg bench.Config, runs []bench.Run, started time.Time) error {
 		return err
 	}
 	defer md.Close()
-	return bench.WriteMarkdown(md, bench.Summarize(runs), m, bench.Targets{OverheadPct: 5, SampleDowntimeMS: 150, StallOverDowntimeMS: 50})
+	if err := bench.WriteMarkdown(md, bench.Summarize(runs), m, bench.Targets{OverheadPct: 5, SampleDowntimeMS: 150, StallOverDowntimeMS: 50}); err != nil {
+		return err
+	}
+	if len(mruns) == 0 && len(failures) == 0 && len(runs) > 0 {
+		return nil
+	}
+	return bench.WriteMatrixMarkdown(md, mruns, failures, runs, plots, info)
 }
 
 func machine(started time.Time) bench.Machine {
@@ -147,8 +273,70 @@ func machine(started time.Time) bench.Machine {
 
 // benchOps drives the lab for the bench.
 type benchOps struct {
-	s  *session
-	st *lab.State
+	s     *session
+	st    *lab.State
+	hosts int
+}
+
+// SetProfile gives every node of the lab the profile's link (lab up with
+// links; the agents learn their link rate).
+func (o *benchOps) SetProfile(ctx context.Context, p bench.Profile) error {
+	l := linkspec.Link{Rate: linkspec.Rate(p.RateBps), Delay: p.Delay}
+	links := map[string]linkspec.Link{}
+	for _, n := range (&lab.State{Hosts: o.hosts}).Nodes() {
+		links[n] = l
+	}
+	st, err := lab.Up(ctx, lab.Options{Name: g.lab, Hosts: o.hosts, Self: self(), Links: links})
+	if err != nil {
+		return err
+	}
+	o.st = st
+	return nil
+}
+
+// MigrateStrategy asks the container's agent for a migration with a
+// strategy and reads the result with its strategy fields.
+func (o *benchOps) MigrateStrategy(ctx context.Context, name, to, strategy string) (*bench.MigResult, error) {
+	_, cl, err := o.s.container(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(map[string]any{"to": to, "strategy": strategy})
+	rc, err := cl.Stream(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/migrate", bytes.NewReader(body), "application/json")
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var p struct {
+			Result *bench.MigResult `json:"result"`
+			Error  string           `json:"error"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
+		}
+		if p.Error != "" {
+			return nil, errors.New(p.Error)
+		}
+		if p.Result != nil {
+			return p.Result, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("migration stream: %w", err)
+	}
+	return nil, errors.New("migration stream ended without a result: check the source agent's log")
+}
+
+// Host is where the container runs now.
+func (o *benchOps) Host(ctx context.Context, name string) (string, error) {
+	c, err := o.s.st.Container(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	return c.Host, nil
 }
 
 func (o *benchOps) Run(ctx context.Context, host string, req api.RunRequest) (string, error) {
