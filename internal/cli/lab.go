@@ -277,8 +277,8 @@ func newLabRelayCmd() *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVar(&node, "node", "", "the node whose frames these are")
-	f.StringVar(&in, "in", "", "link to read the node's frames from")
-	f.StringVar(&out, "out", "", "link to write them to")
+	f.StringVar(&in, "in", "", "link to read the node's frames from (NAME or NAME@INDEX)")
+	f.StringVar(&out, "out", "", "link to write them to (NAME or NAME@INDEX)")
 	f.StringVar(&delay, "delay", "0", "delay per frame")
 	f.StringVar(&loss, "loss", "0", "loss probability")
 	return c

@@ -77,7 +77,11 @@ func (s *State) ensureLink(br netlink.Link, node, self string) error {
 		if err := s.ensureRelayPath(br, root, node); err != nil {
 			return err
 		}
-		if err := s.ensureRelay(node, self, l); err != nil {
+		rv, err := netlink.LinkByName(s.relayVeth(node))
+		if err != nil {
+			return err
+		}
+		if err := s.ensureRelay(node, self, l, root.Attrs().Index, rv.Attrs().Index); err != nil {
 			return err
 		}
 		if root.Attrs().MasterIndex != 0 {
@@ -173,17 +177,19 @@ func ensureRedirect(from, to netlink.Link) error {
 	return nil
 }
 
-// relayArgv is the command line of node's relay.
-func (s *State) relayArgv(node, self string, l linkspec.Link) []string {
+// relayArgv is the command line of node's relay. The links' indexes are
+// in it so that a relay whose links were made anew is replaced.
+func (s *State) relayArgv(node, self string, l linkspec.Link, in, out int) []string {
 	return []string{self, "lab", "relay", "--lab", s.Name, "--node", node,
-		"--in", s.rootVeth(node), "--out", s.relayVeth(node),
+		"--in", s.rootVeth(node) + "@" + strconv.Itoa(in), "--out", s.relayVeth(node) + "@" + strconv.Itoa(out),
 		"--delay", linkspec.FormatDelay(l.Delay), "--loss", linkspec.FormatLoss(l.Loss)}
 }
 
 // ensureRelay runs node's relay with l, restarting one that runs another
-// build or other settings, and ending strays a lost state left behind.
-func (s *State) ensureRelay(node, self string, l linkspec.Link) error {
-	argv := s.relayArgv(node, self, l)
+// build, other settings or on other links, and ending strays a lost state
+// left behind.
+func (s *State) ensureRelay(node, self string, l linkspec.Link, in, out int) error {
+	argv := s.relayArgv(node, self, l, in, out)
 	pid := s.Pids[relayKey(node)]
 	if alive(pid) && runs(pid, self) && sameCmdline(pid, argv) {
 		return nil

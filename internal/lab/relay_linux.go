@@ -28,6 +28,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +40,9 @@ import (
 // RelayConfig is one relay: frames read on In leave, delayed and thinned,
 // on Out.
 type RelayConfig struct {
+	// In and Out are link names, optionally with the link's index
+	// ("coat0-e1@12"): the relay ends when its links are gone, also when
+	// a link of the same name replaced one.
 	In, Out string
 	Delay   time.Duration
 	Loss    float64
@@ -62,12 +67,20 @@ func Relay(ctx context.Context, c RelayConfig) error {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
-	in, err := packetSocket(c.In, true)
+	inLink, err := relayLink(c.In)
+	if err != nil {
+		return err
+	}
+	outLink, err := relayLink(c.Out)
+	if err != nil {
+		return err
+	}
+	in, err := packetSocket(inLink, true)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(in)
-	out, err := packetSocket(c.Out, false)
+	out, err := packetSocket(outLink, false)
 	if err != nil {
 		return err
 	}
@@ -97,11 +110,11 @@ func Relay(ctx context.Context, c RelayConfig) error {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
 			}
-			if _, lerr := net.InterfaceByName(c.In); lerr != nil {
+			if now, lerr := net.InterfaceByName(inLink.Name); lerr != nil || now.Index != inLink.Index {
 				return nil // the lab took its link away
 			}
 			// Down for a moment (ENETDOWN): the link comes back up.
-			c.Log.Warn("relay read", "in", c.In, "err", err)
+			c.Log.Warn("relay read", "in", inLink.Name, "err", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
@@ -184,14 +197,24 @@ func monotonic() int64 {
 	return ts.Nano()
 }
 
-// packetSocket opens a raw packet socket with virtio-net headers bound to
-// dev: a receiving one (every protocol, not the frames sent out of dev)
-// or a sending one (protocol 0: receives nothing).
-func packetSocket(dev string, recv bool) (int, error) {
-	ifi, err := net.InterfaceByName(dev)
+// relayLink finds the link "NAME" or "NAME@INDEX".
+func relayLink(spec string) (*net.Interface, error) {
+	name, idx, withIndex := strings.Cut(spec, "@")
+	ifi, err := net.InterfaceByName(name)
 	if err != nil {
-		return -1, fmt.Errorf("relay link %s: %w", dev, err)
+		return nil, fmt.Errorf("relay link %s: %w", name, err)
 	}
+	if withIndex && idx != strconv.Itoa(ifi.Index) {
+		return nil, fmt.Errorf("relay link %s has index %d, not %s: it was made anew; run `coat lab up`", name, ifi.Index, idx)
+	}
+	return ifi, nil
+}
+
+// packetSocket opens a raw packet socket with virtio-net headers bound to
+// ifi: a receiving one (every protocol, not the frames sent out of ifi)
+// or a sending one (protocol 0: receives nothing).
+func packetSocket(ifi *net.Interface, recv bool) (int, error) {
+	dev := ifi.Name
 	proto := 0
 	if recv {
 		proto = int(htons(unix.ETH_P_ALL))
