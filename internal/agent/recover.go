@@ -60,6 +60,13 @@ func (a *Agent) recoverOnce(ctx context.Context) error {
 }
 
 func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
+	if a.rt.Status(ctx, m.Name) == "paused" && !a.isFetching(m.Name) {
+		// Frozen by a migration whose dump died with the freezer set:
+		// its processes are intact.
+		if err := a.rt.Thaw(m.Name); err != nil {
+			a.log.Warn("thaw", "container", m.Name, "err", err)
+		}
+	}
 	running := a.rt.Status(ctx, m.Name) == "running"
 	if m.To == a.cfg.Name && !running {
 		return nil // the source (alive or when it is back) rolls back

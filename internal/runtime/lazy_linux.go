@@ -205,3 +205,7 @@ func (r *Runtime) MemoryBytes(name string) int64 {
 	}
 	return n
 }
+
+// Thaw resumes a container left frozen (by a dump that died with the
+// freezer set).
+func (r *Runtime) Thaw(name string) error { return r.freeze(name, false) }
