@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -153,6 +154,18 @@ func TestLinks(t *testing.T) {
 		checkRate(t, "edge-1 -> edge-2 at 100mbit", l.iperfRate("edge-1", ip), 100e6)
 	})
 
+	t.Run("relay crash", func(t *testing.T) {
+		old := l.labPids()["relay-edge-1"]
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill relay-edge-1 (%d): %v", old, err)
+		}
+		l.must("lab", "up", "--hosts", "2") // no link flags: the lab keeps its links
+		if pid := l.labPids()["relay-edge-1"]; pid == old || !strings.Contains(procCmdline(pid), "lab relay") {
+			t.Fatalf("relay-edge-1 not restarted: was %d, now %d (%s)", old, pid, procCmdline(pid))
+		}
+		checkRTT(t, "after a relay crash and lab up", l.tcpRTT("edge-1", ip), 20*time.Millisecond)
+	})
+
 	t.Run("bad specs change nothing", func(t *testing.T) {
 		state := filepath.Join("/var/lib/coat/labs", l.name, "lab.json")
 		before, _ := os.ReadFile(state)
@@ -202,7 +215,37 @@ func TestLinks(t *testing.T) {
 				t.Errorf("relay %s still recorded after links became plain", k)
 			}
 		}
+		if rs := labRelays(l.name); len(rs) > 0 {
+			t.Errorf("relays still running after links became plain: %v", rs)
+		}
 	})
+
+	t.Run("down", func(t *testing.T) {
+		l.must("lab", "up", "--hosts", "2", "--link-loss", "0.1%")
+		if rs := labRelays(l.name); len(rs) != 3 {
+			t.Fatalf("want 3 relays (edge-1, edge-2, client), got %v", rs)
+		}
+		l.must("lab", "down")
+		if rs := labRelays(l.name); len(rs) > 0 {
+			t.Errorf("relays left after lab down: %v", rs)
+		}
+		if left := leftovers(l.name); len(left) > 0 {
+			t.Errorf("lab down left %v", left)
+		}
+	})
+}
+
+// labRelays lists the relay processes of lab name.
+func labRelays(name string) []string {
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if c := strings.ReplaceAll(string(b), "\x00", " "); strings.Contains(c, "lab relay --lab "+name+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func procCmdline(pid int) string {
