@@ -67,6 +67,13 @@ func WriteMatrixPlots(dir string, runs []Run) ([]string, error) {
 		func(c CellSummary) float64 { return c.Downtime.Median }, func(v int64) float64 { return float64(v) })
 	if err == nil && p != nil {
 		err = addStallPoints(p, cells)
+		var ys []float64
+		for _, c := range cells {
+			if c.Workload == WorkloadConns {
+				ys = append(ys, math.Max(c.Downtime.Median, 1), math.Max(c.Stall.Median, 1))
+			}
+		}
+		decades(p, ys)
 	}
 	if err := save(FigConns, p, err); err != nil {
 		return written, err
@@ -114,10 +121,37 @@ func cellsPlot(cells []CellSummary, w, title, xl, yl string, f func(CellSummary)
 		p.Add(l, pts)
 		p.Legend.Add(fmt.Sprintf("%s, %s", k.s, k.p), l, pts)
 	}
+	decades(p, order2ys(lines))
+	p.X.Min = 0
+	p.X.Max = math.Max(p.X.Max*1.08, 1)
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	return p, nil
+}
+
+func order2ys[K comparable](lines map[K]plotter.XYs) []float64 {
+	var ys []float64
+	for _, l := range lines {
+		for _, pt := range l {
+			ys = append(ys, pt.Y)
+		}
+	}
+	return ys
+}
+
+// decades gives a log y axis whole decades around ys (log ticks label
+// only powers of ten), one more above for the legend.
+func decades(p *plot.Plot, ys []float64) {
+	lo, hi := math.Inf(1), 0.0
+	for _, y := range ys {
+		lo, hi = math.Min(lo, y), math.Max(hi, y)
+	}
+	if hi <= 0 {
+		return
+	}
+	p.Y.Min = math.Pow(10, math.Floor(math.Log10(lo)))
+	p.Y.Max = math.Pow(10, math.Ceil(math.Log10(hi))+1)
 }
 
 // addStallPoints marks each conns cell's median longest stall.
@@ -215,7 +249,7 @@ func latencyPlot(runs []Run) (*plot.Plot, error) {
 			prof, humanBytes(float64(r.Param)), msString(end), msString(r.DowntimeMS), msString(r.MigLatP99), r.PagesOnDemand), l, pts)
 	}
 	p.X.Min, p.X.Max = lo, hi
-	p.Y.Min, p.Y.Max = 0.01, ymax*20
+	p.Y.Min, p.Y.Max = 0.01, math.Pow(10, math.Ceil(math.Log10(ymax))+1)
 	p.Legend.Top = true
 	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	return p, nil

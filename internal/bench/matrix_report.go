@@ -339,6 +339,17 @@ func WriteMatrixMarkdown(w io.Writer, runs []Run, failures []Failure, sample []R
 		n++
 		p("| %s | %s | %s | %s | %d | %s |\n", f.Workload, f.Profile, paramString(f.Workload, f.Param), f.Strategy, f.Index, mdCell(f.Error))
 	}
+	for _, r := range runs {
+		if !IsMatrix(r.Workload) || r.Survived {
+			continue
+		}
+		if n == 0 {
+			p("| workload | profile | size / connections | strategy | run | error |\n|---|---|---:|---|---:|---|\n")
+		}
+		n++
+		p("| %s | %s | %s | %s | %d | migrated (downtime %s), but the client failed: %s |\n", r.Workload, r.Profile, paramString(r.Workload, r.Param),
+			r.Mode, r.Index, msString(r.DowntimeMS), mdCell(r.ClientError))
+	}
 	if n == 0 {
 		p("None (strategies this kernel cannot run are listed with their workload, not here).\n")
 	}

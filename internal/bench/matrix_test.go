@@ -78,6 +78,9 @@ func matrixFixture() ([]Run, []Failure, []Run) {
 			connRun("lan", "post-copy", 1000, i, 180, 260),
 		)
 	}
+	lost := connRun("lan", "stop-and-copy", 1, 0, 100, 110)
+	lost.Survived, lost.ClientError = false, "1 of 1 connections lost; first: conn 0: read: connection reset by peer"
+	runs = append(runs, lost)
 	fails := []Failure{
 		{Workload: WorkloadMemory, Profile: "lan", Strategy: "pre-copy", Param: GiB, Error: "pre-copy needs the kernel's soft-dirty memory tracking", Unavailable: true},
 		{Workload: WorkloadConns, Profile: "lan", Strategy: "stop-and-copy", Param: 1000, Index: 1, Error: "restore failed | badly"},
@@ -151,7 +154,7 @@ func TestWriteMatrixMarkdownAndPlots(t *testing.T) {
 	md := b.String()
 	for _, s := range []string{"## Workload `memory`", "## Workload `conns`", "| lan | 1.0 GiB | post-copy | 3 |",
 		"`pre-copy`: unavailable on this kernel", "![Downtime against memory size", "— PASS", "— MISS",
-		"## Failed runs", `restore failed \| badly`} {
+		"## Failed runs", `restore failed \| badly`, "but the client failed: 1 of 1 connections lost"} {
 		if !strings.Contains(md, s) {
 			t.Errorf("report lacks %q:\n%s", s, md)
 		}
