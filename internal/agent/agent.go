@@ -124,7 +124,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
-	a.wg.Add(2)
+	a.wg.Add(3)
+	go func() {
+		defer a.wg.Done()
+		if err := a.rt.Warm(ctx); err != nil {
+			a.log.Warn("warm-up (the first migration will be slower)", "err", err)
+		}
+	}()
 	go func() { defer a.wg.Done(); a.forward(ctx) }()
 	go func() { defer a.wg.Done(); a.recoverLoop(ctx) }()
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}

@@ -275,7 +275,7 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		return err
 	}
 	o.cut = true
-	if err := os.MkdirAll(filepath.Dir(o.ckptDir), 0o700); err != nil {
+	if err := os.MkdirAll(o.ckptDir, 0o700); err != nil {
 		return err
 	}
 	opts := runtime.CheckpointOpts{ImageDir: o.ckptDir, WorkDir: o.workDir, Slow: o.req.Slow}
@@ -384,8 +384,11 @@ func (o *outgoing) Transfer(ctx context.Context) (int64, error) {
 			o.a.log.Warn("take held frames (they are lost: their senders retransmit)", "container", o.c.Name, "err", err)
 		}
 	}()
+	t0 := time.Now()
 	err := <-o.stream.done
+	t1 := time.Now()
 	<-took
+	o.a.log.Debug("transfer", "container", o.c.Name, "stream", t1.Sub(t0), "take", time.Since(t0), "frames", len(o.replay))
 	if err != nil {
 		return 0, err
 	}
@@ -486,11 +489,8 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 		var err error
 		switch {
-		case o.lazy != nil && !o.a.tunnelUsed(o.c.Name, "lazy"):
-			err = o.resumeLazy(ctx)
 		case o.lazy != nil:
-			o.lazy.Kill()
-			err = errors.New("post-copy: the destination had started fetching memory, which is gone with its copy")
+			err = o.endLazyDump()
 		default:
 			err = o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: o.workDir + "-resume", Slow: o.req.Slow})
 		}

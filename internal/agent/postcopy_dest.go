@@ -113,8 +113,7 @@ func (a *Agent) guardPages(c store.Container, f *fetch) {
 	default:
 	}
 	select {
-	case err := <-f.daemon.Done():
-		f.daemon.Requeue(err)
+	case <-f.daemon.Done():
 		return
 	case <-time.After(2 * time.Second):
 	}

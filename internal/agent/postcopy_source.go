@@ -77,8 +77,8 @@ func (o *outgoing) Fetch(ctx context.Context) error {
 	err := o.peer.JSON(fctx, http.MethodPost, o.incoming("fetched"), nil, &rep)
 	if err == nil {
 		select {
-		case err = <-o.lazy.Done():
-			if err != nil {
+		case <-o.lazy.Done():
+			if err = o.lazy.Err(); err != nil {
 				err = fmt.Errorf("the source's page server: %w", err)
 			}
 		case <-time.After(10 * time.Second):
@@ -100,7 +100,6 @@ func (o *outgoing) Fetch(ctx context.Context) error {
 		case <-time.After(5 * time.Second):
 		}
 		if o.a.rt.Status(bg, o.c.Name) == "running" {
-			o.lazy = nil
 			cause := fmt.Errorf("%w; rolled back: the container runs again on %s as it was at the freeze (what it did on %s is lost, and its connections may reset)", err, o.a.cfg.Name, o.dest.Name)
 			if rerr := o.Resume(bg); rerr != nil {
 				o.a.log.Warn("post-copy rollback", "container", o.c.Name, "err", rerr)
@@ -143,36 +142,27 @@ func (o *outgoing) failPostCopy(ctx context.Context, cause error) {
 	}()
 }
 
-// resumeLazy brings the container back on the source from its own page
-// server, when the destination never started fetching.
-func (o *outgoing) resumeLazy(ctx context.Context) error {
-	host, port, err := net.SplitHostPort(o.pageAddr)
-	if err != nil {
-		return err
+// endLazyDump ends a lazy dump that is still serving, so that CRIU takes
+// its failure path: it resumes the processes it kept frozen, takes their
+// sockets out of repair mode, and exits. (Killing CRIU instead would leave
+// the sockets in repair mode, their connections dead.) Closing the page
+// server's connection does it: the destination's, or, if it never
+// connected, one made and closed here.
+func (o *outgoing) endLazyDump() error {
+	if !o.a.tunnelUsed(o.c.Name, "lazy") {
+		if c, err := net.DialTimeout("tcp", o.pageAddr, time.Second); err == nil {
+			c.Close()
+		}
 	}
-	var p int
-	fmt.Sscanf(port, "%d", &p)
-	work := o.workDir + "-resume"
-	d, err := runtime.StartLazyPages(o.ckptDir, work, host, p)
-	if err != nil {
-		return err
-	}
-	if err := o.a.rt.Restore(ctx, o.a.spec(o.c), runtime.RestoreOpts{ImageDir: o.ckptDir, WorkDir: work, Lazy: true}); err != nil {
-		d.Kill()
-		return err
-	}
-	// The pages come from this host's own memory: wait for them before
-	// the image goes.
 	select {
-	case err = <-d.Done():
-	case <-time.After(o.fetchBudget()):
-		err = errors.New("local lazy restore did not finish in time")
+	case <-o.lazy.Done():
+	case <-time.After(10 * time.Second):
+		o.lazy.Kill()
+		return errors.New("the lazy dump did not end within 10s of its page server's close")
 	}
-	if err != nil {
-		_ = o.a.rt.Kill(context.WithoutCancel(ctx), o.c.Name)
-		return fmt.Errorf("lazy resume: %w", err)
+	if st := o.a.rt.Status(context.Background(), o.c.Name); st != "running" {
+		return fmt.Errorf("after the lazy dump ended the container is %q, not running", st)
 	}
-	_ = o.lazy.Wait()
 	_ = os.Remove(o.ckptDir + postcopyMarker)
 	return nil
 }

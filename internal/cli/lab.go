@@ -105,27 +105,23 @@ func newLabCmd() *cobra.Command {
 	return cmd
 }
 
-// labImages builds the lab's images (sample, sockperf, iperf3) and imports
-// them on every host.
+// labImages builds the lab's images (images.LabImages: sample, sockperf,
+// iperf3, redis) and imports them on every host.
 func labImages(cmd *cobra.Command, st *lab.State) error {
 	src := filepath.Join(lab.BaseDir, ".images")
 	sampleBin := filepath.Join(filepath.Dir(self()), "coat-sample")
 	if _, err := os.Stat(sampleBin); err != nil {
 		return fmt.Errorf("sample binary %s missing: run `make build`", sampleBin)
 	}
-	builds := map[string]func(string) error{
-		"sample":   func(d string) error { return images.BuildStatic(d, sampleBin, "coat-sample") },
-		"sockperf": func(d string) error { return images.BuildFromHost(d, []string{"sockperf"}) },
-		"iperf3":   func(d string) error { return images.BuildFromHost(d, []string{"iperf3"}) },
-	}
 	s, err := connect(cmd.Context())
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	for _, name := range []string{"sample", "sockperf", "iperf3"} {
+	for _, im := range images.LabImages(sampleBin) {
+		name := im.Name
 		dir := filepath.Join(src, name)
-		if err := builds[name](dir); err != nil {
+		if err := im.Build(dir); err != nil {
 			return fmt.Errorf("build image %s: %w", name, err)
 		}
 		for i := 1; i <= st.Hosts; i++ {

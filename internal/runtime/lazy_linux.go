@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
 
 	runc "github.com/containerd/go-runc"
@@ -29,22 +28,30 @@ import (
 
 // LazyDump is a checkpoint whose memory is still being served.
 type LazyDump struct {
-	done chan error
-	err  error
-	once sync.Once
+	end  ended
 	kill context.CancelFunc
 }
 
-// Wait returns when CRIU has served every page (nil) or failed.
-func (d *LazyDump) Wait() error {
-	d.once.Do(func() { d.err = <-d.done })
-	return d.err
+// ended is a result that many may wait for.
+type ended struct {
+	done chan struct{}
+	err  error
 }
 
-// Done is closed-equivalent: it yields once CRIU has ended.
-func (d *LazyDump) Done() <-chan error { return d.done }
+func newEnded() ended { return ended{done: make(chan struct{})} }
 
-// Kill stops serving (the pages not fetched are lost with the dump).
+func (e *ended) finish(err error) { e.err = err; close(e.done) }
+
+// Done is closed when CRIU has ended; Err then says how.
+func (d *LazyDump) Done() <-chan struct{} { return d.end.done }
+
+// Err is CRIU's end: nil once it served every page.
+func (d *LazyDump) Err() error { <-d.end.done; return d.end.err }
+
+// Wait returns when CRIU has served every page (nil) or failed.
+func (d *LazyDump) Wait() error { return d.Err() }
+
+// Kill stops runc (CRIU then fails on its own once its connection ends).
 func (d *LazyDump) Kill() { d.kill() }
 
 // CheckpointLazy dumps the container leaving its memory on a page server
@@ -60,12 +67,12 @@ func (r *Runtime) CheckpointLazy(ctx context.Context, name string, o CheckpointO
 	}
 	defer pr.Close()
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d := &LazyDump{done: make(chan error, 1), kill: cancel}
+	d := &LazyDump{end: newEnded(), kill: cancel}
 	o.lazy, o.status = true, pw
 	go func() {
 		err := r.Checkpoint(ctx, name, o)
 		pw.Close()
-		d.done <- err
+		d.end.finish(err)
 	}()
 	// CRIU writes one byte to the status file once the lazy part is
 	// ready; a failed dump closes it unwritten.
@@ -92,11 +99,9 @@ func (r *Runtime) CheckpointLazy(ctx context.Context, name string, o CheckpointO
 
 // LazyDaemon is CRIU's lazy-pages daemon serving one restore.
 type LazyDaemon struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan error
-	err  error
-	once sync.Once
+	cmd *exec.Cmd
+	log string
+	end ended
 }
 
 // StartLazyPages runs `criu lazy-pages` for a restore from imageDir whose
@@ -113,13 +118,13 @@ func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, erro
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
-	d := &LazyDaemon{cmd: cmd, log: log, done: make(chan error, 1)}
+	d := &LazyDaemon{cmd: cmd, log: log, end: newEnded()}
 	go func() {
 		err := cmd.Wait()
 		if err != nil {
 			err = fmt.Errorf("criu lazy-pages: %w (log: %s)", err, log)
 		}
-		d.done <- err
+		d.end.finish(err)
 	}()
 	sock := filepath.Join(workDir, "lazy-pages.socket")
 	deadline := time.Now().Add(10 * time.Second)
@@ -128,8 +133,8 @@ func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, erro
 			return d, nil
 		}
 		select {
-		case err := <-d.done:
-			d.done <- err
+		case <-d.end.done:
+			err := d.end.err
 			if err == nil {
 				err = errors.New("criu lazy-pages exited before it listened")
 			}
@@ -144,17 +149,11 @@ func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, erro
 	}
 }
 
-// Done yields the daemon's end: nil once every page arrived.
-func (d *LazyDaemon) Done() <-chan error { return d.done }
+// Done is closed when the daemon has ended.
+func (d *LazyDaemon) Done() <-chan struct{} { return d.end.done }
 
-// Requeue puts back an end taken from Done, for Wait.
-func (d *LazyDaemon) Requeue(err error) { d.done <- err }
-
-// Wait returns the daemon's end.
-func (d *LazyDaemon) Wait() error {
-	d.once.Do(func() { d.err = <-d.done })
-	return d.err
-}
+// Wait returns the daemon's end: nil once every page arrived.
+func (d *LazyDaemon) Wait() error { <-d.end.done; return d.end.err }
 
 // Kill stops the daemon (pages not yet fetched stay missing).
 func (d *LazyDaemon) Kill() { _ = d.cmd.Process.Kill() }

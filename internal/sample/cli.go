@@ -27,7 +27,7 @@ commands:
       open N connections to the stream port, each sending a line of the pattern every
       interval and checking its echo; report each connection's longest wait and survival
       (--duration 0: until SIGINT/SIGTERM; "ready N" goes to stderr once all are open)
-  redis-load --addr IP:PORT --fill SIZE [--value-size 64KiB] [--seed 1] [--no-fill | --fill-only]
+  redis-load --addr IP:PORT --fill SIZE [--value-size 64KiB] [--seed 1] [--no-fill | --fill-only] [--check-all]
          [--duration 30s] [--rate 200] [--conns 1] [--json] [--timeline FILE]
       fill redis with SIZE of incompressible values (SIZE/value-size keys), then GET and
       SET them, checking every GET against the last SET; report errors, p50/p99 latency

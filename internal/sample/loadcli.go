@@ -92,6 +92,7 @@ func runRedisLoad(args []string, stdout, stderr io.Writer) int {
 	drain := fs.Duration("drain-timeout", 30*time.Second, "max wait for requests in flight when stopping")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	timeline := fs.String("timeline", "", "write t_ms,latency_ms,op,conn per load request to this file")
+	checkAll := fs.Bool("check-all", false, "read every value once and check it (with --no-fill: the data set after a migration), instead of the load")
 	state := fs.String("state", "", "keep each key's version in this file across runs (read if present, written at the end)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -103,7 +104,7 @@ func runRedisLoad(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	opts := RedisLoadOptions{Addr: *addr, Size: size, ValueSize: int(vs), Seed: *seed,
-		Fill: !*noFill, Load: !*fillOnly, Duration: *duration, Rate: *rate, Conns: *conns,
+		Fill: !*noFill, Load: !*fillOnly && !*checkAll, CheckAll: *checkAll, Duration: *duration, Rate: *rate, Conns: *conns,
 		RequestTimeout: *reqTimeout, DrainTimeout: *drain,
 		Ready: func() { fmt.Fprintln(stderr, "ready") }}
 	var tl *bufio.Writer

@@ -24,6 +24,8 @@ type RedisLoadOptions struct {
 	Seed      uint64 // values are a function of (Seed, key, version)
 
 	Fill bool // SET every key to its version 0 first
+	// CheckAll GETs every key once and checks it (instead of the load).
+	CheckAll bool
 	Load bool // then GET and SET, checking every GET
 	// Duration of the load; 0 runs until ctx is cancelled.
 	Duration time.Duration
@@ -132,6 +134,10 @@ func RedisLoad(ctx context.Context, opts RedisLoadOptions) *RedisReport {
 			rep.ConnectionError = "fill: " + err.Error()
 			return rep
 		}
+	}
+	if opts.CheckAll {
+		redisCheckAll(ctx, opts, rep)
+		return rep
 	}
 	if opts.Load {
 		redisLoadRun(ctx, opts, rep)

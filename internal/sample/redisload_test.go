@@ -297,3 +297,24 @@ func TestMainRedisLoadStateAcrossRuns(t *testing.T) {
 		t.Errorf("mismatched state: exit %d, %s", code, errOut.String())
 	}
 }
+
+// --check-all reads every key once: all intact passes, one flipped byte
+// fails and names the key.
+func TestRedisCheckAll(t *testing.T) {
+	f := &fakeRedis{}
+	addr := startFakeRedis(t, f)
+	opts := RedisLoadOptions{Addr: addr, Size: 64 << 10, ValueSize: 4 << 10, Seed: 5, Fill: true}
+	if rep := RedisLoad(context.Background(), opts); !rep.OK() {
+		t.Fatalf("fill: %+v", rep)
+	}
+	opts.Fill, opts.CheckAll = false, true
+	if rep := RedisLoad(context.Background(), opts); !rep.OK() || rep.Requests != 16 {
+		t.Fatalf("check of an intact data set: %+v", rep)
+	}
+	f.mu.Lock()
+	f.data[RedisKey(7)][100] ^= 1
+	f.mu.Unlock()
+	if rep := RedisLoad(context.Background(), opts); rep.OK() || rep.Errors != 1 || !strings.Contains(rep.FirstError, RedisKey(7)) {
+		t.Fatalf("a flipped byte was not found: %+v", rep)
+	}
+}

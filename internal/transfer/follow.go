@@ -2,8 +2,10 @@ package transfer
 
 import (
 	"archive/tar"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -46,6 +48,9 @@ func Follow(tw *tar.Writer, dir, prefix string, done <-chan struct{}) (int64, er
 		default:
 		}
 		ents, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) && !finished {
+			ents, err = nil, nil // not made yet
+		}
 		if err != nil {
 			return total, err
 		}

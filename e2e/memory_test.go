@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Memory strategies end to end, on a real redis-server holding 256 MiB of
+// incompressible values that the client can recompute (coat-sample
+// redis-load): after a migration, every value is read back and compared.
+
+type strategyResult struct {
+	migrateResult
+	Strategy       string  `json:"strategy"`
+	StrategyReason string  `json:"strategy_reason"`
+	MemoryBytes    int64   `json:"memory_bytes"`
+	LazyMS         float64 `json:"lazy_ms"`
+	PagesOnDemand  int     `json:"pages_on_demand"`
+}
+
+func (l *testLab) migrateStrategy(name, to string, extra ...string) strategyResult {
+	l.t.Helper()
+	out := l.must(append([]string{"migrate", name, "--to", to, "--json"}, extra...)...)
+	var r strategyResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		l.t.Fatalf("migrate --json: %v\n%s", err, out)
+	}
+	l.t.Logf("migrated %s %s->%s (%s: %s): downtime %.0f ms, total %.0f ms, lazy %.0f ms, %d on demand, %d bytes, memory %d",
+		name, r.From, r.To, r.Strategy, r.StrategyReason, r.DowntimeMS, r.TotalMS, r.LazyMS, r.PagesOnDemand, r.Bytes, r.MemoryBytes)
+	return r
+}
+
+// runRedis starts redis-server (no persistence) and waits until it listens.
+func (l *testLab) runRedis(name, host string) container {
+	l.t.Helper()
+	l.must("run", "--host", host, "--name", name, "--image", "redis", "--",
+		"/usr/bin/redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no")
+	l.waitListen(name, 6379)
+	return l.get(name)
+}
+
+type loadReport struct {
+	Requests, Errors int64
+	FirstError       string `json:"first_error"`
+	ConnectionError  string `json:"connection_error"`
+	Result           string
+}
+
+// redisLoad runs coat-sample redis-load on the client node with a state
+// file of this test's own (each key's version), and returns its report.
+func (l *testLab) redisLoad(ip, state string, args ...string) (loadReport, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	full := append([]string{filepath.Join(binDir, "coat-sample"), "redis-load", "--addr", ip + ":6379",
+		"--fill", "256MiB", "--state", state, "--json"}, args...)
+	out, err := l.client(ctx, full...).Output()
+	var r loadReport
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		return r, fmt.Errorf("redis-load: %v (%v)\n%s", err, jerr, out)
+	}
+	if err != nil || r.Result != "OK" {
+		return r, fmt.Errorf("redis-load: %v: %+v", err, r)
+	}
+	return r, nil
+}
+
+// checkAll reads every value back and compares it with what was written.
+func (l *testLab) checkAll(ip, state string) {
+	l.t.Helper()
+	r, err := l.redisLoad(ip, state, "--no-fill", "--check-all")
+	if err != nil {
+		l.t.Fatalf("memory after migration: %v", err)
+	}
+	if r.Requests < 4096 || r.Errors != 0 {
+		l.t.Fatalf("memory after migration: %d values checked, %d wrong (%s)", r.Requests, r.Errors, r.FirstError)
+	}
+}
+
+// A 256 MiB redis moves post-copy while a client reads and writes it
+// (every reply checked); afterwards every value is intact.
+func TestPostCopyMemoryIntact(t *testing.T) {
+	l := newLab(t, 2)
+	state := filepath.Join(t.TempDir(), "keys")
+	c := l.runRedis("pc", "edge-1")
+	if _, err := l.redisLoad(c.IP, state, "--fill-only"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	load := l.client(ctx, filepath.Join(binDir, "coat-sample"), "redis-load", "--addr", c.IP+":6379",
+		"--fill", "256MiB", "--no-fill", "--state", state, "--duration", "6s", "--rate", "100", "--json")
+	var loadOut strings.Builder
+	load.Stdout = &loadOut
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	r := l.migrateStrategy("pc", "edge-2", "--strategy", "post-copy")
+	if r.Strategy != "post-copy" || r.LazyMS <= 0 || r.MemoryBytes < 200<<20 || r.Bytes < 200<<20 {
+		t.Errorf("post-copy result %+v: want strategy post-copy, lazy_ms > 0, >= 200 MiB of memory moved", r)
+	}
+	if err := load.Wait(); err != nil {
+		t.Fatalf("client during post-copy: %v\n%s", err, loadOut.String())
+	}
+	var lr loadReport
+	if err := json.Unmarshal([]byte(loadOut.String()), &lr); err != nil || lr.Errors != 0 || lr.Result != "OK" {
+		t.Fatalf("client during post-copy: %v %+v", err, lr)
+	}
+	if got := l.get("pc"); got.Host != "edge-2" || got.Status != "running" {
+		t.Fatalf("after post-copy: %+v", got)
+	}
+	l.checkAll(c.IP, state)
+	l.migrateStrategy("pc", "edge-1", "--strategy", "post-copy")
+	l.checkAll(c.IP, state)
+	// Stop-and-copy moves the same memory intact too, and auto picks
+	// post-copy for it.
+	l.migrateStrategy("pc", "edge-2", "--strategy", "stop-and-copy")
+	l.checkAll(c.IP, state)
+	if r := l.migrateStrategy("pc", "edge-1"); r.Strategy != "post-copy" || r.StrategyReason == "" {
+		t.Errorf("auto chose %q (%q) for 256 MiB on a fast link, want post-copy with a reason", r.Strategy, r.StrategyReason)
+	}
+	l.checkAll(c.IP, state)
+}
+
+// The source's agent dies right after the destination restored a
+// post-copy container, with most of its memory still on the source (the
+// link is 100 Mbit/s). The container must never go on running with pages
+// missing: it ends running on exactly one host with all of its memory, or
+// failed, saying why.
+func TestPostCopySourceLost(t *testing.T) {
+	t.Setenv("COAT_TEST_HOOKS", "1")
+	l := newLabWith(t, "--hosts", "2", "--link-rate", "100mbit")
+	state := filepath.Join(t.TempDir(), "keys")
+	c := l.runRedis("lost", "edge-1")
+	if _, err := l.redisLoad(c.IP, state, "--fill-only"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.coat("migrate", "lost", "--to", "edge-2", "--strategy", "post-copy", "--crash-after", "restored")
+	if err == nil {
+		t.Fatalf("migration whose source died reported success:\n%s", out)
+	}
+	// Within moments the destination's copy must be gone: its memory
+	// cannot arrive any more.
+	waitFor(t, 10*time.Second, func() string {
+		if st := l.runcStatus("edge-2", "lost"); st == "running" {
+			return "the destination still runs the container with its memory incomplete"
+		}
+		return ""
+	})
+	l.must("lab", "up", "--hosts", "2", "--link-rate", "100mbit") // the source's agent comes back
+	var final container
+	waitFor(t, 60*time.Second, func() string {
+		final = l.get("lost")
+		if final.Status == "migrating" {
+			return fmt.Sprintf("still migrating: %+v", final)
+		}
+		return ""
+	})
+	running := 0
+	for _, h := range []string{"edge-1", "edge-2"} {
+		if l.runcStatus(h, "lost") == "running" {
+			running++
+		}
+	}
+	switch final.Status {
+	case "running":
+		if running != 1 || l.runcStatus(final.Host, "lost") != "running" {
+			t.Fatalf("record says running on %s, but %d hosts run it", final.Host, running)
+		}
+		if !strings.Contains(final.Error, "rolled back") {
+			t.Errorf("record does not say what happened: %+v", final)
+		}
+		l.checkAll(c.IP, state)
+	case "failed":
+		if running != 0 {
+			t.Fatalf("record says failed, but %d hosts run it", running)
+		}
+		if !strings.Contains(final.Error, "page") {
+			t.Errorf("failure does not say memory was missing: %q", final.Error)
+		}
+	default:
+		t.Fatalf("end state %+v", final)
+	}
+	t.Logf("end state: %s on %s: %s", final.Status, final.Host, final.Error)
+}
+
+// runcStatus is runc's view of a container on one host ("" if absent).
+func (l *testLab) runcStatus(host, name string) string {
+	out, err := exec.Command("runc", "--root", filepath.Join("/var/lib/coat/labs", l.name, host, "runc"), "state", name).Output()
+	if err != nil {
+		return ""
+	}
+	var st struct{ Status string }
+	_ = json.Unmarshal(out, &st)
+	return st.Status
+}
+
+// Bad strategies are refused before anything changes.
+func TestBadStrategyChangesNothing(t *testing.T) {
+	l := newLab(t, 2)
+	l.runSample("bs", "edge-1")
+	before := l.must("ps", "--json")
+	for _, tc := range []struct{ args, want string }{
+		{"--strategy teleport", "unknown strategy"},
+		{"--strategy pre-copy", "soft-dirty"},
+	} {
+		out, err := l.coat(append([]string{"migrate", "bs", "--to", "edge-2"}, strings.Fields(tc.args)...)...)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("migrate %s: err %v, output %q; want a failure about %s", tc.args, err, out, tc.want)
+		}
+	}
+	if after := l.must("ps", "--json"); after != before {
+		t.Errorf("refused migrations changed the cluster:\n%s\n%s", before, after)
+	}
+}
