@@ -209,7 +209,9 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	// What the source held since the freeze queues here first (the hold
 	// is on until the restore is done).
 	t0 := time.Now()
-	defer func() { a.log.Debug("restore", "container", c.Name, "took", time.Since(t0), "replayed", len(req.Replay)) }()
+	defer func() {
+		a.log.Debug("restore", "container", c.Name, "took", time.Since(t0), "replayed", len(req.Replay))
+	}()
 	if err := a.ov.Inject(vethName(c.Name), req.Replay); err != nil {
 		a.log.Warn("replay held frames", "container", c.Name, "err", err)
 	}

@@ -114,8 +114,49 @@ func (s *State) ensureLink(br netlink.Link, node, self string) error {
 		if err := setRate(eth0, l.Rate); err != nil {
 			return fmt.Errorf("rate on %s's eth0: %w", node, err)
 		}
+		// A VXLAN frame the relay reads must be one the node's stack has
+		// segmented already: a packet socket cannot describe tunnel
+		// segmentation in its virtio-net header (it drops or mangles such
+		// frames), so the overlay's big frames would never cross.
+		on := !l.NeedsRelay()
+		if err := setFeatures(eth0.Attrs().Index, map[string]bool{tunnelGSO: on, tunnelCsumGSO: on}); err != nil {
+			return fmt.Errorf("offloads of %s's eth0: %w", node, err)
+		}
 		return nil
 	})
+}
+
+// The offloads that let a VXLAN frame leave a veth unsegmented.
+const (
+	tunnelGSO     = "tx-udp_tnl-segmentation"
+	tunnelCsumGSO = "tx-udp_tnl-csum-segmentation"
+)
+
+// setFeatures turns link features on or off by name in the calling
+// thread's network namespace ("ethtool -K DEV NAME on|off", over ethtool
+// netlink).
+func setFeatures(ifindex int, want map[string]bool) error {
+	fam, err := netlink.GenlFamilyGet(unix.ETHTOOL_GENL_NAME)
+	if err != nil {
+		return fmt.Errorf("ethtool netlink: %w", err)
+	}
+	req := nl.NewNetlinkRequest(int(fam.ID), unix.NLM_F_ACK)
+	req.AddData(&nl.Genlmsg{Command: unix.ETHTOOL_MSG_FEATURES_SET, Version: unix.ETHTOOL_GENL_VERSION})
+	hdr := nl.NewRtAttr(unix.ETHTOOL_A_FEATURES_HEADER|unix.NLA_F_NESTED, nil)
+	hdr.AddRtAttr(unix.ETHTOOL_A_HEADER_DEV_INDEX, nl.Uint32Attr(uint32(ifindex)))
+	wanted := nl.NewRtAttr(unix.ETHTOOL_A_FEATURES_WANTED|unix.NLA_F_NESTED, nil)
+	bits := wanted.AddRtAttr(unix.ETHTOOL_A_BITSET_BITS|unix.NLA_F_NESTED, nil)
+	for name, on := range want {
+		bit := bits.AddRtAttr(unix.ETHTOOL_A_BITSET_BITS_BIT|unix.NLA_F_NESTED, nil)
+		bit.AddRtAttr(unix.ETHTOOL_A_BITSET_BIT_NAME, nl.ZeroTerminated(name))
+		if on {
+			bit.AddRtAttr(unix.ETHTOOL_A_BITSET_BIT_VALUE, nil)
+		}
+	}
+	req.AddData(hdr)
+	req.AddData(wanted)
+	_, err = req.Execute(unix.NETLINK_GENERIC, 0)
+	return err
 }
 
 // ensureRelayPath makes the relay's veth pair (one end on the bridge) and

@@ -26,7 +26,7 @@ type RedisLoadOptions struct {
 	Fill bool // SET every key to its version 0 first
 	// CheckAll GETs every key once and checks it (instead of the load).
 	CheckAll bool
-	Load bool // then GET and SET, checking every GET
+	Load     bool // then GET and SET, checking every GET
 	// Duration of the load; 0 runs until ctx is cancelled.
 	Duration time.Duration
 	// Rate is requests per second over all connections; <= 0 is as fast
