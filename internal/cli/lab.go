@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -52,6 +53,15 @@ func newLabCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "lab %s up in %s: %d edge hosts, client %s (overlay %s), %s\n",
 				st.Name, time.Since(t).Round(time.Millisecond), st.Hosts, lab.ClientNode, st.ClientOverlayIP(), etcd)
+			var shaped []string
+			for _, n := range st.Nodes() {
+				if l := st.Link(n); !l.Zero() {
+					shaped = append(shaped, n+" "+l.String())
+				}
+			}
+			if len(shaped) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "links: %s\n", strings.Join(shaped, "; "))
+			}
 			return nil
 		},
 	}
