@@ -145,12 +145,15 @@ func (o *outgoing) failPostCopy(ctx context.Context, cause error) {
 // endLazyDump ends a lazy dump that is still serving, so that CRIU takes
 // its failure path: it resumes the processes it kept frozen, takes their
 // sockets out of repair mode, and exits. (Killing CRIU instead would leave
-// the sockets in repair mode, their connections dead.) Closing the page
-// server's connection does it: the destination's, or, if it never
-// connected, one made and closed here.
+// the sockets in repair mode, their connections dead; an orderly close
+// would tell it the transfer succeeded, and it would kill them.) A reset
+// of the page server's connection does it: the tunnel resets it when the
+// destination's side ends; if the destination never connected, one is
+// made and reset here.
 func (o *outgoing) endLazyDump() error {
 	if !o.a.tunnelUsed(o.c.Name, "lazy") {
 		if c, err := net.DialTimeout("tcp", o.pageAddr, time.Second); err == nil {
+			_ = c.(*net.TCPConn).SetLinger(0)
 			c.Close()
 		}
 	}

@@ -105,7 +105,7 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 			_, _ = a.st.FinishMigration(ctx, c)
 			return fmt.Errorf("resume %s: %w", m.Name, err)
 		}
-	} else if err := a.reopen(c.Name); err != nil {
+	} else if err := a.reattach(c); err != nil {
 		return err
 	}
 	if h, err := a.st.Host(ctx, m.To); err == nil {
@@ -197,6 +197,24 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 		a.unlock(name)
 	}
 	return nil
+}
+
+// reattach puts a container that never stopped back on the overlay: its
+// address (the coordinator may have taken it with the held frames), its
+// link, and the forwarding of its peers (gratuitous ARP: they may have
+// switched to the destination at the freeze).
+func (a *Agent) reattach(c store.Container) error {
+	ep, err := a.endpoint(c)
+	if err != nil {
+		return err
+	}
+	if err := overlay.RestoreAddr(ep.NetNS, ep.Addr); err != nil {
+		return fmt.Errorf("put the address back: %w", err)
+	}
+	if err := a.reopen(c.Name); err != nil {
+		return err
+	}
+	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3)
 }
 
 // reopen undoes a migration's cut on this host: held frames go in, a

@@ -120,6 +120,14 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	remote := &bufConn{Conn: conn, r: brw.Reader}
+	// CRIU's page server takes an orderly end of its connection for the
+	// end of a successful lazy transfer, and kills the processes it kept
+	// frozen. The peer's end (or this agent's death) must reach it as a
+	// reset instead, which it takes for a failure: it resumes them.
+	if tc, ok := local.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+		local = resetOnEnd{tc}
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -267,8 +275,14 @@ func splice(a, b net.Conn, fromB *atomic.Int64, bEnded func()) (int64, error) {
 	return n, errors.Join(errs[0], errs[1])
 }
 
+// resetOnEnd is a connection whose end is always a reset (SO_LINGER 0),
+// never a half-close.
+type resetOnEnd struct{ *net.TCPConn }
+
 func closeWrite(c net.Conn) {
 	switch c := c.(type) {
+	case resetOnEnd:
+		_ = c.Close()
 	case *net.TCPConn:
 		_ = c.CloseWrite()
 	case *bufConn:
