@@ -176,8 +176,12 @@ func TestSoftDirtyMissing(t *testing.T) {
 	if r.Status != Warn {
 		t.Fatalf("soft-dirty: %+v, want warn", r)
 	}
-	if !strings.Contains(r.Hint, "no soft-dirty: no iterative pre-copy; COAT does stop-and-copy migration") {
+	if !strings.Contains(r.Hint, "--strategy pre-copy is refused") {
 		t.Errorf("hint: %s", r.Hint)
+	}
+	s := byName(t, rs, "strategies")
+	if s.Status != OK || !strings.Contains(s.Detail, "post-copy") || !strings.Contains(s.Hint, "no pre-copy") {
+		t.Errorf("strategies: %+v, want post-copy available and pre-copy not", s)
 	}
 }
 

@@ -43,8 +43,8 @@ var features = []feature{
 			"COAT's stop-and-copy migration works without it.",
 		probe: probePath("/proc/sys/vm/unprivileged_userfaultfd")},
 	{name: "soft-dirty", option: "CONFIG_MEM_SOFT_DIRTY",
-		missing: "no soft-dirty: no iterative pre-copy; COAT does stop-and-copy migration " +
-			"(the container is frozen while all its memory is copied, so downtime grows with its memory)."},
+		missing: "no soft-dirty: no iterative pre-copy (--strategy pre-copy is refused); " +
+			"--strategy auto moves large memory post-copy (with userfaultfd) or stop-and-copy."},
 	{name: "nftables", option: "CONFIG_NF_TABLES",
 		missing: "nftables/iptables rules (NAT, filtering) on hosts and in the lab won't work; " +
 			"migration itself does not need them.",
@@ -69,6 +69,7 @@ func checkKernel(ctx context.Context, env Env) []Result {
 	for _, f := range features {
 		rs = append(rs, checkFeature(ctx, env, f, cfg, rel))
 	}
+	rs = append(rs, checkStrategies(rs, env))
 	return append(rs, checkLinks(env, cfg, rel))
 }
 
@@ -121,4 +122,31 @@ func probeSoftDirty(ctx context.Context, env Env) (present, known bool, how stri
 		return false, true, "criu check --feature mem_dirty_track failed"
 	}
 	return true, true, "criu check --feature mem_dirty_track passed"
+}
+
+// checkStrategies says which memory strategies `coat migrate --strategy`
+// (and auto) can use here, from the feature results above.
+func checkStrategies(rs []Result, env Env) Result {
+	have := map[string]bool{}
+	for _, r := range rs {
+		have[r.Name] = r.Status == OK
+	}
+	list := "stop-and-copy"
+	var notes []string
+	if have["userfaultfd"] {
+		list += ", post-copy"
+		if b, err := env.ReadFile("/proc/sys/fs/pipe-user-pages-soft"); err == nil && strings.TrimSpace(string(b)) != "0" {
+			notes = append(notes, "post-copy needs fs.pipe-user-pages-soft=0 (a lazy dump pins memory in pipes); the agent sets it when it starts")
+		}
+	} else {
+		notes = append(notes, "no post-copy: the kernel lacks userfaultfd")
+	}
+	if have["soft-dirty"] {
+		notes = append(notes, "pre-copy: the kernel tracks dirty memory, but this version of COAT has no pre-copy pipeline")
+	} else {
+		notes = append(notes, "no pre-copy: the kernel lacks soft-dirty tracking")
+	}
+	r := ok("strategies", list+" (auto picks by memory size and link rate)")
+	r.Hint = strings.Join(notes, "; ")
+	return r
 }
