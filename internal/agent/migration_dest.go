@@ -306,15 +306,36 @@ func corruptImage(dir string) error {
 	return nil
 }
 
+// handleAbort discards this host's part of a migration that will not
+// commit: what was received, or the container itself if it was already
+// restored here (its image is gone by then, but the record still says it
+// is migrating here: an uncommitted copy must not run on beside the
+// source's).
 func (a *Agent) handleAbort(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if _, err := a.incomingContainer(name); err != nil {
-		httpError(w, err)
+	a.abortFetch(name)
+	if _, err := a.incomingContainer(name); err == nil {
+		a.abortIncoming(r.Context(), name)
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	a.abortFetch(name)
-	a.abortIncoming(r.Context(), name)
-	w.WriteHeader(http.StatusNoContent)
+	c, err := a.st.Container(r.Context(), name)
+	switch {
+	case err != nil:
+		httpError(w, err)
+	case c.Host == a.cfg.Name:
+		httpError(w, fmt.Errorf("container %s was committed to %s: nothing to abort: %w", name, a.cfg.Name, errBusy))
+	case c.MigratingTo == a.cfg.Name && a.rt.Status(r.Context(), name) != "":
+		if !a.lockWait(name, 10*time.Second) {
+			httpError(w, fmt.Errorf("container %s: %w", name, errBusy))
+			return
+		}
+		a.log.Warn("abort: removing an uncommitted copy", "container", name)
+		a.abortIncoming(r.Context(), name)
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		httpError(w, fmt.Errorf("no migration of %s is prepared here: %w", name, store.ErrNotFound))
+	}
 }
 
 // abortIncoming throws away a half-received container.

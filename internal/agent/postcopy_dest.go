@@ -61,7 +61,7 @@ func (a *Agent) restoreLazy(ctx context.Context, c store.Container, ckpt, work s
 	}
 	// Before the daemon hears that the source went, the container stops.
 	f.relay.beforeEOF = func() { a.guardPages(c, f) }
-	f.daemon, err = runtime.StartLazyPages(ckpt, work, "127.0.0.1", f.relay.port)
+	f.daemon, err = a.rt.StartLazyPages(ckpt, work, "127.0.0.1", f.relay.port)
 	if err != nil {
 		f.relay.Close()
 		return err

@@ -19,6 +19,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -126,7 +127,7 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	// reset instead, which it takes for a failure: it resumes them.
 	if tc, ok := local.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
-		local = resetOnEnd{tc}
+		local = &resetOnEnd{TCPConn: tc}
 	}
 	a.wg.Add(1)
 	go func() {
@@ -275,13 +276,44 @@ func splice(a, b net.Conn, fromB *atomic.Int64, bEnded func()) (int64, error) {
 	return n, errors.Join(errs[0], errs[1])
 }
 
-// resetOnEnd is a connection whose end is always a reset (SO_LINGER 0),
-// never a half-close.
-type resetOnEnd struct{ *net.TCPConn }
+// resetOnEnd is the connection to CRIU's page server. Its end is a reset
+// (SO_LINGER 0), unless the lazy-pages daemon's last request, PS_IOV_CLOSE
+// (or FORCE_CLOSE), went through it: then CRIU has answered that all is
+// done and waits for an orderly close, which it gets. Requests are
+// CRIU's struct page_server_iov: a u32 command (little-endian), padding,
+// three u64s: 32 bytes.
+type resetOnEnd struct {
+	*net.TCPConn
+	req    [psIovSize]byte
+	n      int
+	closed bool // the last request was a close
+}
+
+const (
+	psIovSize       = 32
+	psIovClose      = 0x1023
+	psIovForceClose = 0x1024
+)
+
+func (c *resetOnEnd) Write(p []byte) (int, error) {
+	for _, b := range p {
+		c.req[c.n] = b
+		if c.n++; c.n == psIovSize {
+			cmd := binary.LittleEndian.Uint32(c.req[:4])
+			c.closed = cmd == psIovClose || cmd == psIovForceClose
+			c.n = 0
+		}
+	}
+	return c.TCPConn.Write(p)
+}
 
 func closeWrite(c net.Conn) {
 	switch c := c.(type) {
-	case resetOnEnd:
+	case *resetOnEnd:
+		if c.closed && c.n == 0 {
+			_ = c.CloseWrite()
+			return
+		}
 		_ = c.Close()
 	case *net.TCPConn:
 		_ = c.CloseWrite()

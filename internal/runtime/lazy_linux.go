@@ -107,7 +107,7 @@ type LazyDaemon struct {
 // StartLazyPages runs `criu lazy-pages` for a restore from imageDir whose
 // CRIU work directory is workDir, fetching pages from the page server at
 // addr:port. It returns once the daemon listens for the restore.
-func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, error) {
+func (r *Runtime) StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, error) {
 	if err := os.MkdirAll(workDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -115,7 +115,8 @@ func StartLazyPages(imageDir, workDir, addr string, port int) (*LazyDaemon, erro
 	// -v4: the log counts the page faults served on demand ("#PF at").
 	cmd := exec.Command("criu", "lazy-pages", "--page-server", "--address", addr, "--port", strconv.Itoa(port),
 		"-D", imageDir, "-W", workDir, "-o", log, "-v4")
-	if err := cmd.Start(); err != nil {
+	// Where CRIU's kernel-feature cache is /run, like runc's CRIU runs.
+	if err := r.withCriuCache(false, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
 	d := &LazyDaemon{cmd: cmd, log: log, end: newEnded()}
