@@ -20,7 +20,8 @@ python3 - "$out" <<'PY'
 import json, statistics, sys
 rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 keys = ["checkpoint_ms", "transfer_ms", "restore_ms", "total_ms", "downtime_ms", "bytes"]
-print(f"median of {len(rs)} migrations of the sample container:")
+print(f"median of {len(rs)} migrations of the sample container (strategy {rs[0].get('strategy')}):")
+print(f"  first migration downtime {rs[0]['downtime_ms']:.1f} ms")
 for k in keys:
     print(f"  {k:14s} {statistics.median(r[k] for r in rs):10.1f}   (min {min(r[k] for r in rs):.1f}, max {max(r[k] for r in rs):.1f})")
 PY

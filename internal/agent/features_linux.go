@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -30,10 +33,41 @@ func hostFeatures() (migrate.Features, string) {
 			}
 		}
 	}
+	if n := raiseBacklog(); n != "" {
+		if note != "" {
+			note += "; "
+		}
+		note += n
+	}
 	if b, err := os.ReadFile("/proc/config.gz"); err == nil {
 		if kc, err := doctor.ParseKConfig(b); err == nil {
 			f.SoftDirty = kc.Enabled("CONFIG_MEM_SOFT_DIRTY")
 		}
 	}
 	return f, note
+}
+
+// minBacklog is the per-CPU receive backlog (net.core.netdev_max_backlog)
+// the agent makes sure of. Frames crossing a veth wait there, and the
+// kernel's default of 1000 drops a restored container's first burst when
+// it has many connections (a thousand clients' held frames going in, its
+// replies to all of them going out): each lost frame cost its client a
+// retransmission timeout of a second or more (CRIU does not restore RTT
+// estimates). Raised, never lowered.
+const minBacklog = 16384
+
+func raiseBacklog() string {
+	const p = "/proc/sys/net/core/netdev_max_backlog"
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	cur, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || cur >= minBacklog {
+		return ""
+	}
+	if err := os.WriteFile(p, []byte(strconv.Itoa(minBacklog)), 0o644); err != nil {
+		return "could not raise net.core.netdev_max_backlog (" + err.Error() + "): migrations of containers with many connections may stall clients"
+	}
+	return fmt.Sprintf("raised net.core.netdev_max_backlog from %d to %d (many connections' frames after a restore)", cur, minBacklog)
 }

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -69,7 +70,7 @@ func checkKernel(ctx context.Context, env Env) []Result {
 	for _, f := range features {
 		rs = append(rs, checkFeature(ctx, env, f, cfg, rel))
 	}
-	rs = append(rs, checkStrategies(rs, env))
+	rs = append(rs, checkStrategies(rs, env), checkBacklog(env))
 	return append(rs, checkLinks(env, cfg, rel))
 }
 
@@ -149,4 +150,22 @@ func checkStrategies(rs []Result, env Env) Result {
 	r := ok("strategies", list+" (auto picks by memory size and link rate)")
 	r.Hint = strings.Join(notes, "; ")
 	return r
+}
+
+// checkBacklog: frames crossing a veth wait in a per-CPU backlog; the
+// default (1000) drops a restored container's first burst when it has many
+// connections. The agent raises it to 16384 when it starts.
+func checkBacklog(env Env) Result {
+	b, err := env.ReadFile("/proc/sys/net/core/netdev_max_backlog")
+	if err != nil {
+		return warn("receive backlog", "cannot read net.core.netdev_max_backlog", "")
+	}
+	v := strings.TrimSpace(string(b))
+	if n, err := strconv.Atoi(v); err == nil && n >= 16384 {
+		return ok("receive backlog", "net.core.netdev_max_backlog="+v)
+	}
+	return warn("receive backlog", "net.core.netdev_max_backlog="+v,
+		"a container with hundreds of connections sends and receives thousands of frames at once after a restore; "+
+			"beyond this backlog they are dropped and clients wait out retransmission timeouts. "+
+			"The agent raises it to 16384 when it starts (sysctl -w net.core.netdev_max_backlog=16384).")
 }

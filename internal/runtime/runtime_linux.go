@@ -306,10 +306,6 @@ func (r *Runtime) criuConf(name string, slow, closeTCP, restore bool) error {
 		// needed; running iptables to lock and unlock took ~50 ms of a
 		// restore, and in a fresh namespace the unlock fails anyway.
 		conf += "network-lock=skip\n"
-		// Errors and warnings only: at runc's level (debug) CRIU logs
-		// ~20 lines per TCP connection, tens of ms of a freeze with a
-		// thousand of them. A failure still logs why.
-		conf += "verbosity=2\n"
 		conf += r.maskedExternals(restore)
 	}
 	if closeTCP {

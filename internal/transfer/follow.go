@@ -1,6 +1,9 @@
 package transfer
 
 import (
+	"bytes"
+	"unsafe"
+
 	"archive/tar"
 	"errors"
 	"fmt"
@@ -11,17 +14,23 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Streaming an image while it is written.
 //
 // CRIU writes a container's memory to pages-N.img front to back, once,
-// while the rest of the image (a few small files) is written around it.
+// while the rest of the image (small files: one per TCP connection, for
+// instance) is written around it, each file written and closed in one go.
 // Follow sends each pages file's new bytes as they appear, as tar entries
-// marked to be appended (PAX record COAT.append), so the memory crosses
-// the link while CRIU is still dumping; when the dump is done it sends
-// what is left of those files and every other file whole. The receiver
-// (Unpack) appends such entries to the file it has.
+// marked to be appended (PAX record COAT.append), and every other file
+// whole as soon as CRIU closes it (inotify IN_CLOSE_WRITE), so that both
+// cross the link while CRIU is still dumping. When the dump is done it
+// sends what is left of the pages files, and again, whole, any other file
+// whose size or modification time changed since it was sent (or that was
+// never seen closed). The receiver (Unpack) appends the marked entries and
+// replaces files for the others.
 
 // appendKey marks a regular-file entry whose content extends the file.
 const appendKey = "COAT.append"
@@ -36,51 +45,146 @@ func Growing(name string) bool {
 // is done (smaller pieces wait for the next poll).
 const minChunk = 1 << 20
 
+// sentFile is what was sent of a file.
+type sentFile struct {
+	size  int64
+	mtime time.Time
+}
+
 // Follow streams the flat directory dir under prefix while done is open,
 // then the rest; it returns the content bytes sent.
 func Follow(tw *tar.Writer, dir, prefix string, done <-chan struct{}) (int64, error) {
-	sent := map[string]int64{}
-	var total int64
-	for finished := false; ; {
+	f := &follower{tw: tw, dir: dir, prefix: prefix, sent: map[string]sentFile{}}
+	closed, stop := watchClosed(dir)
+	defer stop()
+	for {
+		finished := false
 		select {
 		case <-done:
 			finished = true
-		default:
-		}
-		ents, err := os.ReadDir(dir)
-		if errors.Is(err, fs.ErrNotExist) && !finished {
-			ents, err = nil, nil // not made yet
-		}
-		if err != nil {
-			return total, err
-		}
-		names := make([]string, 0, len(ents))
-		for _, e := range ents {
-			if e.Type().IsRegular() && (Growing(e.Name()) || finished) {
-				names = append(names, e.Name())
-			}
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			n, err := sendFrom(tw, filepath.Join(dir, name), prefix+name, sent, finished)
-			total += n
-			if err != nil {
-				return total, err
-			}
+		case <-time.After(2 * time.Millisecond):
 		}
 		if finished {
-			return total, nil
+			return f.total, f.finish()
 		}
-		select {
-		case <-done:
-		case <-time.After(2 * time.Millisecond):
+		for _, name := range closed() {
+			if !Growing(name) {
+				if err := f.whole(name); err != nil {
+					return f.total, err
+				}
+			}
+		}
+		if err := f.grow(false); err != nil {
+			return f.total, err
 		}
 	}
 }
 
+type follower struct {
+	tw          *tar.Writer
+	dir, prefix string
+	sent        map[string]sentFile
+	total       int64
+}
+
+// grow sends the pages files' new bytes (all of them when final).
+func (f *follower) grow(final bool) error {
+	m, err := filepath.Glob(filepath.Join(f.dir, "pages-*.img"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(m)
+	for _, p := range m {
+		n, err := sendFrom(f.tw, p, f.prefix+filepath.Base(p), f.sent, final)
+		f.total += n
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// whole sends a file in full unless it was sent as it is now.
+func (f *follower) whole(name string) error {
+	fi, err := os.Lstat(filepath.Join(f.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // gone again (a temporary file)
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	if s, ok := f.sent[f.prefix+name]; ok && s.size == fi.Size() && s.mtime.Equal(fi.ModTime()) {
+		return nil
+	}
+	delete(f.sent, f.prefix+name) // whole again: replace, do not append
+	n, err := sendFrom(f.tw, filepath.Join(f.dir, name), f.prefix+name, f.sent, true)
+	f.total += n
+	return err
+}
+
+// finish sends what the dump left: the pages files' remainders and every
+// other file not sent as it is now.
+func (f *follower) finish() error {
+	if err := f.grow(true); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(f.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() && !Growing(e.Name()) {
+			if err := f.whole(e.Name()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// watchClosed reports the names of files in dir closed after writing
+// since its last call. Without inotify it reports nothing (finish then
+// sends everything).
+func watchClosed(dir string) (closed func() []string, stop func()) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return func() []string { return nil }, func() {}
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return func() []string { return nil }, func() {}
+	}
+	buf := make([]byte, 64<<10)
+	return func() []string {
+			var names []string
+			for {
+				n, err := unix.Read(fd, buf)
+				if n <= 0 || err != nil {
+					return names
+				}
+				for off := 0; off+unix.SizeofInotifyEvent <= n; {
+					ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+					nameBytes := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+					if i := bytes.IndexByte(nameBytes, 0); i >= 0 {
+						nameBytes = nameBytes[:i]
+					}
+					if len(nameBytes) > 0 {
+						names = append(names, string(nameBytes))
+					}
+					off += unix.SizeofInotifyEvent + int(ev.Len)
+				}
+			}
+		}, func() {
+			unix.Close(fd)
+		}
+}
+
 // sendFrom sends path's bytes after what was sent of it: all of them when
 // final, else whole chunks of a growing file.
-func sendFrom(tw *tar.Writer, path, name string, sent map[string]int64, final bool) (int64, error) {
+func sendFrom(tw *tar.Writer, path, name string, sent map[string]sentFile, final bool) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
@@ -90,7 +194,8 @@ func sendFrom(tw *tar.Writer, path, name string, sent map[string]int64, final bo
 	if err != nil {
 		return 0, err
 	}
-	off, seen := sent[name]
+	prev, seen := sent[name]
+	off := prev.size
 	size := fi.Size() - off
 	if size < 0 {
 		return 0, fmt.Errorf("%s shrank while it was streamed", path)
@@ -112,6 +217,6 @@ func sendFrom(tw *tar.Writer, path, name string, sent map[string]int64, final bo
 		return 0, err
 	}
 	n, err := io.CopyN(tw, f, size)
-	sent[name] = off + n
+	sent[name] = sentFile{size: off + n, mtime: fi.ModTime()}
 	return n, err
 }

@@ -68,3 +68,30 @@ func TestAppendRefusesUnknownFile(t *testing.T) {
 		t.Fatal("append through a symlink was accepted")
 	}
 }
+
+// A small file sent when CRIU closed it, then rewritten before the dump
+// ends, is sent again whole: the receiver has the last version.
+func TestFollowResendsRewrittenFile(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	done := make(chan struct{})
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		_, err := Follow(tw, src, "checkpoint/", done)
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	p := filepath.Join(src, "inventory.img")
+	os.WriteFile(p, []byte("first version"), 0o600)
+	time.Sleep(30 * time.Millisecond) // sent on its close
+	os.WriteFile(p, []byte("second version, longer"), 0o600)
+	close(done)
+	if _, err := Unpack(tar.NewReader(pr), map[string]string{"checkpoint/": dst}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "inventory.img")); string(got) != "second version, longer" {
+		t.Fatalf("receiver has %q", got)
+	}
+}
