@@ -104,9 +104,9 @@ func (h *Host) Release(hostVeth string) error {
 // small frames), and the qdisc opens fully once it is empty (or after
 // pacedFor, whatever is left then goes at once).
 const (
-	pacedAbove = 256              // frames queued: more are paced
-	pacedRate  = 48 << 20         // bytes/s while pacing
-	pacedBurst = 16 << 10         // bytes per burst while pacing
+	pacedAbove = 256      // frames queued: more are paced
+	pacedRate  = 48 << 20 // bytes/s while pacing
+	pacedBurst = 16 << 10 // bytes per burst while pacing
 	pacedFor   = 300 * time.Millisecond
 )
 
