@@ -264,6 +264,7 @@ func TestRealClientsSurviveMigration(t *testing.T) {
 // A failed restore on the destination leaves the container running on
 // the source with its connection intact, and the error names CRIU's log.
 func TestFailedRestoreRollsBack(t *testing.T) {
+	t.Setenv("COAT_TEST_HOOKS", "1") // --fail-restore is a test hook
 	l := newLab(t, 2)
 	c := l.runSample("rb", "edge-1")
 	cmd, out := l.startStream(c.IP, 5*time.Second)

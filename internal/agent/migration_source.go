@@ -54,7 +54,7 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	rep, err := migrate.Run(ctx, out, func(p migrate.Phase, d time.Duration) {
 		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
 		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
-		if req.CrashAfter == string(p) && os.Getenv("COAT_TEST_HOOKS") == "1" {
+		if req.CrashAfter == string(p) && testHooks() {
 			a.log.Error("test hook: exiting mid-migration", "container", out.c.Name, "after", p)
 			os.Exit(3)
 		}
@@ -138,6 +138,9 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	}
 	if req.Reference {
 		req.Slow = true // the hand-run path is runc's stock one
+	}
+	if (req.FailRestore || req.FailResume || req.CrashAfter != "") && !testHooks() {
+		return nil, badRequest("test hooks (--fail-restore, --fail-resume, --crash-after) are off on %s: they are for agents started with COAT_TEST_HOOKS=1", a.cfg.Name)
 	}
 	want, err := migrate.ParseStrategy(req.Strategy)
 	if err != nil {
@@ -482,7 +485,7 @@ func (o *outgoing) Resume(ctx context.Context) error {
 		}
 	}
 	if o.a.rt.Status(ctx, o.c.Name) != "running" {
-		if o.req.FailResume && os.Getenv("COAT_TEST_HOOKS") == "1" {
+		if o.req.FailResume && testHooks() {
 			if err := corruptImage(o.ckptDir); err != nil {
 				return err
 			}
@@ -538,3 +541,7 @@ func (o *outgoing) Unlock(ctx context.Context, cause error) error {
 	_, err = o.a.st.FinishMigration(ctx, c)
 	return err
 }
+
+// testHooks says whether this agent honours test hooks (fault injection):
+// only when started with COAT_TEST_HOOKS=1, as the tests' labs are.
+func testHooks() bool { return os.Getenv("COAT_TEST_HOOKS") == "1" }

@@ -83,7 +83,7 @@ func newMigrateCmd() *cobra.Command {
 	_ = f.MarkHidden("slow")
 	f.StringVar(&req.CrashAfter, "crash-after", "", "test hook: the coordinating agent exits after this phase (agents need COAT_TEST_HOOKS=1)")
 	_ = f.MarkHidden("crash-after")
-	f.BoolVar(&req.FailRestore, "fail-restore", false, "make the destination's restore fail (tests rollback)")
+	f.BoolVar(&req.FailRestore, "fail-restore", false, "test hook: make the destination's restore fail (agents need COAT_TEST_HOOKS=1)")
 	_ = f.MarkHidden("fail-restore")
 	f.BoolVar(&req.FailResume, "fail-resume", false, "test hook: the source's own restore fails too (agents need COAT_TEST_HOOKS=1)")
 	_ = f.MarkHidden("fail-resume")
