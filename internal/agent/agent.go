@@ -157,7 +157,13 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) peerClient(h store.Host) *api.Client {
 	return &api.Client{
 		Base: "https://" + h.API,
-		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: a.tls, DisableCompression: true}},
+		// Keepalive finds a peer lost to a partition within seconds, also
+		// in the middle of a long image stream.
+		HTTP: &http.Client{Transport: &http.Transport{
+			TLSClientConfig: a.tls, DisableCompression: true,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}).DialContext,
+			TLSHandshakeTimeout: 10 * time.Second,
+		}},
 	}
 }
 

@@ -234,7 +234,9 @@ func (o *outgoing) record(phase string) store.Migration {
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {
-	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	if err := o.peer.JSON(pctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
 		return err
 	}
 	// The container's neighbours go to the destination at the switch;
@@ -290,7 +292,9 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		opts.AfterFreeze = func() error {
 			started = true
 			go func() {
-				err := o.peer.JSON(ctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: o.neigh}, nil)
+				sctx, cancel := context.WithTimeout(ctx, callTimeout)
+				defer cancel()
+				err := o.peer.JSON(sctx, http.MethodPost, o.incoming("switch"), api.SwitchRequest{Neighbours: o.neigh}, nil)
 				if err != nil {
 					err = fmt.Errorf("switch to destination: %w", err)
 				}
@@ -355,7 +359,12 @@ func (o *outgoing) pack(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+	return o.packUpper(tw)
+}
+
+// packUpper ends a stream with the rootfs upper layer.
+func (o *outgoing) packUpper(tw *tar.Writer) error {
+	n, err := transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
 	o.rootfsBytes = n
 	if err != nil {
 		return err
@@ -419,6 +428,10 @@ func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
 }
 
 func (o *outgoing) Restore(ctx context.Context) error {
+	// The destination bounds its restore (restoreTimeout); this bounds
+	// the call, should its answer never come.
+	ctx, cancel := context.WithTimeout(ctx, restoreTimeout+callTimeout)
+	defer cancel()
 	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
 		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay,
 			Lazy: o.strategy == migrate.PostCopy}, nil)
@@ -454,6 +467,8 @@ func (o *outgoing) cleanup() {
 }
 
 func (o *outgoing) Abort(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("abort"), nil, nil)
 	var se *api.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusNotFound {
@@ -545,3 +560,6 @@ func (o *outgoing) Unlock(ctx context.Context, cause error) error {
 // testHooks says whether this agent honours test hooks (fault injection):
 // only when started with COAT_TEST_HOOKS=1, as the tests' labs are.
 func testHooks() bool { return os.Getenv("COAT_TEST_HOOKS") == "1" }
+
+// callTimeout bounds a call to the peer agent that moves no image.
+const callTimeout = 30 * time.Second

@@ -58,23 +58,27 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// fetchStall is how long the memory may stop moving before the
+// post-copy counts as failed (the destination's daemon asks for pages
+// continuously until it has them all).
+const fetchStall = 30 * time.Second
+
 // fetchBudget bounds the wait for the last page: the memory at the link's
-// rate, three times over, plus a minute.
+// rate, three times over, plus a minute. (Round trips, not the rate, bound
+// CRIU's lazy transfer on a slow link: Fetch fails on a stall, not on
+// this.)
 func (o *outgoing) fetchBudget() time.Duration {
 	return 3*migrate.EstimateFreeze(o.memory, linkRate(o.a.cfg.LinkRate, o.dest)) + time.Minute
 }
 
 // Fetch waits until the destination holds every page and the source's
-// CRIU has served them.
+// CRIU has served them, as long as pages keep moving.
 func (o *outgoing) Fetch(ctx context.Context) error {
 	if o.lazy == nil {
 		return nil
 	}
 	defer o.untunnel()
-	fctx, cancel := context.WithTimeout(ctx, o.fetchBudget())
-	defer cancel()
-	var rep api.FetchReply
-	err := o.peer.JSON(fctx, http.MethodPost, o.incoming("fetched"), nil, &rep)
+	err := o.waitFetched(ctx)
 	if err == nil {
 		select {
 		case <-o.lazy.Done():
@@ -86,34 +90,85 @@ func (o *outgoing) Fetch(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		// The destination stops its copy when its pages stop coming;
-		// make sure of it before anything else.
-		bg := context.WithoutCancel(ctx)
-		if aerr := o.Abort(bg); aerr != nil {
-			o.a.log.Error("post-copy: stop the destination's copy", "container", o.c.Name, "err", aerr)
-		}
-		// CRIU keeps the source's processes frozen until every page is
-		// served, and resumes them when the transfer fails: then the
-		// container goes back to the source, as it was at the freeze.
-		select {
-		case <-o.lazy.Done():
-		case <-time.After(5 * time.Second):
-		}
-		if o.a.rt.Status(bg, o.c.Name) == "running" {
-			cause := fmt.Errorf("%w; rolled back: the container runs again on %s as it was at the freeze (what it did on %s is lost, and its connections may reset)", err, o.a.cfg.Name, o.dest.Name)
-			if rerr := o.Resume(bg); rerr != nil {
-				o.a.log.Warn("post-copy rollback", "container", o.c.Name, "err", rerr)
-			}
-			_ = o.Unlock(bg, cause)
-			return cause
-		}
-		o.lazy.Kill()
-		o.failPostCopy(ctx, err)
-		return fmt.Errorf("%w; memory was still missing on %s: the container was stopped there rather than run on with pages missing (`coat rm %s` removes it)", err, o.dest.Name, o.c.Name)
+		return o.fetchFailed(ctx, err)
 	}
-	o.pageBytes, o.onDemand = rep.Bytes, rep.PagesOnDemand
 	_ = os.Remove(o.ckptDir + postcopyMarker)
 	return nil
+}
+
+// waitFetched asks the destination to answer once it holds every page,
+// and gives up when no byte moved for fetchStall (or after an hour).
+func (o *outgoing) waitFetched(ctx context.Context) error {
+	fctx, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		var rep api.FetchReply
+		err := o.peer.JSON(fctx, http.MethodPost, o.incoming("fetched"), nil, &rep)
+		o.pageBytes, o.onDemand = rep.Bytes, rep.PagesOnDemand
+		done <- err
+	}()
+	last, since := int64(-1), time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			if n := o.a.tunnelMoved(o.c.Name, "lazy"); n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > fetchStall {
+				cancel()
+				<-done
+				return fmt.Errorf("no memory moved to %s for %v (%d bytes so far)", o.dest.Name, fetchStall, last)
+			}
+		}
+	}
+}
+
+// fetchFailed ends a post-copy that cannot finish. The destination's copy
+// goes first; then CRIU is made to take its failure path (a reset of its
+// connection), which resumes the processes it kept frozen with all their
+// memory: the container runs on the source again. Only if they are gone
+// is the container reported failed.
+func (o *outgoing) fetchFailed(ctx context.Context, cause error) error {
+	bg := context.WithoutCancel(ctx)
+	if aerr := o.Abort(bg); aerr != nil {
+		o.a.log.Error("post-copy: stop the destination's copy", "container", o.c.Name, "err", aerr)
+	}
+	o.a.resetTunnel(o.c.Name, "lazy")
+	select {
+	case <-o.lazy.Done():
+	case <-time.After(30 * time.Second):
+		o.a.log.Error("post-copy: CRIU did not end within 30s of its connection's reset", "container", o.c.Name)
+	}
+	switch st := o.a.rt.Status(bg, o.c.Name); st {
+	case "paused":
+		// Ended, but left in the frozen cgroup: thaw it.
+		if err := o.a.rt.Thaw(o.c.Name); err != nil {
+			o.a.log.Warn("thaw", "container", o.c.Name, "err", err)
+		}
+	}
+	if st := o.a.rt.Status(bg, o.c.Name); st == "running" {
+		err := fmt.Errorf("%w; rolled back: the container runs again on %s as it was at the freeze (what it did on %s is lost, and its connections may reset)", cause, o.a.cfg.Name, o.dest.Name)
+		if rerr := o.Resume(bg); rerr != nil {
+			o.a.log.Warn("post-copy rollback", "container", o.c.Name, "err", rerr)
+		}
+		_ = o.Unlock(bg, err)
+		return err
+	} else if st != "" && st != "stopped" {
+		// Its processes exist but do not run: never tear those down.
+		err := fmt.Errorf("%w; the container is %s on %s with its memory: recovery resumes it", cause, st, o.a.cfg.Name)
+		if o.lock != nil {
+			_ = o.lock.Unlock(bg) // recovery takes it from here
+		}
+		o.a.unlock(o.c.Name)
+		return err
+	}
+	o.lazy.Kill()
+	o.failPostCopy(ctx, cause)
+	return fmt.Errorf("%w; memory was still missing on %s and the source's copy is gone: the container is stopped rather than run on with pages missing (`coat rm %s` removes it)", cause, o.dest.Name, o.c.Name)
 }
 
 // failPostCopy records a post-copy that lost memory: the container is

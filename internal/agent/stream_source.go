@@ -71,12 +71,7 @@ func (o *outgoing) packStream(w io.Writer, zip bool) error {
 	if err != nil {
 		return err
 	}
-	n, err = transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
-	o.rootfsBytes = n
-	if err != nil {
-		return err
-	}
-	if err := tw.Close(); err != nil {
+	if err := o.packUpper(tw); err != nil {
 		return err
 	}
 	if zw, ok := w.(*zstd.Encoder); ok {

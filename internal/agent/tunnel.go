@@ -41,6 +41,10 @@ type tunnelTarget struct {
 	peer string // the peer host's name
 	addr string // 127.0.0.1:PORT
 	used bool   // the peer dialled it
+	// moved counts the bytes from CRIU to the peer; local is CRIU's
+	// connection once dialled (closing it resets it).
+	moved *atomic.Int64
+	local net.Conn
 }
 
 func tunnelKey(name, kind string) string { return name + "/" + kind }
@@ -52,7 +56,7 @@ func (a *Agent) allowTunnel(name, kind, peer, addr string) func() {
 	if a.tunnels == nil {
 		a.tunnels = map[string]tunnelTarget{}
 	}
-	a.tunnels[tunnelKey(name, kind)] = tunnelTarget{peer: peer, addr: addr}
+	a.tunnels[tunnelKey(name, kind)] = tunnelTarget{peer: peer, addr: addr, moved: &atomic.Int64{}}
 	a.mu.Unlock()
 	return func() {
 		a.mu.Lock()
@@ -129,11 +133,35 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		_ = tc.SetLinger(0)
 		local = &resetOnEnd{TCPConn: tc}
 	}
+	a.mu.Lock()
+	t.local = local
+	a.tunnels[key] = t
+	a.mu.Unlock()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		_, _ = splice(remote, local, nil, nil)
+		_, _ = splice(remote, local, t.moved, nil)
 	}()
+}
+
+// tunnelMoved is what CRIU sent through (name, kind) so far.
+func (a *Agent) tunnelMoved(name, kind string) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m := a.tunnels[tunnelKey(name, kind)].moved; m != nil {
+		return m.Load()
+	}
+	return 0
+}
+
+// resetTunnel resets CRIU's side of (name, kind), if it was dialled.
+func (a *Agent) resetTunnel(name, kind string) {
+	a.mu.Lock()
+	c := a.tunnels[tunnelKey(name, kind)].local
+	a.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
 }
 
 const tunnelProto = "coat-pages"
