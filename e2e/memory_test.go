@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -219,4 +220,90 @@ func TestBadStrategyChangesNothing(t *testing.T) {
 	if after := l.must("ps", "--json"); after != before {
 		t.Errorf("refused migrations changed the cluster:\n%s\n%s", before, after)
 	}
+}
+
+// Both strategies over a shaped link (100 Mbit/s, 2 ms each way): the
+// memory arrives intact either way.
+func TestStrategiesOverShapedLink(t *testing.T) {
+	l := newLabWith(t, "--hosts", "2", "--link-rate", "100mbit", "--link-delay", "2ms")
+	state := filepath.Join(t.TempDir(), "keys")
+	c := l.runRedis("sl", "edge-1")
+	if _, err := l.redisLoad(c.IP, state, "--fill", "32MiB", "--fill-only"); err != nil {
+		t.Fatal(err)
+	}
+	check := func() {
+		t.Helper()
+		r, err := l.redisLoad(c.IP, state, "--fill", "32MiB", "--no-fill", "--check-all")
+		if err != nil || r.Requests != 512 || r.Errors != 0 {
+			t.Fatalf("memory after migration: %v %+v", err, r)
+		}
+	}
+	if r := l.migrateStrategy("sl", "edge-2", "--strategy", "stop-and-copy"); r.Strategy != "stop-and-copy" || r.Bytes < 30<<20 {
+		t.Errorf("stop-and-copy result %+v", r)
+	}
+	check()
+	if r := l.migrateStrategy("sl", "edge-1", "--strategy", "post-copy"); r.Strategy != "post-copy" || r.LazyMS <= 0 {
+		t.Errorf("post-copy result %+v", r)
+	}
+	check()
+	if got := l.get("sl"); got.Host != "edge-1" || got.Status != "running" {
+		t.Fatalf("after both: %+v", got)
+	}
+}
+
+// A thousand established connections, each sending a line every 100 ms,
+// all survive a migration with every byte echoed.
+func TestThousandConnectionsSurvive(t *testing.T) {
+	l := newLab(t, 2)
+	c := l.runSample("many", "edge-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := l.client(ctx, filepath.Join(binDir, "coat-sample"), "conns", "--addr", c.IP+":7000",
+		"--conns", "1000", "--duration", "10s", "--json")
+	var out strings.Builder
+	errOut := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = &out, errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() string {
+		if !strings.Contains(errOut.String(), "ready 1000") {
+			return "the client has not opened its 1000 connections: " + errOut.String()
+		}
+		return ""
+	})
+	l.migrateStrategy("many", "edge-2")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("client: %v\n%s\n%s", err, out.String(), errOut.String())
+	}
+	var r struct {
+		Conns, Opened, Survived int
+		Sent, Received, Errors  int64
+		MaxStallMS              float64 `json:"max_stall_ms"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if r.Opened != 1000 || r.Survived != 1000 || r.Errors != 0 || r.Received != r.Sent {
+		t.Fatalf("connections after migration: %+v", r)
+	}
+	t.Logf("1000 connections survived; longest wait %.0f ms", r.MaxStallMS)
+}
+
+// lockedBuffer is an output buffer read while a command writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
