@@ -47,6 +47,9 @@ type Config struct {
 	// LinkRate is the declared rate of this host's underlay link (0:
 	// unknown, taken as fast).
 	LinkRate linkspec.Rate
+	// HostGoneAfter is how long forwarding to a host whose record vanished
+	// is kept (vteps.go); 0 is defaultHostGoneAfter.
+	HostGoneAfter time.Duration
 }
 
 // Agent is a running agent.
@@ -65,6 +68,8 @@ type Agent struct {
 	features migrate.Features
 	// fetching: post-copy restores whose memory is still arriving.
 	fetching map[string]*fetch
+	// seen: every host's last known VTEP (vteps.go).
+	seen map[string]seenHost
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
 }

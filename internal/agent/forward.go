@@ -61,12 +61,19 @@ func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]net.IP{}
+	goneAfter := a.cfg.HostGoneAfter
+	if goneAfter <= 0 {
+		goneAfter = defaultHostGoneAfter
+	}
+	a.mu.Lock()
+	if a.seen == nil {
+		a.seen = map[string]seenHost{}
+	}
+	out := mergeVTEPs(hosts, a.seen, time.Now(), goneAfter)
+	a.mu.Unlock()
 	peers := append([]net.IP(nil), a.cfg.ExtraPeers...)
-	for _, h := range hosts {
-		ip := net.ParseIP(h.UnderlayIP)
-		out[h.Name] = ip
-		if h.Name != a.cfg.Name && ip != nil {
+	for name, ip := range out {
+		if name != a.cfg.Name {
 			peers = append(peers, ip)
 		}
 	}
