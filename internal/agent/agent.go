@@ -54,16 +54,15 @@ type Config struct {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg   Config
-	st    store.Store
-	ov    *overlay.Host
-	rt    *runtime.Runtime
-	log   *slog.Logger
-	tls   *tls.Config // client side, for agent-to-agent calls
-	mu    sync.Mutex
-	busy  map[string]bool // containers with an operation under way here
-	wg    sync.WaitGroup
-	peers []net.IP
+	cfg  Config
+	st   store.Store
+	ov   *overlay.Host
+	rt   *runtime.Runtime
+	log  *slog.Logger
+	tls  *tls.Config // client side, for agent-to-agent calls
+	mu   sync.Mutex
+	busy map[string]bool // containers with an operation under way here
+	wg   sync.WaitGroup
 	// features: the memory strategies this host's kernel allows.
 	features migrate.Features
 	// fetching: post-copy restores whose memory is still arriving.

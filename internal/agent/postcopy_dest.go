@@ -55,12 +55,11 @@ func (a *Agent) restoreLazy(ctx context.Context, c store.Container, ckpt, work s
 		return fmt.Errorf("post-copy source %s: %w", c.Host, err)
 	}
 	f := &fetch{start: time.Now(), done: make(chan struct{})}
-	f.relay, err = a.openRelay(context.WithoutCancel(ctx), src, c.Name, "lazy")
+	// Before the daemon hears that the source went, the container stops.
+	f.relay, err = a.openRelay(context.WithoutCancel(ctx), src, c.Name, "lazy", func() { a.guardPages(c, f) })
 	if err != nil {
 		return err
 	}
-	// Before the daemon hears that the source went, the container stops.
-	f.relay.beforeEOF = func() { a.guardPages(c, f) }
 	f.daemon, err = a.rt.StartLazyPages(ckpt, work, "127.0.0.1", f.relay.port)
 	if err != nil {
 		f.relay.Close()

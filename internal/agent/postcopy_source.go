@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
-	"github.com/coat-project/coat/internal/migrate"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -62,14 +61,6 @@ func freePort() (int, error) {
 // post-copy counts as failed (the destination's daemon asks for pages
 // continuously until it has them all).
 const fetchStall = 30 * time.Second
-
-// fetchBudget bounds the wait for the last page: the memory at the link's
-// rate, three times over, plus a minute. (Round trips, not the rate, bound
-// CRIU's lazy transfer on a slow link: Fetch fails on a stall, not on
-// this.)
-func (o *outgoing) fetchBudget() time.Duration {
-	return 3*migrate.EstimateFreeze(o.memory, linkRate(o.a.cfg.LinkRate, o.dest)) + time.Minute
-}
 
 // Fetch waits until the destination holds every page and the source's
 // CRIU has served them, as long as pages keep moving.

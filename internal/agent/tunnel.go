@@ -224,12 +224,12 @@ type relay struct {
 
 // openRelay listens on 127.0.0.1 for CRIU; its one connection goes to the
 // peer's tunnel (name, kind).
-func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string) (*relay, error) {
+func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, beforeEOF func()) (*relay, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1)}
+	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1), beforeEOF: beforeEOF}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

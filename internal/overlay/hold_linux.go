@@ -82,10 +82,11 @@ func (h *Host) Release(hostVeth string) error {
 	if err != nil {
 		return fmt.Errorf("release %s: %w", hostVeth, err)
 	}
-	if held, err := h.holding(link); err != nil || !held {
+	held, n, err := h.holdState(link)
+	if err != nil || !held {
 		return err // nothing held: nothing to release
 	}
-	if n := h.queued(link); n > pacedAbove {
+	if n > pacedAbove {
 		return h.releasePaced(link, n)
 	}
 	if err := h.tbf(link, releaseRate, 1<<20, false); err != nil {
@@ -130,16 +131,8 @@ func (h *Host) releasePaced(link netlink.Link, queued int) error {
 
 // queued is the number of frames held on link's qdisc (0 if unknown).
 func (h *Host) queued(link netlink.Link) int {
-	qs, err := h.nl.QdiscList(link)
-	if err != nil {
-		return 0
-	}
-	for _, q := range qs {
-		if q.Attrs().Handle == holdHandle && q.Attrs().Statistics != nil {
-			return int(q.Attrs().Statistics.Queue.Qlen)
-		}
-	}
-	return 0
+	_, n, _ := h.holdState(link)
+	return n
 }
 
 // waitDrained waits (briefly, up to ~100 ms) until nothing is queued on
@@ -152,20 +145,7 @@ func (h *Host) waitDrained(hostVeth string) error {
 	if err != nil {
 		return err
 	}
-	for i := 0; i < 100; i++ {
-		qs, err := h.nl.QdiscList(link)
-		if err != nil {
-			return err
-		}
-		empty := true
-		for _, q := range qs {
-			if q.Attrs().Handle == holdHandle && q.Attrs().Statistics != nil && q.Attrs().Statistics.Queue.Qlen > 0 {
-				empty = false
-			}
-		}
-		if empty {
-			return nil
-		}
+	for i := 0; i < 100 && h.queued(link) > 0; i++ {
 		time.Sleep(time.Millisecond)
 	}
 	return nil
@@ -265,18 +245,22 @@ func (h *Host) packetSocket() error {
 	return nil
 }
 
-// holding reports whether the hold's qdisc on link is closed (holding).
-func (h *Host) holding(link netlink.Link) (bool, error) {
+// holdState reads link's hold qdisc once: whether it holds (its rate is
+// the closed one) and how many frames wait in it.
+func (h *Host) holdState(link netlink.Link) (held bool, queued int, err error) {
 	qs, err := h.nl.QdiscList(link)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	for _, q := range qs {
 		if q.Attrs().Handle != holdHandle {
 			continue
 		}
+		if st := q.Attrs().Statistics; st != nil {
+			queued = int(st.Queue.Qlen)
+		}
 		t, ok := q.(*netlink.Tbf)
-		return !ok || t.Rate < releaseRate/2, nil
+		return !ok || t.Rate < releaseRate/2, queued, nil
 	}
-	return false, nil
+	return false, 0, nil
 }

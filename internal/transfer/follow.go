@@ -25,7 +25,8 @@ import (
 // instance) is written around it, each file written and closed in one go.
 // Follow sends each pages file's new bytes as they appear, as tar entries
 // marked to be appended (PAX record COAT.append), and every other file
-// whole as soon as CRIU closes it (inotify IN_CLOSE_WRITE), so that both
+// whole as soon as CRIU closes it (inotify IN_CLOSE_WRITE; IN_CREATE
+// names the pages files, so polls never list the directory), so that both
 // cross the link while CRIU is still dumping. When the dump is done it
 // sends what is left of the pages files, and again, whole, any other file
 // whose size or modification time changed since it was sent (or that was
@@ -55,8 +56,16 @@ type sentFile struct {
 // then the rest; it returns the content bytes sent.
 func Follow(tw *tar.Writer, dir, prefix string, done <-chan struct{}) (int64, error) {
 	f := &follower{tw: tw, dir: dir, prefix: prefix, sent: map[string]sentFile{}}
-	closed, stop := watchClosed(dir)
+	events, watching, stop := watchDir(dir)
 	defer stop()
+	if watching {
+		// Those made before the watch began, if any.
+		f.pages = map[string]bool{}
+		m, _ := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+		for _, p := range m {
+			f.pages[filepath.Base(p)] = true
+		}
+	}
 	for {
 		finished := false
 		select {
@@ -67,9 +76,12 @@ func Follow(tw *tar.Writer, dir, prefix string, done <-chan struct{}) (int64, er
 		if finished {
 			return f.total, f.finish()
 		}
-		for _, name := range closed() {
-			if !Growing(name) {
-				if err := f.whole(name); err != nil {
+		for _, ev := range events() {
+			switch {
+			case Growing(ev.name) && ev.created:
+				f.pages[ev.name] = true
+			case !Growing(ev.name) && !ev.created:
+				if err := f.whole(ev.name); err != nil {
 					return f.total, err
 				}
 			}
@@ -85,13 +97,24 @@ type follower struct {
 	dir, prefix string
 	sent        map[string]sentFile
 	total       int64
+	// pages are the pages files seen created (inotify), so that a poll
+	// does not list the directory (a thousand files with as many TCP
+	// connections); nil without inotify: list it.
+	pages map[string]bool
 }
 
 // grow sends the pages files' new bytes (all of them when final).
 func (f *follower) grow(final bool) error {
-	m, err := filepath.Glob(filepath.Join(f.dir, "pages-*.img"))
-	if err != nil {
-		return err
+	var m []string
+	if f.pages != nil && !final {
+		for name := range f.pages {
+			m = append(m, filepath.Join(f.dir, name))
+		}
+	} else {
+		var err error
+		if m, err = filepath.Glob(filepath.Join(f.dir, "pages-*.img")); err != nil {
+			return err
+		}
 	}
 	sort.Strings(m)
 	for _, p := range m {
@@ -145,25 +168,32 @@ func (f *follower) finish() error {
 	return nil
 }
 
-// watchClosed reports the names of files in dir closed after writing
-// since its last call. Without inotify it reports nothing (finish then
-// sends everything).
-func watchClosed(dir string) (closed func() []string, stop func()) {
+// dirEvent is a file of the watched directory created, or closed after
+// writing.
+type dirEvent struct {
+	name    string
+	created bool
+}
+
+// watchDir reports what happened in dir since its last call. Without
+// inotify (watching false) it reports nothing: finish then sends all.
+func watchDir(dir string) (events func() []dirEvent, watching bool, stop func()) {
+	none := func() []dirEvent { return nil }
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
-		return func() []string { return nil }, func() {}
+		return none, false, func() {}
 	}
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CLOSE_WRITE); err != nil {
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CLOSE_WRITE|unix.IN_CREATE); err != nil {
 		unix.Close(fd)
-		return func() []string { return nil }, func() {}
+		return none, false, func() {}
 	}
 	buf := make([]byte, 64<<10)
-	return func() []string {
-			var names []string
+	return func() []dirEvent {
+			var evs []dirEvent
 			for {
 				n, err := unix.Read(fd, buf)
 				if n <= 0 || err != nil {
-					return names
+					return evs
 				}
 				for off := 0; off+unix.SizeofInotifyEvent <= n; {
 					ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
@@ -172,12 +202,12 @@ func watchClosed(dir string) (closed func() []string, stop func()) {
 						nameBytes = nameBytes[:i]
 					}
 					if len(nameBytes) > 0 {
-						names = append(names, string(nameBytes))
+						evs = append(evs, dirEvent{name: string(nameBytes), created: ev.Mask&unix.IN_CREATE != 0})
 					}
 					off += unix.SizeofInotifyEvent + int(ev.Len)
 				}
 			}
-		}, func() {
+		}, true, func() {
 			unix.Close(fd)
 		}
 }
