@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/coat-project/coat/internal/overlay"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -309,26 +311,9 @@ func tbfLimit(r linkspec.Rate) uint32 {
 }
 
 // tbf is "tc qdisc replace dev L root handle c1a0: tbf rate R burst B
-// limit L", built by hand: netlink's Tbf type cannot set TCA_TBF_BURST.
-// It acts in the calling thread's network namespace.
+// limit L" in the calling thread's network namespace.
 func tbf(link netlink.Link, rate uint64, burst, limit uint32) error {
-	req := nl.NewNetlinkRequest(unix.RTM_NEWQDISC, unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
-	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(link.Attrs().Index), Handle: rateHandle, Parent: netlink.HANDLE_ROOT})
-	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("tbf")))
-	opts := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
-	qopt := nl.TcTbfQopt{Limit: limit}
-	qopt.Rate.Linklayer = 1 // ethernet
-	if rate < 1<<32 {
-		qopt.Rate.Rate = uint32(rate)
-	} else {
-		qopt.Rate.Rate = ^uint32(0)
-		opts.AddRtAttr(nl.TCA_TBF_RATE64, nl.Uint64Attr(rate))
-	}
-	opts.AddRtAttr(nl.TCA_TBF_PARMS, qopt.Serialize())
-	opts.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
-	req.AddData(opts)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	return overlay.SetTBF(link, rateHandle, rate, burst, limit, true)
 }
 
 // agentRate is the --link-rate agent pid was started with (0: none).

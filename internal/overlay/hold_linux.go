@@ -169,10 +169,18 @@ func (h *Host) openHold(link netlink.Link) error {
 }
 
 // tbf adds (create) or changes the holding token bucket: rate in bytes/s,
-// burst in bytes ("tc qdisc add dev X root handle c0a7: tbf rate R burst
-// B limit L"). netlink's Tbf type cannot set TCA_TBF_BURST, which is what
-// lets a slow bucket hold a whole frame, so the message is built here.
+// burst in bytes.
 func (h *Host) tbf(link netlink.Link, rate uint64, burst uint32, create bool) error {
+	return h.inNS(func() error { return SetTBF(link, holdHandle, rate, burst, holdLimit, create) })
+}
+
+// SetTBF puts a token-bucket qdisc at the root of link, or changes the one
+// there: rate in bytes/s, burst and limit in bytes ("tc qdisc add|change
+// dev X root handle H tbf rate R burst B limit L"). netlink's Tbf type
+// cannot set TCA_TBF_BURST, which is what lets a slow bucket hold a whole
+// frame, so the message is built here. It acts in the calling thread's
+// network namespace.
+func SetTBF(link netlink.Link, handle uint32, rate uint64, burst, limit uint32, create bool) error {
 	flags := unix.NLM_F_ACK
 	if create {
 		flags |= unix.NLM_F_CREATE | unix.NLM_F_REPLACE
@@ -181,12 +189,12 @@ func (h *Host) tbf(link netlink.Link, rate uint64, burst uint32, create bool) er
 	req.AddData(&nl.TcMsg{
 		Family:  nl.FAMILY_ALL,
 		Ifindex: int32(link.Attrs().Index),
-		Handle:  holdHandle,
+		Handle:  handle,
 		Parent:  netlink.HANDLE_ROOT,
 	})
 	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("tbf")))
 	opts := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
-	qopt := nl.TcTbfQopt{Limit: holdLimit}
+	qopt := nl.TcTbfQopt{Limit: limit}
 	qopt.Rate.Linklayer = 1 // ethernet: no rate table needed
 	if rate < 1<<32 {
 		qopt.Rate.Rate = uint32(rate)
@@ -197,10 +205,8 @@ func (h *Host) tbf(link netlink.Link, rate uint64, burst uint32, create bool) er
 	opts.AddRtAttr(nl.TCA_TBF_PARMS, qopt.Serialize())
 	opts.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
 	req.AddData(opts)
-	return h.inNS(func() error {
-		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-		return err
-	})
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
 // inNS runs fn on a thread in the host's netns.
