@@ -256,6 +256,14 @@ func TestPartitionAndBudgetRollBack(t *testing.T) {
 	// 3. The partition heals: the destination discards its half.
 	l.must("lab", "heal", "edge-2")
 	waitFor(t, 60*time.Second, func() string { return l.invariants("pt", "edge-1", hosts...) })
+	waitFor(t, 30*time.Second, func() string {
+		for _, h := range l.hostNames() {
+			if h == "edge-2" {
+				return ""
+			}
+		}
+		return "edge-2 not back in coat hosts after the heal"
+	})
 	r := l.migrateStrategy("pt", "edge-2", "--strategy", "stop-and-copy")
 	if r.To != "edge-2" {
 		t.Fatalf("migration after the heal: %+v", r)

@@ -29,9 +29,13 @@ import (
 // Whoever acts first takes the container's lock, so only one party does.
 func (a *Agent) recoverLoop(ctx context.Context) {
 	for {
-		if err := a.recoverOnce(ctx); err != nil && ctx.Err() == nil {
+		// Bounded: a store that stops answering must not stall recovery
+		// for good.
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := a.recoverOnce(rctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("recovery", "err", err)
 		}
+		cancel()
 		select {
 		case <-ctx.Done():
 			return
