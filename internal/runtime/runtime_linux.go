@@ -224,9 +224,33 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("runc checkpoint %s: %w%s (CRIU log: %s)", name, err, r.lastRuncError(), filepath.Join(o.WorkDir, "dump.log"))
+		log := filepath.Join(o.WorkDir, "dump.log")
+		return fmt.Errorf("runc checkpoint %s: %w%s (CRIU log: %s)%s", name, err, r.lastRuncError(), log, dumpHint(log))
 	}
 	return nil
+}
+
+// dumpHint explains, from CRIU's dump log, a failed dump whose cause the
+// user can remove; "" when the log shows none of those.
+//
+// A UNIX socket of the container connected to a process outside it: the
+// server side of a connection accepted from outside belongs to the
+// client's network namespace, where CRIU does not look ("Unix socket N
+// not found"); a connection from the container to a socket outside it is
+// "External socket is used". CRIU cannot move either end.
+func dumpHint(log string) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "Error") && (strings.Contains(line, "unix: Unix socket ") && strings.HasSuffix(line, " not found") ||
+			strings.Contains(line, "External socket is used")) {
+			return "; a UNIX socket of the container is connected to a process outside it (e.g. a client on the host " +
+				"using a socket file in its rootfs), and that connection cannot move: close it and migrate again"
+		}
+	}
+	return ""
 }
 
 // RestoreOpts tunes a restore.
