@@ -9,11 +9,14 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coat-project/coat/internal/images"
 )
 
 // UNIX socket files in a container's writable layer: redis-server with
@@ -226,4 +229,108 @@ func TestUnixSocketOutsideClient(t *testing.T) {
 		t.Fatalf("after the migration: %+v, want running on edge-2", got)
 	}
 	l.mustRedisUnix("uo", "v", "GET", "k")
+}
+
+// pairStatus is the unixpair workload's health (e2e/testdata/unixpair).
+type pairStatus struct {
+	Stream, Dgram, Errors int
+	FirstError            string
+}
+
+// pairStatus asks the unixpair workload in name, over its socket file,
+// how its in-container client fares; the workload closes the connection
+// once it replied, and pairStatus waits for that.
+func (l *testLab) pairStatus(name string) pairStatus {
+	l.t.Helper()
+	c, err := net.DialTimeout("unix", l.inContainer(name, "/tmp/pair.sock"), 5*time.Second)
+	if err != nil {
+		l.t.Fatalf("connect to /tmp/pair.sock in %s: %v", name, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("status\n")); err != nil {
+		l.t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		l.t.Fatalf("status of %s: %v", name, err)
+	}
+	var s pairStatus
+	for _, f := range strings.Fields(string(b)) {
+		k, v, _ := strings.Cut(f, "=")
+		n, _ := strconv.Atoi(v)
+		switch k {
+		case "stream":
+			s.Stream = n
+		case "dgram":
+			s.Dgram = n
+		case "errors":
+			s.Errors = n
+		case "first_error":
+			s.FirstError = v
+		}
+	}
+	if !strings.HasPrefix(string(b), "stream=") {
+		l.t.Fatalf("status of %s: %q", name, b)
+	}
+	return s
+}
+
+// A client inside the container, connected over the container's UNIX
+// sockets (a stream connection to a listening socket and a datagram
+// socket bound to a file talking to another bound one, every file in
+// /tmp of the writable layer), goes on exchanging through the same
+// connection across a stop-and-copy and a post-copy migration.
+func TestUnixSocketPairInContainer(t *testing.T) {
+	requireRoot(t)
+	work := t.TempDir()
+	bin := filepath.Join(work, "unixpair")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./testdata/unixpair")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the unixpair workload: %v\n%s", err, out)
+	}
+	img := filepath.Join(work, "img")
+	if err := images.BuildStatic(img, bin, "unixpair"); err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(t, 2)
+	l.must("image", "import", "unixpair", img)
+	l.must("run", "--host", "edge-1", "--name", "up", "--image", "unixpair", "--", "/bin/unixpair")
+	progress := func(when string, after int) int {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			s := l.pairStatus("up")
+			if s.Errors != 0 {
+				t.Fatalf("%s: the in-container client failed: %+v", when, s)
+			}
+			if s.Stream > after+5 && s.Dgram > after+5 {
+				return s.Stream
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the in-container client makes no progress: %+v (had %d round trips)", when, s, after)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitFor(t, 15*time.Second, func() string {
+		if _, err := os.Stat(l.inContainer("up", "/tmp/pair.sock")); err != nil {
+			return "the unixpair workload did not bind /tmp/pair.sock: " + err.Error()
+		}
+		return ""
+	})
+	n := progress("before any migration", 0)
+	for _, step := range []struct{ to, strategy string }{{"edge-2", "stop-and-copy"}, {"edge-1", "post-copy"}} {
+		l.migrateStrategy("up", step.to, "--strategy", step.strategy)
+		if got := l.get("up"); got.Host != step.to || got.Status != "running" {
+			t.Fatalf("after %s: %+v, want running on %s", step.strategy, got, step.to)
+		}
+		for _, f := range []string{"/tmp/pair.sock", "/tmp/pair.dgram", "/tmp/client.dgram"} {
+			if fi, err := os.Lstat(l.inContainer("up", f)); err != nil || fi.Mode().Type() != fs.ModeSocket {
+				t.Errorf("after %s: %s: %v %v, want a socket file", step.strategy, f, fi, err)
+			}
+		}
+		n = progress("after "+step.strategy, n)
+	}
 }
