@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,7 +120,7 @@ func (l *testLab) mustRedisUnix(name, want string, args ...string) {
 }
 
 // Stop-and-copy and then post-copy, each while a TCP client reads and
-// writes: afterwards the socket file is there with its mode, a new client
+// writes: afterwards the socket file is there with its mode and owner, a new client
 // of it gets every value set before (over the socket and over TCP), and
 // the TCP client never lost its connection or a reply.
 func TestUnixSocketMigrates(t *testing.T) {
@@ -130,6 +131,10 @@ func TestUnixSocketMigrates(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.mustRedisUnix("ux", "OK", "SET", "before", "set over the socket before any migration")
+	// The socket file belongs to a service user, as PostgreSQL's does.
+	if err := os.Lchown(l.inContainer("ux", redisSock), 999, 998); err != nil {
+		t.Fatal(err)
+	}
 	var written []string
 	for _, step := range []struct{ to, strategy string }{{"edge-2", "stop-and-copy"}, {"edge-1", "post-copy"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -160,6 +165,9 @@ func TestUnixSocketMigrates(t *testing.T) {
 		fi, err := os.Lstat(sock)
 		if err != nil || fi.Mode() != fs.ModeSocket|0o770 {
 			t.Fatalf("after %s: %s is %v (%v), want a socket of mode 0770", step.strategy, redisSock, fi.Mode(), err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 999 || st.Gid != 998 {
+			t.Errorf("after %s: %s is owned by %d:%d, want 999:998", step.strategy, redisSock, st.Uid, st.Gid)
 		}
 		l.mustRedisUnix("ux", "set over the socket before any migration", "GET", "before")
 		for _, k := range written {
