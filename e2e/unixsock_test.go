@@ -290,6 +290,59 @@ func (l *testLab) pairStatus(name string) pairStatus {
 // /tmp of the writable layer), goes on exchanging through the same
 // connection across a stop-and-copy and a post-copy migration.
 func TestUnixSocketPairInContainer(t *testing.T) {
+	l := runUnixPair(t, nil)
+	n := l.pairProgress("up", "before any migration", 0)
+	for _, step := range []struct{ to, strategy string }{{"edge-2", "stop-and-copy"}, {"edge-1", "post-copy"}} {
+		l.migrateStrategy("up", step.to, "--strategy", step.strategy)
+		if got := l.get("up"); got.Host != step.to || got.Status != "running" {
+			t.Fatalf("after %s: %+v, want running on %s", step.strategy, got, step.to)
+		}
+		for _, f := range []string{"/tmp/pair.sock", "/tmp/pair.dgram", "/tmp/client.dgram"} {
+			if fi, err := os.Lstat(l.inContainer("up", f)); err != nil || fi.Mode().Type() != fs.ModeSocket {
+				t.Errorf("after %s: %s: %v %v, want a socket file", step.strategy, f, fi, err)
+			}
+		}
+		n = l.pairProgress("up", "after "+step.strategy, n)
+	}
+}
+
+// The container's image has a regular file where the workload binds its
+// socket (the workload removes it first, so on the source the socket in
+// the upper layer hides it). On the destination the file is in the way
+// of the restore's bind: the migration fails saying what to do, and the
+// container goes on running on the source, its in-container client
+// unharmed.
+func TestUnixSocketFileInTheWay(t *testing.T) {
+	l := runUnixPair(t, func(root string) {
+		if err := os.Mkdir(filepath.Join(root, "tmp"), 0o755); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(root, "tmp"), os.ModeSticky|0o777); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "tmp/pair.sock"), []byte("placeholder\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	n := l.pairProgress("up", "before the migration", 0)
+	out, err := l.coat("migrate", "up", "--to", "edge-2")
+	if err == nil {
+		t.Fatalf("migration onto a file in the way of /tmp/pair.sock succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "/tmp/pair.sock cannot be bound again") || !strings.Contains(out, "remove it from the image") {
+		t.Errorf("failed migration does not say what to do:\n%s", out)
+	}
+	if got := l.get("up"); got.Host != "edge-1" || got.Status != "running" {
+		t.Fatalf("after the failed migration: %+v, want running on edge-1", got)
+	}
+	l.pairProgress("up", "after the failed migration", n)
+}
+
+// runUnixPair builds the unixpair workload (e2e/testdata/unixpair) into an
+// image, lets image change its root, imports it into a new lab of two
+// hosts and runs it on edge-1 as "up", bound and making progress.
+func runUnixPair(t *testing.T, image func(root string)) *testLab {
+	t.Helper()
 	requireRoot(t)
 	work := t.TempDir()
 	bin := filepath.Join(work, "unixpair")
@@ -302,43 +355,39 @@ func TestUnixSocketPairInContainer(t *testing.T) {
 	if err := images.BuildStatic(img, bin, "unixpair"); err != nil {
 		t.Fatal(err)
 	}
+	if image != nil {
+		image(img)
+	}
 	l := newLab(t, 2)
 	l.must("image", "import", "unixpair", img)
 	l.must("run", "--host", "edge-1", "--name", "up", "--image", "unixpair", "--", "/bin/unixpair")
-	progress := func(when string, after int) int {
-		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			s := l.pairStatus("up")
-			if s.Errors != 0 {
-				t.Fatalf("%s: the in-container client failed: %+v", when, s)
-			}
-			if s.Stream > after+5 && s.Dgram > after+5 {
-				return s.Stream
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the in-container client makes no progress: %+v (had %d round trips)", when, s, after)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
 	waitFor(t, 15*time.Second, func() string {
-		if _, err := os.Stat(l.inContainer("up", "/tmp/pair.sock")); err != nil {
-			return "the unixpair workload did not bind /tmp/pair.sock: " + err.Error()
+		if fi, err := os.Lstat(l.inContainer("up", "/tmp/pair.sock")); err != nil || fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Sprintf("the unixpair workload did not bind /tmp/pair.sock: %v %v", fi, err)
 		}
 		return ""
 	})
-	n := progress("before any migration", 0)
-	for _, step := range []struct{ to, strategy string }{{"edge-2", "stop-and-copy"}, {"edge-1", "post-copy"}} {
-		l.migrateStrategy("up", step.to, "--strategy", step.strategy)
-		if got := l.get("up"); got.Host != step.to || got.Status != "running" {
-			t.Fatalf("after %s: %+v, want running on %s", step.strategy, got, step.to)
+	return l
+}
+
+// pairProgress waits until the in-container client of the unixpair
+// workload in name has made 5 round trips on each socket beyond after,
+// failing the test if it reports a failure; it returns its stream round
+// trips.
+func (l *testLab) pairProgress(name, when string, after int) int {
+	l.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s := l.pairStatus(name)
+		if s.Errors != 0 {
+			l.t.Fatalf("%s: the in-container client failed: %+v", when, s)
 		}
-		for _, f := range []string{"/tmp/pair.sock", "/tmp/pair.dgram", "/tmp/client.dgram"} {
-			if fi, err := os.Lstat(l.inContainer("up", f)); err != nil || fi.Mode().Type() != fs.ModeSocket {
-				t.Errorf("after %s: %s: %v %v, want a socket file", step.strategy, f, fi, err)
-			}
+		if s.Stream > after+5 && s.Dgram > after+5 {
+			return s.Stream
 		}
-		n = progress("after "+step.strategy, n)
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s: the in-container client makes no progress: %+v (had %d round trips)", when, s, after)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
