@@ -2,7 +2,8 @@
 // checkpoint images and rootfs upper layers between agents, and image
 // imports from the CLI. It keeps what an overlayfs upper layer needs:
 // modes, ownership, symlinks, hard links, whiteouts (0:0 character devices)
-// and trusted.* / user.* extended attributes (opaque directories).
+// and trusted.* / user.* extended attributes (opaque directories). UNIX
+// socket files are left out: see Pack.
 package transfer
 
 import (
@@ -21,6 +22,12 @@ import (
 
 // Pack writes the tree under root into tw with names prefixed by prefix
 // (e.g. "upper/"). It returns the bytes of file content written.
+//
+// UNIX socket files are left out (tar has no type for them, and a socket
+// file holds no data): CRIU's restore binds each socket the container
+// had bound, which makes the file anew with the mode and owner it had at
+// the dump; it would refuse a non-socket file in the way. A socket file
+// no process had bound (a stale one) is not moved.
 func Pack(tw *tar.Writer, root, prefix string) (int64, error) {
 	var total int64
 	links := map[uint64]string{}
@@ -38,6 +45,9 @@ func Pack(tw *tar.Writer, root, prefix string) (int64, error) {
 		fi, err := d.Info()
 		if err != nil {
 			return err
+		}
+		if fi.Mode()&fs.ModeSocket != 0 {
+			return nil
 		}
 		var link string
 		if fi.Mode()&fs.ModeSymlink != 0 {
