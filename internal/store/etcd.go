@@ -311,3 +311,30 @@ func (s *Etcd) WatchContainers(ctx context.Context) (<-chan Event, error) {
 	}()
 	return out, nil
 }
+
+func (s *Etcd) goneKey(n string) string { return s.prefix + "gone/" + n }
+
+// DeclareGone implements Store.
+func (s *Etcd) DeclareGone(ctx context.Context, name string) error {
+	if _, err := s.cli.Put(ctx, s.goneKey(name), time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return fmt.Errorf("declare host %s gone: %w", name, err)
+	}
+	return nil
+}
+
+// Gone implements Store.
+func (s *Etcd) Gone(ctx context.Context) (map[string]time.Time, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"gone/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list hosts declared gone: %w", err)
+	}
+	out := map[string]time.Time{}
+	for _, kv := range resp.Kvs {
+		t, err := time.Parse(time.RFC3339Nano, string(kv.Value))
+		if err != nil {
+			continue
+		}
+		out[strings.TrimPrefix(string(kv.Key), s.prefix+"gone/")] = t
+	}
+	return out, nil
+}
