@@ -30,6 +30,13 @@ const decideBound = 20 * time.Second
 // whoever decided it. An error means the store did not answer within
 // decideBound (or ctx): the outcome is unknown.
 func (a *Agent) decide(ctx context.Context, name, from, to string, commit bool, cause string) (bool, error) {
+	committed, _, err := a.decideMine(ctx, name, from, to, commit, cause)
+	return committed, err
+}
+
+// decideMine is decide, also saying whether this call made the decision
+// (rather than finding it made).
+func (a *Agent) decideMine(ctx context.Context, name, from, to string, commit bool, cause string) (committed, mine bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, decideBound)
 	defer cancel()
 	var last error
@@ -39,7 +46,7 @@ func (a *Agent) decide(ctx context.Context, name, from, to string, commit bool, 
 		case err == nil && !(c.Status == store.StatusMigrating && c.Host == from && c.MigratingTo == to):
 			// Decided already (or another outcome: the container was
 			// removed, failed, or moved on): the record says where it is.
-			return c.Host == to, nil
+			return c.Host == to, false, nil
 		case err == nil:
 			if commit {
 				c.Host, c.Status, c.MigratingTo, c.Error = to, store.StatusRunning, "", ""
@@ -48,19 +55,19 @@ func (a *Agent) decide(ctx context.Context, name, from, to string, commit bool, 
 			}
 			_, err = a.st.FinishMigration(ctx, c)
 			if err == nil {
-				return commit, nil
+				return commit, true, nil
 			}
 			if errors.Is(err, store.ErrConflict) {
 				continue // changed under us: read what it is now
 			}
 			// The swap's answer was lost: it may have applied. Read again.
 		case errors.Is(err, store.ErrNotFound):
-			return false, fmt.Errorf("container %s has no record: %w", name, err)
+			return false, false, fmt.Errorf("container %s has no record: %w", name, err)
 		}
 		last = err
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("%w (%v)", errUndecided, last)
+			return false, false, fmt.Errorf("%w (%v)", errUndecided, last)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

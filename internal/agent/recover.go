@@ -87,6 +87,13 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 		return nil // someone else is recovering it
 	}
 	defer lk.Unlock(ctx)
+	// The list was read before the lock: the migration may have ended
+	// since (its coordinator finished it); then there is nothing to do.
+	if ms, err := a.st.Migrations(ctx); err != nil {
+		return err
+	} else if !hasMigration(ms, m) {
+		return nil
+	}
 	if m.To == a.cfg.Name {
 		// Restored here, held, and not committed: the commit point decides
 		// (the source may have rolled back first).
@@ -110,13 +117,16 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 	}
 	// Source: roll back, unless the destination committed first.
 	cause := fmt.Sprintf("migration to %s interrupted (its coordinator died in phase %s); rolled back", m.To, m.Phase)
-	committed, err := a.decide(ctx, m.Name, a.cfg.Name, m.To, false, cause)
+	committed, mine, err := a.decideMine(ctx, m.Name, a.cfg.Name, m.To, false, cause)
 	if err != nil {
 		return err
 	}
 	if committed {
 		a.log.Info("recovered migration: the destination had committed", "container", m.Name, "to", m.To)
 		return nil // collectLeftovers removes this host's copy
+	}
+	if !mine {
+		return nil // rolled back by its coordinator (collectLeftovers resumes it if it died first)
 	}
 	c, err := a.st.Container(ctx, m.Name)
 	if err != nil {
@@ -199,12 +209,7 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 // containers of this host left held (a crash between commit and release).
 func (a *Agent) collectLeftovers(ctx context.Context) error {
 	a.collectIncoming(ctx)
-	ents, err := os.ReadDir(filepath.Join(a.cfg.StateDir, "containers"))
-	if err != nil {
-		return nil
-	}
-	for _, e := range ents {
-		name := e.Name()
+	for _, name := range a.localNames() {
 		if !a.lock(name) {
 			continue // something is under way here
 		}
@@ -225,6 +230,22 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 			// copy that lost the commit point. It never let a packet in.
 			a.log.Warn("removing a copy that the record says runs elsewhere", "container", name, "host", c.Host)
 			a.dropIncoming(ctx, name)
+		case err == nil && c.Host == a.cfg.Name && c.Status == store.StatusRunning && status == "paused":
+			// Frozen by a migration whose agent died before the dump.
+			a.log.Warn("thawing a container of this host left frozen", "container", name)
+			if err := a.rt.Thaw(name); err != nil {
+				a.log.Warn("thaw", "container", name, "err", err)
+			} else if err := a.reattach(c); err != nil {
+				a.log.Warn("reattach", "container", name, "err", err)
+			}
+		case err == nil && c.Host == a.cfg.Name && c.Status == store.StatusRunning && status != "running" && len(a.checkpointImages(name)) > 0:
+			// The rollback was recorded, but its agent died before it
+			// restored the container: restore it now.
+			a.log.Warn("resuming a rolled-back container its agent left stopped", "container", name)
+			if err := a.resumeFromCheckpoint(ctx, c); err != nil {
+				c.Status, c.Error = store.StatusFailed, fmt.Sprintf("%s; resuming it after its agent died failed: %v", c.Error, err)
+				_, _ = a.st.UpdateContainer(ctx, c)
+			}
 		case err == nil && c.Host == a.cfg.Name && c.Status == store.StatusRunning && status == "running":
 			if held, herr := a.ov.IsHeld(vethName(name)); herr == nil && held {
 				a.log.Warn("releasing a held container of this host", "container", name)
@@ -236,6 +257,46 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 		a.unlock(name)
 	}
 	return nil
+}
+
+// hasMigration says whether ms still holds the migration m.
+func hasMigration(ms []store.Migration, m store.Migration) bool {
+	for _, x := range ms {
+		if x.Name == m.Name && x.From == m.From && x.To == m.To && x.Started.Equal(m.Started) {
+			return true
+		}
+	}
+	return false
+}
+
+// localNames lists the containers this host keeps anything of: a rootfs,
+// a network namespace, or a checkpoint image (a crash in the middle of a
+// teardown can leave any of them without the others).
+func (a *Agent) localNames() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(n string) {
+		if n != "" && !strings.HasPrefix(n, ".") && !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	for _, d := range []string{"containers", "netns"} {
+		ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, d))
+		for _, e := range ents {
+			add(e.Name())
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, "checkpoints"))
+	for _, e := range ents {
+		n := strings.TrimSuffix(e.Name(), ".tar")
+		n = strings.TrimSuffix(n, postcopyMarker)
+		if i := strings.LastIndexByte(n, '-'); i > 0 && strings.Trim(n[i+1:], "0123456789") == "" {
+			add(n[:i])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // collectIncoming removes incoming migrations that the record no longer

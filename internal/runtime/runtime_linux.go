@@ -414,7 +414,9 @@ func (r *Runtime) Remove(ctx context.Context, name string) error {
 
 // RemoveFiles unmounts the rootfs and deletes the container's directory.
 func (r *Runtime) RemoveFiles(name string) error {
-	if mounted(r.rootfs(name)) {
+	// Every mount there: an interrupted restore can leave more than one
+	// stacked on the rootfs.
+	for i := 0; i < 64 && mounted(r.rootfs(name)); i++ {
 		if err := unix.Unmount(r.rootfs(name), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("unmount rootfs of %s: %w", name, err)
 		}
