@@ -27,13 +27,13 @@ func (a *Agent) incomingDir(name string) string {
 
 func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 	var req api.PrepareRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	c := req.Container
-	if c.Name != r.PathValue("name") || store.ValidName(c.Name) != nil {
-		httpError(w, badRequest("bad container name %q", c.Name))
+	if c.Name != r.PathValue("name") {
+		httpError(w, badRequest("container %q sent to the address of %q: send each container to its own", c.Name, r.PathValue("name")))
 		return
 	}
 	if !a.rt.HasImage(c.Image) {
@@ -93,8 +93,8 @@ func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
 // send its traffic here, where it queues until the restore.
 func (a *Agent) handleSwitch(w http.ResponseWriter, r *http.Request) {
 	var req api.SwitchRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	c, err := a.incomingContainer(r.PathValue("name"))
@@ -179,8 +179,8 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 
 func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
 	var req api.RestoreRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	name := r.PathValue("name")

@@ -31,8 +31,8 @@ const restoreTimeout = 2 * time.Minute
 // streams its phases to the caller as JSON lines.
 func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	var req api.MigrateRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	out, err := a.newOutgoing(r.Context(), r.PathValue("name"), req)

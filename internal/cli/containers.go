@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/store"
 	"github.com/coat-project/coat/internal/transfer"
 )
@@ -31,13 +31,14 @@ func newRunCmd() *cobra.Command {
 			if len(args) == 0 {
 				return fmt.Errorf("no command: put the container's command after `--`")
 			}
-			if err := store.ValidName(req.Name); err != nil {
+			if err := names.Container(req.Name); err != nil {
 				return err
 			}
-			for _, e := range req.Env {
-				if !strings.Contains(e, "=") {
-					return fmt.Errorf("--env %q: want KEY=VALUE", e)
-				}
+			if err := names.Host(host); err != nil {
+				return err
+			}
+			if err := req.Validate(); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			s, err := connect(ctx)
@@ -108,14 +109,28 @@ func newPsCmd() *cobra.Command {
 func newLogsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "logs NAME",
-		Short: "Print a container's output",
-		Args:  cobra.ExactArgs(1),
-		RunE: onContainer(func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error {
-			rc, err := cl.Logs(ctx, name)
+		Short: "Print a container's output (its last MiB)",
+		Long: "Print a container's output: its stdout and stderr, at most the last 1 MiB\n" +
+			"(a note on stderr says how much came before). A log file the container\n" +
+			"replaced with a symlink or anything but a regular file is not read.",
+		Args: cobra.ExactArgs(1),
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			name := args[0]
+			if err := names.Container(name); err != nil {
+				return err
+			}
+			_, cl, err := s.container(ctx, name)
+			if err != nil {
+				return err
+			}
+			rc, skipped, err := cl.Logs(ctx, name)
 			if err != nil {
 				return err
 			}
 			defer rc.Close()
+			if skipped > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "coat logs: the first %d bytes are not shown: only the last MiB is\n", skipped)
+			}
 			_, err = io.Copy(cmd.OutOrStdout(), rc)
 			return err
 		}),
@@ -140,10 +155,11 @@ func newImageCmd() *cobra.Command {
 		Short: "Make a rootfs directory an image on every host",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, dir := args[0], args[1]
-			if err := store.ValidName(name); err != nil {
-				return fmt.Errorf("image %w", err)
+			im, err := names.ParseImage(args[0])
+			if err != nil {
+				return err
 			}
+			name, dir := im.String(), args[1]
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("%s is not a directory: give the image's root filesystem", dir)
 			}
@@ -195,6 +211,9 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 // the container and the agent of its host, then calls f.
 func onContainer(f func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error) func(*cobra.Command, []string) error {
 	return withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+		if err := names.Container(args[0]); err != nil {
+			return err
+		}
 		_, cl, err := s.container(ctx, args[0])
 		if err != nil {
 			return err
