@@ -69,7 +69,7 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, runtime.ErrLogNotFile):
 		code = http.StatusConflict
-	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP):
+	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP), errors.Is(err, transfer.ErrRefused):
 		code = http.StatusBadRequest
 	}
 	writeJSON(w, code, api.Error{Error: err.Error()})
@@ -252,7 +252,7 @@ func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]string{"rootfs/": filepath.Join(tmp, "rootfs")}); err != nil {
+	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]transfer.Dest{"rootfs/": {Dir: filepath.Join(tmp, "rootfs")}}); err != nil {
 		httpError(w, badRequest("unpack image %s: %v", name, err))
 		return
 	}

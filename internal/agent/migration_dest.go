@@ -133,9 +133,9 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	dirs := map[string]string{
-		"checkpoint/": filepath.Join(a.incomingDir(name), "checkpoint"),
-		"upper/":      a.rt.UpperDir(name),
+	dirs := map[string]transfer.Dest{
+		"checkpoint/": {Dir: filepath.Join(a.incomingDir(name), "checkpoint")},
+		"upper/":      {Dir: a.rt.UpperDir(name), Upper: true},
 	}
 	var body io.Reader = r.Body
 	if r.URL.Query().Get("staged") != "" {

@@ -136,6 +136,11 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	if err != nil {
 		return nil, badRequest("unknown host %q: `coat hosts` lists the hosts", req.To)
 	}
+	// What the destination would refuse (a setuid file, a device other
+	// than a whiteout...) is found before the container is frozen.
+	if err := transfer.CheckTree(a.rt.UpperDir(name), true); err != nil {
+		return nil, badRequest("container %s cannot migrate: its rootfs changes hold %v", name, err)
+	}
 	if req.Reference {
 		req.Slow = true // the hand-run path is runc's stock one
 	}
@@ -354,7 +359,7 @@ func (o *outgoing) exportFile() error {
 // pack writes the checkpoint image and the rootfs upper layer to w.
 func (o *outgoing) pack(w io.Writer) error {
 	tw := tar.NewWriter(w)
-	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
+	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/", false)
 	o.imageBytes = n
 	if err != nil {
 		return err
@@ -364,7 +369,7 @@ func (o *outgoing) pack(w io.Writer) error {
 
 // packUpper ends a stream with the rootfs upper layer.
 func (o *outgoing) packUpper(tw *tar.Writer) error {
-	n, err := transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+	n, err := transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/", true)
 	o.rootfsBytes = n
 	if err != nil {
 		return err

@@ -163,6 +163,10 @@ func newImageCmd() *cobra.Command {
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("%s is not a directory: give the image's root filesystem", dir)
 			}
+			// What every agent would refuse is found before any is asked.
+			if err := transfer.CheckTree(dir, false); err != nil {
+				return fmt.Errorf("image %s: %w", name, err)
+			}
 			ctx := cmd.Context()
 			s, err := connect(ctx)
 			if err != nil {
@@ -196,7 +200,7 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		_, err := transfer.Pack(tw, dir, "rootfs/")
+		_, err := transfer.Pack(tw, dir, "rootfs/", false)
 		if err == nil {
 			err = tw.Close()
 		}
