@@ -113,12 +113,9 @@ func newLogsCmd() *cobra.Command {
 		Long: "Print a container's output: its stdout and stderr, at most the last 1 MiB\n" +
 			"(a note on stderr says how much came before). A log file the container\n" +
 			"replaced with a symlink or anything but a regular file is not read.",
-		Args: cobra.ExactArgs(1),
+		Args: containerArg,
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			name := args[0]
-			if err := names.Container(name); err != nil {
-				return err
-			}
 			_, cl, err := s.container(ctx, name)
 			if err != nil {
 				return err
@@ -141,7 +138,7 @@ func newRmCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Stop and remove a container",
-		Args:  cobra.ExactArgs(1),
+		Args:  containerArg,
 		RunE: onContainer(func(ctx context.Context, _ *cobra.Command, cl *api.Client, name string) error {
 			return cl.Remove(ctx, name)
 		}),
@@ -211,13 +208,19 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 	return err
 }
 
+// containerArg checks the one argument of a command on a container: a
+// valid container name, before anything connects.
+func containerArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	return names.Container(args[0])
+}
+
 // onContainer is the RunE of a command on one named container: it finds
 // the container and the agent of its host, then calls f.
 func onContainer(f func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error) func(*cobra.Command, []string) error {
 	return withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
-		if err := names.Container(args[0]); err != nil {
-			return err
-		}
 		_, cl, err := s.container(ctx, args[0])
 		if err != nil {
 			return err

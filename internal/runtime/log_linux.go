@@ -49,7 +49,7 @@ func (r *Runtime) OpenLog(name string) (*Log, error) {
 	if err != nil {
 		return nil, logErr(name, r.UpperDir(name), err)
 	}
-	defer unix.Close(dir)
+	defer func() { unix.Close(dir) }() // the last one opened
 	parts := strings.Split(strings.TrimPrefix(LogPath, "/"), "/")
 	for i, part := range parts[:len(parts)-1] {
 		next, err := unix.Openat(dir, part, dirFlags, 0)
