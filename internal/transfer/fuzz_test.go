@@ -23,53 +23,56 @@ func FuzzUnpack(f *testing.F) {
 	for _, seed := range unpackSeeds(f) {
 		f.Add(seed)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		parent := t.TempDir()
-		upper, rootfs, outside := filepath.Join(parent, "upper"), filepath.Join(parent, "rootfs"), filepath.Join(parent, "outside")
-		for _, d := range []string{upper, rootfs, outside} {
-			if err := os.Mkdir(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		victim := filepath.Join(outside, "victim")
-		if err := os.WriteFile(victim, []byte("original"), 0o600); err != nil {
+	f.Fuzz(unpackInvariants)
+}
+
+// unpackInvariants is FuzzUnpack's check of one stream.
+func unpackInvariants(t *testing.T, data []byte) {
+	parent := t.TempDir()
+	upper, rootfs, outside := filepath.Join(parent, "upper"), filepath.Join(parent, "rootfs"), filepath.Join(parent, "outside")
+	for _, d := range []string{upper, rootfs, outside} {
+		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		dirs := map[string]Dest{"upper/": {Dir: upper, Upper: true}, "rootfs/": {Dir: rootfs}}
-		_, err := Unpack(tar.NewReader(bytes.NewReader(data)), dirs)
+	}
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("original"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]Dest{"upper/": {Dir: upper, Upper: true}, "rootfs/": {Dir: rootfs}}
+	_, err := Unpack(tar.NewReader(bytes.NewReader(data)), dirs)
 
-		// Nothing outside the destinations, the canary untouched.
-		if b, rerr := os.ReadFile(victim); rerr != nil || string(b) != "original" {
-			t.Fatalf("outside/victim = %q, %v", b, rerr)
+	// Nothing outside the destinations, the canary untouched.
+	if b, rerr := os.ReadFile(victim); rerr != nil || string(b) != "original" {
+		t.Fatalf("outside/victim = %q, %v", b, rerr)
+	}
+	for _, p := range listTree(t, parent) {
+		if p != "." && p != "outside" && p != "outside/victim" && !allUnder([]string{p}, "upper") && !allUnder([]string{p}, "rootfs") {
+			t.Fatalf("%s made outside the destinations", p)
 		}
-		for _, p := range listTree(t, parent) {
-			if p != "." && p != "outside" && p != "outside/victim" && !allUnder([]string{p}, "upper") && !allUnder([]string{p}, "rootfs") {
-				t.Fatalf("%s made outside the destinations", p)
-			}
+	}
+	if got := listTree(t, outside); len(got) != 2 {
+		t.Fatalf("outside holds %v", got)
+	}
+	for _, d := range []Dest{{Dir: upper, Upper: true}, {Dir: rootfs}} {
+		checkTreeInvariants(t, d)
+	}
+	// The refused entry left nothing (unless an earlier entry made
+	// that very path or something below it).
+	if errors.Is(err, ErrRefused) {
+		earlier, refused := refusedEntry(data, dirs)
+		if refused == "" {
+			return
 		}
-		if got := listTree(t, outside); len(got) != 2 {
-			t.Fatalf("outside holds %v", got)
-		}
-		for _, d := range []Dest{{Dir: upper, Upper: true}, {Dir: rootfs}} {
-			checkTreeInvariants(t, d)
-		}
-		// The refused entry left nothing (unless an earlier entry made
-		// that very path or something below it).
-		if errors.Is(err, ErrRefused) {
-			earlier, refused := refusedEntry(data, dirs)
-			if refused == "" {
+		for _, p := range earlier {
+			if p == refused || strings.HasPrefix(p, refused+"/") {
 				return
 			}
-			for _, p := range earlier {
-				if p == refused || strings.HasPrefix(p, refused+"/") {
-					return
-				}
-			}
-			if _, lerr := os.Lstat(refused); lerr == nil {
-				t.Fatalf("refused entry %s exists: %v", refused, err)
-			}
 		}
-	})
+		if _, lerr := os.Lstat(refused); lerr == nil {
+			t.Fatalf("refused entry %s exists: %v", refused, err)
+		}
+	}
 }
 
 // checkTreeInvariants fails on what Check forbids found under d.
