@@ -69,4 +69,27 @@ func TestForwardingOutlivesAgent(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+	// Only an operator's declaration (or --host-gone-after) drops it. A
+	// live host is refused, and nothing changes.
+	if out, err := l.coat("hosts", "forget", "edge-1"); err == nil || !strings.Contains(out, "alive") {
+		t.Fatalf("forget a live host: err %v\n%s", err, out)
+	}
+	if got := l.get("dpa"); got.Status != "running" {
+		t.Fatalf("refused forget changed %+v", got)
+	}
+	l.must("hosts", "forget", "edge-2")
+	if got := l.get("dpb"); got.Status != "failed" || !strings.Contains(got.Error, "declared gone") {
+		t.Errorf("container of the forgotten host: %+v, want failed, saying why", got)
+	}
+	waitFor(t, 20*time.Second, func() string {
+		out, _ := exec.Command("nsenter", "--net="+ns, "bridge", "fdb", "show", "dev", "vxlan0").CombinedOutput()
+		for _, line := range strings.Split(string(out), "\n") {
+			// Its flood entry and the static entries (learned ones age
+			// out on their own).
+			if strings.Contains(line, "dst "+edge2) && (strings.HasPrefix(line, "00:00:00:00:00:00") || strings.Contains(line, "permanent")) {
+				return "edge-1 still forwards to the forgotten edge-2: " + line
+			}
+		}
+		return ""
+	})
 }

@@ -72,6 +72,35 @@ type Agent struct {
 	seen map[string]seenHost
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
+	// incoming: requests of incoming migrations being served, by name.
+	incoming map[string]int
+}
+
+// enter counts a request of an incoming migration of name as under way
+// (collectIncoming leaves such a migration alone) until the returned
+// function is called.
+func (a *Agent) enter(name string) func() {
+	a.mu.Lock()
+	if a.incoming == nil {
+		a.incoming = map[string]int{}
+	}
+	a.incoming[name]++
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		if a.incoming[name]--; a.incoming[name] <= 0 {
+			delete(a.incoming, name)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// inflight is the number of requests of an incoming migration of name
+// being served.
+func (a *Agent) inflight(name string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.incoming[name]
 }
 
 // New sets up the host's overlay and runtime.
@@ -128,10 +157,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}, 5*time.Second); err != nil {
 		return err
 	}
-	ln, err := tls.Listen("tcp", a.cfg.Listen, stls)
+	tln, err := listenConfig().Listen(ctx, "tcp", a.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
+	ln := tls.NewListener(tln, stls)
 	a.wg.Add(3)
 	go func() {
 		defer a.wg.Done()
@@ -169,7 +199,7 @@ func (a *Agent) peerClient(h store.Host) *api.Client {
 		// in the middle of a long image stream.
 		HTTP: &http.Client{Transport: &http.Transport{
 			TLSClientConfig: a.tls, DisableCompression: true,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}).DialContext,
+			DialContext:         peerDialer().DialContext,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}},
 	}

@@ -61,6 +61,10 @@ func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
 	if err != nil {
 		return nil, err
 	}
+	gone, err := a.st.Gone(ctx)
+	if err != nil {
+		return nil, err
+	}
 	goneAfter := a.cfg.HostGoneAfter
 	if goneAfter <= 0 {
 		goneAfter = defaultHostGoneAfter
@@ -69,7 +73,7 @@ func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
 	if a.seen == nil {
 		a.seen = map[string]seenHost{}
 	}
-	out := mergeVTEPs(hosts, a.seen, time.Now(), goneAfter)
+	out := mergeVTEPs(hosts, a.seen, time.Now(), goneAfter, gone)
 	a.mu.Unlock()
 	peers := append([]net.IP(nil), a.cfg.ExtraPeers...)
 	for name, ip := range out {

@@ -26,6 +26,7 @@ func (a *Agent) incomingDir(name string) string {
 }
 
 func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
+	defer a.enter(r.PathValue("name"))()
 	var req api.PrepareRequest
 	if err := decode(r, &req); err != nil {
 		httpError(w, err)
@@ -92,6 +93,7 @@ func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
 // (still empty, held) namespace makes the client side and the switches
 // send its traffic here, where it queues until the restore.
 func (a *Agent) handleSwitch(w http.ResponseWriter, r *http.Request) {
+	defer a.enter(r.PathValue("name"))()
 	var req api.SwitchRequest
 	if err := decode(r, &req); err != nil {
 		httpError(w, err)
@@ -128,6 +130,7 @@ func (a *Agent) incomingContainer(name string) (store.Container, error) {
 }
 
 func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
+	defer a.enter(r.PathValue("name"))()
 	name := r.PathValue("name")
 	if _, err := a.incomingContainer(name); err != nil {
 		httpError(w, err)
@@ -178,6 +181,7 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
+	defer a.enter(r.PathValue("name"))()
 	var req api.RestoreRequest
 	if err := decode(r, &req); err != nil {
 		httpError(w, err)
@@ -191,6 +195,11 @@ func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
 	}
 	t := time.Now()
 	if err := a.restoreIncoming(r.Context(), c, req); err != nil {
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, errUndecided) {
+			// Dropped (the source rolled back first), or held for the
+			// recovery loop to decide: no abort will come for it.
+			a.unlock(name)
+		}
 		httpError(w, fmt.Errorf("on %s: %w", a.cfg.Name, err))
 		return
 	}
@@ -232,6 +241,18 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	if err != nil {
 		return err
 	}
+	if req.CrashBeforeCommit && testHooks() {
+		a.log.Error("test hook: exiting after the restore, before the commit", "container", c.Name)
+		os.Exit(3)
+	}
+	if !req.Lazy {
+		// The commit point: nothing gets in before the record says the
+		// container runs here (a post-copy commits on the source, once
+		// every page is here).
+		if err := a.commitIncoming(ctx, c); err != nil {
+			return err
+		}
+	}
 	// Let the held frames in (the clients' retransmissions meet live
 	// sockets at once), or bring the link up if nothing was held. This
 	// ends the clients' wait; what follows is off their clock.
@@ -261,6 +282,38 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		a.emptyTrash()
 	}()
 	return nil
+}
+
+// commitIncoming makes the destination's swap of the commit point for a
+// container restored here and still held. If the source rolled back
+// first, the copy here is killed before it ever answered. If the store
+// does not answer, the copy stays held and the recovery loop decides
+// when it can.
+func (a *Agent) commitIncoming(ctx context.Context, c store.Container) error {
+	committed, err := a.decide(context.WithoutCancel(ctx), c.Name, c.Host, a.cfg.Name, true, "")
+	if err != nil {
+		return fmt.Errorf("commit: %w; the restored copy is held here until the store answers", err)
+	}
+	if !committed {
+		a.log.Warn("the source rolled back before the commit: removing the restored copy", "container", c.Name)
+		a.dropIncoming(ctx, c.Name)
+		return fmt.Errorf("the migration of %s was rolled back by its source before %s could commit it: %w", c.Name, a.cfg.Name, store.ErrConflict)
+	}
+	return nil
+}
+
+// dropIncoming kills a restored copy that must not run (it never let a
+// packet in) and removes everything of it.
+func (a *Agent) dropIncoming(ctx context.Context, name string) {
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := a.rt.Kill(kctx, name); err != nil {
+		a.log.Warn("kill uncommitted copy", "container", name, "err", err)
+	}
+	a.teardown(kctx, store.Container{Name: name})
+	if err := os.RemoveAll(a.incomingDir(name)); err != nil {
+		a.log.Warn("remove incoming", "container", name, "err", err)
+	}
 }
 
 // trash moves dir aside (".trash-NAME-N" beside it, on the same
@@ -312,6 +365,7 @@ func corruptImage(dir string) error {
 // is migrating here: an uncommitted copy must not run on beside the
 // source's).
 func (a *Agent) handleAbort(w http.ResponseWriter, r *http.Request) {
+	defer a.enter(r.PathValue("name"))()
 	name := r.PathValue("name")
 	a.abortFetch(name)
 	if _, err := a.incomingContainer(name); err == nil {

@@ -51,14 +51,14 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	}
 	// The migration must finish (or roll back) even if the caller goes.
 	ctx := context.WithoutCancel(r.Context())
-	rep, err := migrate.Run(ctx, out, func(p migrate.Phase, d time.Duration) {
+	rep, err := migrate.RunBudget(ctx, out, func(p migrate.Phase, d time.Duration) {
 		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
 		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
 		if req.CrashAfter == string(p) && testHooks() {
 			a.log.Error("test hook: exiting mid-migration", "container", out.c.Name, "after", p)
 			os.Exit(3)
 		}
-	})
+	}, out.budget)
 	if err != nil {
 		a.log.Error("migration failed", "container", out.c.Name, "to", out.dest.Name, "err", err)
 		send(api.Progress{Error: err.Error()})
@@ -78,6 +78,7 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		Bytes: rep.Bytes + out.pageBytes, ImageBytes: out.imageBytes + out.pageBytes, RootfsBytes: out.rootfsBytes,
 		Strategy: string(out.strategy), StrategyReason: out.why, MemoryBytes: out.memory,
 		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: out.onDemand,
+		TimeoutMS: api.Ms(out.budget.Timeout), FreezeBudgetMS: api.Ms(out.budget.Freeze), ReplyLost: rep.ReplyLost,
 	}})
 }
 
@@ -105,6 +106,7 @@ type outgoing struct {
 	strategy migrate.Strategy
 	why      string
 	memory   int64 // the container's memory before the freeze
+	budget   migrate.Budget
 	// Post-copy: the dump that serves the memory, its loopback address,
 	// and the tunnel that lets the destination reach it.
 	lazy      *runtime.LazyDump
@@ -144,8 +146,11 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	if req.Reference {
 		req.Slow = true // the hand-run path is runc's stock one
 	}
-	if (req.FailRestore || req.FailResume || req.CrashAfter != "") && !testHooks() {
-		return nil, badRequest("test hooks (--fail-restore, --fail-resume, --crash-after) are off on %s: they are for agents started with COAT_TEST_HOOKS=1", a.cfg.Name)
+	if (req.FailRestore || req.FailResume || req.CrashAfter != "" || req.LoseRestoreReply || req.DestCrashBeforeCommit) && !testHooks() {
+		return nil, badRequest("test hooks (--fail-restore, --fail-resume, --crash-after, --lose-restore-reply, --dest-crash-before-commit) are off on %s: they are for agents started with COAT_TEST_HOOKS=1", a.cfg.Name)
+	}
+	if req.TimeoutMS < 0 || req.FreezeBudgetMS < 0 {
+		return nil, badRequest("--timeout and --freeze-budget must be positive durations (e.g. 30s)")
 	}
 	want, err := migrate.ParseStrategy(req.Strategy)
 	if err != nil {
@@ -165,12 +170,25 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	if req.Reference || req.Slow {
 		strategy, why = migrate.StopAndCopy, "the reference path"
 	}
+	budget := migrate.DefaultBudget(strategy, mem, linkRate(a.cfg.LinkRate, dest))
+	if req.TimeoutMS > 0 {
+		budget.Timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+	}
+	if req.FreezeBudgetMS > 0 {
+		budget.Freeze = time.Duration(req.FreezeBudgetMS) * time.Millisecond
+	}
+	if budget.Freeze > budget.Timeout {
+		if req.FreezeBudgetMS > 0 && req.TimeoutMS > 0 {
+			return nil, badRequest("--freeze-budget %v is longer than --timeout %v: the freeze is part of the migration", budget.Freeze, budget.Timeout)
+		}
+		budget.Freeze = budget.Timeout
+	}
 	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
 	return &outgoing{
 		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req,
 		ckptDir:  filepath.Join(a.cfg.StateDir, "checkpoints", id),
 		workDir:  filepath.Join(a.cfg.StateDir, "criu-logs", id),
-		strategy: strategy, why: why, memory: mem,
+		strategy: strategy, why: why, memory: mem, budget: budget,
 	}, nil
 }
 
@@ -316,7 +334,9 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	if o.strategy == migrate.PostCopy {
 		err = o.checkpointLazy(ctx, opts)
 	} else {
-		err = o.a.rt.Checkpoint(ctx, o.c.Name, opts)
+		// The dump is not cut short by the budget (a runc killed mid-dump
+		// could leave the container half-dumped); what follows it is.
+		err = o.a.rt.Checkpoint(context.WithoutCancel(ctx), o.c.Name, opts)
 	}
 	o.a.log.Debug("runc checkpoint", "container", o.c.Name, "duration", time.Since(t0))
 	if started {
@@ -432,22 +452,47 @@ func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
 	return st.Size(), nil
 }
 
+// Restore has the destination restore the container; a stop-and-copy
+// destination commits the migration in the store before it answers (and
+// before it lets a packet in).
 func (o *outgoing) Restore(ctx context.Context) error {
 	// The destination bounds its restore (restoreTimeout); this bounds
 	// the call, should its answer never come.
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout+callTimeout)
 	defer cancel()
-	return o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
+	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
 		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay,
-			Lazy: o.strategy == migrate.PostCopy}, nil)
+			Lazy: o.strategy == migrate.PostCopy, CrashBeforeCommit: o.req.DestCrashBeforeCommit}, nil)
+	if err == nil && o.req.LoseRestoreReply && testHooks() {
+		err = errors.New("test hook: the destination's answer to the restore is lost")
+	}
+	return err
 }
 
-// Commit moves the record to the destination, then deletes the source's
-// copy: its rootfs, network namespace and checkpoint image.
+// RollBack is the source's side of the commit point: the record goes back
+// to this host, unless the destination committed first.
+func (o *outgoing) RollBack(ctx context.Context, cause error) (bool, error) {
+	committed, err := o.a.decide(ctx, o.c.Name, o.a.cfg.Name, o.dest.Name, false, cause.Error())
+	if err == nil && committed {
+		o.a.log.Warn("rollback: the destination had committed; the migration stands", "container", o.c.Name, "to", o.dest.Name, "cause", cause)
+	}
+	return committed, err
+}
+
+// Commit makes sure the record names the destination (a stop-and-copy
+// destination moved it itself; post-copy moves it here, once every page
+// is there), then deletes the source's copy: its rootfs, network
+// namespace and checkpoint image.
 func (o *outgoing) Commit(ctx context.Context) error {
-	c := o.c
-	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusRunning, ""
-	if _, err := o.a.st.FinishMigration(ctx, c); err != nil {
+	committed, err := o.a.decide(ctx, o.c.Name, o.a.cfg.Name, o.dest.Name, true, "")
+	if err != nil {
+		return err
+	}
+	if !committed {
+		return fmt.Errorf("the record of %s says the migration was rolled back", o.c.Name)
+	}
+	c, err := o.a.st.Container(ctx, o.c.Name)
+	if err != nil {
 		return err
 	}
 	_ = o.lock.Unlock(ctx)
@@ -541,24 +586,34 @@ func (o *outgoing) Resume(ctx context.Context) error {
 	return overlay.GratuitousARP(ep.NetNS, "eth0", ep.Addr.IP, ep.MAC, 3)
 }
 
+// Unlock ends a rolled-back migration: the record (already back on this
+// host, see RollBack) gets the full cause, or says the container is
+// stopped if the resume failed, and the locks go.
 func (o *outgoing) Unlock(ctx context.Context, cause error) error {
 	defer o.a.unlock(o.c.Name)
 	if !o.locked {
 		return nil
 	}
 	defer o.lock.Unlock(ctx)
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	c, err := o.a.st.Container(ctx, o.c.Name)
 	if err != nil {
 		return err
 	}
-	c.Status, c.MigratingTo, c.Error = store.StatusRunning, "", cause.Error()
+	if c.Host != o.a.cfg.Name || c.Status == store.StatusMigrating {
+		// Undecided (the store did not answer the rollback): recovery
+		// decides once it can.
+		return nil
+	}
+	c.Error = cause.Error()
 	if o.resumeFailed {
 		// Not running anywhere: say so, and where its image is kept.
 		c.Status = store.StatusFailed
 		c.Error = fmt.Sprintf("%s; the container is stopped: its checkpoint image is kept on %s in %s (`coat rm %s` removes it)",
 			cause, o.a.cfg.Name, o.ckptDir, o.c.Name)
 	}
-	_, err = o.a.st.FinishMigration(ctx, c)
+	_, err = o.a.st.UpdateContainer(ctx, c)
 	return err
 }
 

@@ -143,6 +143,10 @@ func (o *outgoing) fetchFailed(ctx context.Context, cause error) error {
 	}
 	if st := o.a.rt.Status(bg, o.c.Name); st == "running" {
 		err := fmt.Errorf("%w; rolled back: the container runs again on %s as it was at the freeze (what it did on %s is lost, and its connections may reset)", cause, o.a.cfg.Name, o.dest.Name)
+		// A post-copy destination never commits itself: this swap wins.
+		if _, derr := o.RollBack(bg, err); derr != nil {
+			o.a.log.Warn("post-copy rollback: record", "container", o.c.Name, "err", derr)
+		}
 		if rerr := o.Resume(bg); rerr != nil {
 			o.a.log.Warn("post-copy rollback", "container", o.c.Name, "err", rerr)
 		}

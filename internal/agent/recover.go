@@ -29,9 +29,13 @@ import (
 // Whoever acts first takes the container's lock, so only one party does.
 func (a *Agent) recoverLoop(ctx context.Context) {
 	for {
-		if err := a.recoverOnce(ctx); err != nil && ctx.Err() == nil {
+		// Bounded: a store that stops answering must not stall recovery
+		// for good.
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := a.recoverOnce(rctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("recovery", "err", err)
 		}
+		cancel()
 		select {
 		case <-ctx.Done():
 			return
@@ -83,41 +87,58 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 		return nil // someone else is recovering it
 	}
 	defer lk.Unlock(ctx)
-	c, err := a.st.Container(ctx, m.Name)
-	if err != nil {
-		return err
-	}
 	if m.To == a.cfg.Name {
-		// Restored here before the coordinator could commit: commit.
-		_ = os.RemoveAll(a.incomingDir(m.Name))
-		c.Host, c.Status, c.MigratingTo, c.Error = a.cfg.Name, store.StatusRunning, "", ""
-		if _, err := a.st.FinishMigration(ctx, c); err != nil {
+		// Restored here, held, and not committed: the commit point decides
+		// (the source may have rolled back first).
+		committed, err := a.decide(ctx, m.Name, m.From, a.cfg.Name, true, "")
+		if err != nil {
 			return err
+		}
+		if !committed {
+			a.log.Warn("recovered migration: the source rolled back; removing the restored copy", "container", m.Name)
+			a.dropIncoming(ctx, m.Name)
+			return nil
+		}
+		_ = os.RemoveAll(a.incomingDir(m.Name))
+		if c, err := a.st.Container(ctx, m.Name); err == nil {
+			if err := a.reattach(c); err != nil {
+				return err
+			}
 		}
 		a.log.Info("recovered migration: committed on destination", "container", m.Name, "from", m.From)
 		return nil
 	}
-	// Source: roll back.
+	// Source: roll back, unless the destination committed first.
 	cause := fmt.Sprintf("migration to %s interrupted (its coordinator died in phase %s); rolled back", m.To, m.Phase)
+	committed, err := a.decide(ctx, m.Name, a.cfg.Name, m.To, false, cause)
+	if err != nil {
+		return err
+	}
+	if committed {
+		a.log.Info("recovered migration: the destination had committed", "container", m.Name, "to", m.To)
+		return nil // collectLeftovers removes this host's copy
+	}
+	c, err := a.st.Container(ctx, m.Name)
+	if err != nil {
+		return err
+	}
 	if !running {
 		if err := a.resumeFromCheckpoint(ctx, c); err != nil {
 			c.Status, c.Error = store.StatusFailed, cause+": "+err.Error()
-			_, _ = a.st.FinishMigration(ctx, c)
+			_, _ = a.st.UpdateContainer(ctx, c)
 			return fmt.Errorf("resume %s: %w", m.Name, err)
 		}
 	} else if err := a.reattach(c); err != nil {
 		return err
 	}
 	if h, err := a.st.Host(ctx, m.To); err == nil {
-		err := a.peerClient(h).JSON(ctx, http.MethodPost, "/v1/incoming/"+m.Name+"/abort", nil, nil)
+		actx, cancel := context.WithTimeout(ctx, callTimeout)
+		err := a.peerClient(h).JSON(actx, http.MethodPost, "/v1/incoming/"+m.Name+"/abort", nil, nil)
+		cancel()
 		var se *api.StatusError
 		if err != nil && !(errors.As(err, &se) && se.Code == http.StatusNotFound) {
-			a.log.Warn("abort on destination", "container", m.Name, "err", err)
+			a.log.Warn("abort on destination (its recovery discards its part)", "container", m.Name, "err", err)
 		}
-	}
-	c.Host, c.Status, c.MigratingTo, c.Error = a.cfg.Name, store.StatusRunning, "", cause
-	if _, err := a.st.FinishMigration(ctx, c); err != nil {
-		return err
 	}
 	a.log.Info("recovered migration: rolled back on source", "container", m.Name, "to", m.To, "phase", m.Phase)
 	return nil
@@ -172,8 +193,12 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 
 // collectLeftovers removes containers this host still has files for but
 // that the cluster says run elsewhere (a crash between commit and the
-// source's cleanup), and checkpoint images nobody needs.
+// source's cleanup, or a copy restored here whose migration the source
+// rolled back), incoming migrations nobody sends any more (a source lost
+// mid-way), and checkpoint images nobody needs; and lets traffic in to
+// containers of this host left held (a crash between commit and release).
 func (a *Agent) collectLeftovers(ctx context.Context) error {
+	a.collectIncoming(ctx)
 	ents, err := os.ReadDir(filepath.Join(a.cfg.StateDir, "containers"))
 	if err != nil {
 		return nil
@@ -186,17 +211,62 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 		c, err := a.st.Container(ctx, name)
 		stale := errors.Is(err, store.ErrNotFound) ||
 			(err == nil && c.Host != a.cfg.Name && c.MigratingTo != a.cfg.Name)
-		if stale && a.rt.Status(ctx, name) != "running" {
+		status := a.rt.Status(ctx, name)
+		switch {
+		case stale && status != "running":
 			a.log.Info("removing leftovers of a container that runs elsewhere", "container", name)
 			a.teardown(ctx, store.Container{Name: name})
 			_ = os.RemoveAll(a.incomingDir(name))
 			for _, d := range a.checkpointImages(name) {
 				_ = os.RemoveAll(d)
 			}
+		case stale && err == nil && !a.isFetching(name):
+			// Running here, but the record says it runs on c.Host: a
+			// copy that lost the commit point. It never let a packet in.
+			a.log.Warn("removing a copy that the record says runs elsewhere", "container", name, "host", c.Host)
+			a.dropIncoming(ctx, name)
+		case err == nil && c.Host == a.cfg.Name && c.Status == store.StatusRunning && status == "running":
+			if held, herr := a.ov.IsHeld(vethName(name)); herr == nil && held {
+				a.log.Warn("releasing a held container of this host", "container", name)
+				if err := a.reattach(c); err != nil {
+					a.log.Warn("release", "container", name, "err", err)
+				}
+			}
 		}
 		a.unlock(name)
 	}
 	return nil
+}
+
+// collectIncoming removes incoming migrations that the record no longer
+// sends here: their source rolled back (or was lost and recovered) while
+// this host was unreachable, or before it could say so.
+func (a *Agent) collectIncoming(ctx context.Context) {
+	ents, err := os.ReadDir(filepath.Join(a.cfg.StateDir, "incoming"))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || a.inflight(name) > 0 {
+			continue
+		}
+		c, err := a.st.Container(ctx, name)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			continue // the store does not answer: nothing can be decided
+		}
+		if err == nil && c.Status == store.StatusMigrating && c.MigratingTo == a.cfg.Name {
+			continue // still coming
+		}
+		if err == nil && c.Host == a.cfg.Name {
+			// Committed here; only the image's directory was left.
+			_ = os.RemoveAll(a.incomingDir(name))
+			continue
+		}
+		a.log.Info("removing an incoming migration its source gave up", "container", name)
+		a.dropIncoming(ctx, name)
+		a.unlock(name)
+	}
 }
 
 // reattach puts a container that never stopped back on the overlay: its

@@ -56,6 +56,18 @@ type MigrateRequest struct {
 	// rollback fails too (a test hook honoured only by agents started with
 	// COAT_TEST_HOOKS=1: it destroys the container's checkpoint).
 	FailResume bool `json:"fail_resume,omitempty"`
+	// TimeoutMS bounds the whole migration and FreezeBudgetMS the time
+	// the container may stay frozen (0: derived from the strategy and the
+	// container's memory). When either runs out the migration rolls back.
+	TimeoutMS      int64 `json:"timeout_ms,omitempty"`
+	FreezeBudgetMS int64 `json:"freeze_budget_ms,omitempty"`
+	// LoseRestoreReply drops the destination's answer to the restore
+	// (test hook, COAT_TEST_HOOKS=1): the source must learn the outcome
+	// from the record.
+	LoseRestoreReply bool `json:"lose_restore_reply,omitempty"`
+	// DestCrashBeforeCommit makes the destination's agent exit after its
+	// restore, before the commit (test hook, COAT_TEST_HOOKS=1).
+	DestCrashBeforeCommit bool `json:"dest_crash_before_commit,omitempty"`
 }
 
 // MigrateResult is what a migration reports.
@@ -82,6 +94,12 @@ type MigrateResult struct {
 	// 0 otherwise), PagesOnDemand the page faults served meanwhile.
 	LazyMS        float64 `json:"lazy_ms"`
 	PagesOnDemand int     `json:"pages_on_demand"`
+	// TimeoutMS and FreezeBudgetMS are the budgets the migration ran
+	// under; ReplyLost says the destination's answer to the restore was
+	// lost and the record told the source it had committed.
+	TimeoutMS      float64 `json:"timeout_ms"`
+	FreezeBudgetMS float64 `json:"freeze_budget_ms"`
+	ReplyLost      bool    `json:"reply_lost,omitempty"`
 }
 
 // Progress is one line of a migration's streamed reply: a phase that
@@ -122,6 +140,8 @@ type RestoreRequest struct {
 	// after its freeze, oldest first: the destination queues them before
 	// its own (see internal/overlay's replay).
 	Replay [][]byte `json:"replay,omitempty"`
+	// CrashBeforeCommit: see MigrateRequest.DestCrashBeforeCommit.
+	CrashBeforeCommit bool `json:"crash_before_commit,omitempty"`
 }
 
 // RestoreReply reports the destination's restore.

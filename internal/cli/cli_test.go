@@ -267,6 +267,7 @@ func TestRunValidatesBeforeConnecting(t *testing.T) {
 		{[]string{"migrate", "x/y", "--to", "edge-2"}, `invalid name "x/y"`},
 		{[]string{"migrate", "web", "--to", "edge_2"}, `invalid host name "edge_2"`},
 		{[]string{"image", "import", "../a", "/tmp"}, `invalid image "../a"`},
+		{[]string{"hosts", "forget", "../edge-1"}, `invalid host name "../edge-1"`},
 		{[]string{"agent", "--name", "../h", "--underlay-ip", "10.0.0.1", "--subnet", "10.202.0.0/24", "--pki-dir", "/x"}, `invalid host name "../h"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

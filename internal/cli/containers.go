@@ -217,6 +217,15 @@ func containerArg(cmd *cobra.Command, args []string) error {
 	return names.Container(args[0])
 }
 
+// hostArg checks the one argument of a command on a host: a valid host
+// name, before anything connects.
+func hostArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	return names.Host(args[0])
+}
+
 // onContainer is the RunE of a command on one named container: it finds
 // the container and the agent of its host, then calls f.
 func onContainer(f func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error) func(*cobra.Command, []string) error {

@@ -85,6 +85,10 @@ func newAgentCmd() *cobra.Command {
 			ctx := cmd.Context()
 			cli, err := clientv3.New(clientv3.Config{
 				Endpoints: strings.Split(endpoints, ","), TLS: tc, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+				// A connection lost to a partition is found and replaced
+				// within seconds of the network's return, not after TCP's
+				// retransmissions give up.
+				DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second, PermitWithoutStream: true,
 			})
 			if err != nil {
 				return fmt.Errorf("connect to etcd: %w", err)

@@ -111,7 +111,43 @@ func newLabCmd() *cobra.Command {
 			return err
 		},
 	}
-	cmd.AddCommand(up, down, exe, newLabShowCmd(), newLabRelayCmd())
+	part := &cobra.Command{
+		Use:   "partition NODE",
+		Short: "Cut a lab node off the underlay (both directions), as when its uplink fails; `coat lab heal` reconnects it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.Load(g.lab)
+			if err != nil {
+				return err
+			}
+			if err := st.Partition(args[0], true); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s cut off the underlay of lab %s\n", args[0], st.Name)
+			return nil
+		},
+	}
+	heal := &cobra.Command{
+		Use:   "heal [NODE...]",
+		Short: "Reconnect partitioned lab nodes (all of them without arguments)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.Load(g.lab)
+			if err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				args = st.Partitioned()
+			}
+			for _, n := range args {
+				if err := st.Partition(n, false); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s reconnected\n", n)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(up, down, exe, part, heal, newLabShowCmd(), newLabRelayCmd())
 	return cmd
 }
 

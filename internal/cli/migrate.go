@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/coat-project/coat/internal/migrate"
 
@@ -16,8 +17,9 @@ import (
 func newMigrateCmd() *cobra.Command {
 	var req api.MigrateRequest
 	var asJSON bool
+	var timeout, freeze time.Duration
 	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST [--strategy auto|stop-and-copy|post-copy|pre-copy] [--json] [--no-tcp]",
+		Use:   "migrate NAME --to HOST [--strategy auto|stop-and-copy|post-copy|pre-copy] [--timeout D] [--freeze-budget D] [--json] [--no-tcp]",
 		Short: "Live-migrate a container to another host, keeping its TCP connections",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -34,6 +36,13 @@ func newMigrateCmd() *cobra.Command {
 			if _, err := migrate.ParseStrategy(req.Strategy); err != nil {
 				return err
 			}
+			if timeout < 0 || freeze < 0 || (cmd.Flags().Changed("timeout") && timeout == 0) || (cmd.Flags().Changed("freeze-budget") && freeze == 0) {
+				return fmt.Errorf("--timeout and --freeze-budget take a positive duration, e.g. 30s or 2m")
+			}
+			if timeout > 0 && freeze > timeout {
+				return fmt.Errorf("--freeze-budget %v is longer than --timeout %v: the freeze is part of the migration", freeze, timeout)
+			}
+			req.TimeoutMS, req.FreezeBudgetMS = timeout.Milliseconds(), freeze.Milliseconds()
 			ctx := cmd.Context()
 			s, err := connect(ctx)
 			if err != nil {
@@ -68,7 +77,11 @@ func newMigrateCmd() *cobra.Command {
 			if asJSON {
 				return json.NewEncoder(out).Encode(res)
 			}
-			fmt.Fprintf(out, "strategy %s (%s)\n", res.Strategy, res.StrategyReason)
+			fmt.Fprintf(out, "strategy %s (%s); budget %v, frozen at most %v\n", res.Strategy, res.StrategyReason,
+				time.Duration(res.TimeoutMS*float64(time.Millisecond)).Round(time.Second), time.Duration(res.FreezeBudgetMS*float64(time.Millisecond)).Round(time.Second))
+			if res.ReplyLost {
+				fmt.Fprintf(out, "the destination's answer to the restore was lost; the cluster record says it committed\n")
+			}
 			fmt.Fprintf(out, "done: checkpoint %.1f ms, transfer %.1f ms, restore %.1f ms, total %.1f ms\n",
 				res.CheckpointMS, res.TransferMS, res.RestoreMS, res.TotalMS)
 			fmt.Fprintf(out, "downtime %.1f ms, %d bytes moved (image %d, rootfs %d)\n",
@@ -84,6 +97,8 @@ func newMigrateCmd() *cobra.Command {
 	f.StringVar(&req.To, "to", "", "destination host")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&req.Strategy, "strategy", "auto", "how memory moves: auto (picks from memory size, link rate and kernel features), stop-and-copy, post-copy (restore first, fetch memory after; if either host fails before the last page arrives, the container is stopped and reported failed), pre-copy (needs soft-dirty tracking)")
+	f.DurationVar(&timeout, "timeout", 0, "bound on the whole migration; when it runs out the migration rolls back (default: 30s plus 5x the time the container's memory takes to move over the link)")
+	f.DurationVar(&freeze, "freeze-budget", 0, "bound on the time the container stays frozen; when it runs out the migration rolls back (default: 15s plus 4x the time its memory takes to move)")
 	f.BoolVar(&req.NoTCP, "no-tcp", false, "traditional migration: established connections are closed at restore")
 	f.BoolVar(&req.NoHold, "no-hold", false, "do not hold the clients' packets at the destination during the freeze (for comparison)")
 	f.BoolVar(&req.Slow, "slow", false, "runc's stock checkpoint path (CRIU freezes; cgroup properties saved), to compare")
@@ -94,5 +109,9 @@ func newMigrateCmd() *cobra.Command {
 	_ = f.MarkHidden("fail-restore")
 	f.BoolVar(&req.FailResume, "fail-resume", false, "test hook: the source's own restore fails too (agents need COAT_TEST_HOOKS=1)")
 	_ = f.MarkHidden("fail-resume")
+	f.BoolVar(&req.LoseRestoreReply, "lose-restore-reply", false, "test hook: the destination's answer to the restore is lost (agents need COAT_TEST_HOOKS=1)")
+	_ = f.MarkHidden("lose-restore-reply")
+	f.BoolVar(&req.DestCrashBeforeCommit, "dest-crash-before-commit", false, "test hook: the destination's agent exits after its restore, before the commit (agents need COAT_TEST_HOOKS=1)")
+	_ = f.MarkHidden("dest-crash-before-commit")
 	return cmd
 }

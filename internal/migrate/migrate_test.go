@@ -21,6 +21,10 @@ type fakeSteps struct {
 	ctxErrs  map[string]error // ctx.Err() each step saw
 	unlocked error            // the cause Unlock was given
 	onCall   func(step string)
+	// committed: RollBack finds the destination committed first.
+	committed bool
+	// waitCtx: steps that block until their context ends.
+	waitCtx map[string]bool
 }
 
 func (f *fakeSteps) do(ctx context.Context, step string) error {
@@ -33,8 +37,12 @@ func (f *fakeSteps) do(ctx context.Context, step string) error {
 		f.ctxErrs = map[string]error{}
 	}
 	f.ctxErrs[step] = ctx.Err()
-	d, err := f.delay[step], f.fail[step]
+	d, err, wait := f.delay[step], f.fail[step], f.waitCtx[step]
 	f.mu.Unlock()
+	if wait {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	time.Sleep(d)
 	return err
 }
@@ -50,6 +58,10 @@ func (f *fakeSteps) Fetch(ctx context.Context) error   { return f.do(ctx, "fetch
 func (f *fakeSteps) Commit(ctx context.Context) error  { return f.do(ctx, "commit") }
 func (f *fakeSteps) Abort(ctx context.Context) error   { return f.do(ctx, "abort") }
 func (f *fakeSteps) Resume(ctx context.Context) error  { return f.do(ctx, "resume") }
+func (f *fakeSteps) RollBack(ctx context.Context, cause error) (bool, error) {
+	err := f.do(ctx, "rollback")
+	return f.committed && err == nil, err
+}
 func (f *fakeSteps) Unlock(ctx context.Context, cause error) error {
 	f.mu.Lock()
 	f.unlocked = cause
@@ -135,13 +147,13 @@ func TestRunFailures(t *testing.T) {
 		rolledBak bool
 	}{
 		{"lock", "lock", "", "", "boom", false},
-		{"prepare", "lock prepare abort unlock", PhaseRolledBack, PhaseLocked,
+		{"prepare", "lock prepare rollback abort unlock", PhaseRolledBack, PhaseLocked,
 			"prepare destination: boom; rolled back: the container still runs on the source", true},
-		{"checkpoint", "lock prepare checkpoint abort resume unlock", PhaseRolledBack, PhasePrepared,
+		{"checkpoint", "lock prepare checkpoint rollback resume abort unlock", PhaseRolledBack, PhasePrepared,
 			"checkpoint: boom; rolled back: the container runs again on the source", true},
-		{"transfer", "lock prepare checkpoint transfer abort resume unlock", PhaseRolledBack, PhaseCheckpointed,
+		{"transfer", "lock prepare checkpoint transfer rollback resume abort unlock", PhaseRolledBack, PhaseCheckpointed,
 			"transfer: boom; rolled back: the container runs again on the source", true},
-		{"restore", "lock prepare checkpoint transfer restore abort resume unlock", PhaseRolledBack, PhaseTransferred,
+		{"restore", "lock prepare checkpoint transfer restore rollback resume abort unlock", PhaseRolledBack, PhaseTransferred,
 			"restore on destination: boom; rolled back: the container runs again on the source", true},
 		// After restore the container runs on the destination: no rollback.
 		// A post-copy fetch that fails has no source image to go back to.
@@ -200,15 +212,15 @@ func TestRunRollbackIncomplete(t *testing.T) {
 		notMsgs []string
 	}{
 		{"resume fails", map[string]error{"restore": boom, "resume": stuck},
-			"lock prepare checkpoint transfer restore abort resume unlock",
+			"lock prepare checkpoint transfer restore rollback resume abort unlock",
 			[]string{"restore on destination: boom", "rollback incomplete", "resume on source: criu restore failed"},
 			[]string{"rolled back:"}},
-		{"abort fails", map[string]error{"transfer": boom, "abort": stuck},
-			"lock prepare checkpoint transfer abort resume unlock",
-			[]string{"transfer: boom", "rollback incomplete", "abort on destination: criu restore failed"},
+		{"undecided", map[string]error{"restore": boom, "rollback": stuck},
+			"lock prepare checkpoint transfer restore rollback unlock",
+			[]string{"restore on destination: boom", "rollback incomplete", "undecided", "criu restore failed"},
 			[]string{"resume on source", "rolled back:"}},
 		{"unlock fails", map[string]error{"prepare": boom, "unlock": stuck},
-			"lock prepare abort unlock",
+			"lock prepare rollback abort unlock",
 			[]string{"prepare destination: boom", "rollback incomplete", "unlock record: criu restore failed"},
 			[]string{"rolled back:"}},
 	}
@@ -269,10 +281,10 @@ func TestRunCancelledStillRollsBack(t *testing.T) {
 	if !strings.Contains(err.Error(), "rolled back") {
 		t.Errorf("error %q does not say rolled back", err)
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer abort resume unlock"; got != want {
+	if got, want := f.trace(), "lock prepare checkpoint transfer rollback resume abort unlock"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
-	for _, step := range []string{"abort", "resume", "unlock"} {
+	for _, step := range []string{"rollback", "abort", "resume", "unlock"} {
 		if e := f.ctxErrs[step]; e != nil {
 			t.Errorf("%s ran with a dead context: %v", step, e)
 		}
@@ -312,4 +324,100 @@ type valueSteps struct {
 func (v *valueSteps) Abort(ctx context.Context) error {
 	v.seen, v.seenErr = ctx.Value(v.key), ctx.Err()
 	return v.fakeSteps.Abort(ctx)
+}
+
+// A destination that cannot be told about the rollback does not keep the
+// container down: the rollback stands, and says so.
+func TestRunAbortFailsRollbackStands(t *testing.T) {
+	boom, lost := errors.New("boom"), errors.New("no route to host")
+	f := &fakeSteps{fail: map[string]error{"transfer": boom, "abort": lost}}
+	r, err := Run(context.Background(), f, nil)
+	if err == nil {
+		t.Fatal("Run succeeded")
+	}
+	if got, want := f.trace(), "lock prepare checkpoint transfer rollback resume abort unlock"; got != want {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	for _, m := range []string{"transfer: boom", "rolled back: the container runs again on the source", "abort on destination: no route to host"} {
+		if !strings.Contains(err.Error(), m) {
+			t.Errorf("error %q lacks %q", err, m)
+		}
+	}
+	if strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("error %q calls the rollback incomplete", err)
+	}
+	if r.Phase != PhaseRolledBack {
+		t.Errorf("phase = %q", r.Phase)
+	}
+}
+
+// The destination committed but its answer was lost: the record says so,
+// and the migration stands (no resume on the source: that would be a
+// second copy).
+func TestRunLostRestoreReplyCommits(t *testing.T) {
+	f := &fakeSteps{fail: map[string]error{"restore": errors.New("connection reset")}, committed: true}
+	obs, observer := record()
+	r, err := Run(context.Background(), f, observer)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got, want := f.trace(), "lock prepare checkpoint transfer restore rollback fetch commit"; got != want {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	if r.Phase != PhaseCommitted || !r.ReplyLost {
+		t.Errorf("phase %q, reply lost %v; want committed, true", r.Phase, r.ReplyLost)
+	}
+	if r.Downtime <= 0 {
+		t.Error("no downtime reported")
+	}
+	var phases []Phase
+	for _, o := range *obs {
+		phases = append(phases, o.phase)
+	}
+	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
+		t.Errorf("observed %s, want %s", got, want)
+	}
+}
+
+// A budget that runs out cancels the step under way and rolls back, with
+// the budget named in the error.
+func TestRunBudgets(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		budget Budget
+		step   string
+		msg    string
+	}{
+		{"freeze budget in transfer", Budget{Freeze: 50 * time.Millisecond}, "transfer", "--freeze-budget"},
+		{"freeze budget in restore", Budget{Freeze: 50 * time.Millisecond}, "restore", "--freeze-budget"},
+		{"timeout in prepare", Budget{Timeout: 50 * time.Millisecond}, "prepare", "--timeout"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeSteps{waitCtx: map[string]bool{tt.step: true}}
+			t0 := time.Now()
+			r, err := RunBudget(context.Background(), f, nil, tt.budget)
+			if err == nil {
+				t.Fatal("Run succeeded")
+			}
+			if time.Since(t0) > 5*time.Second {
+				t.Errorf("took %v", time.Since(t0))
+			}
+			if !errors.Is(err, ErrBudget) || !strings.Contains(err.Error(), tt.msg) || !strings.Contains(err.Error(), "rolled back") {
+				t.Errorf("error %q: want the budget (%s) named and a rollback", err, tt.msg)
+			}
+			if r.Phase != PhaseRolledBack {
+				t.Errorf("phase = %q", r.Phase)
+			}
+			for _, step := range []string{"rollback", "abort", "unlock"} {
+				if e := f.ctxErrs[step]; e != nil {
+					t.Errorf("%s ran with a dead context: %v", step, e)
+				}
+			}
+		})
+	}
+	// Within budget: nothing changes.
+	f := &fakeSteps{}
+	if _, err := RunBudget(context.Background(), f, nil, Budget{Timeout: time.Minute, Freeze: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -129,3 +129,18 @@ func Choose(in Inputs) (Strategy, string, error) {
 	}
 	return StopAndCopy, fmt.Sprintf("%s of memory takes about %v frozen over %s, but neither lazy pages nor soft-dirty tracking is available", mem, est.Round(time.Millisecond), link), nil
 }
+
+// DefaultBudget is a migration's budget when the user gives none: 30 s
+// overall and 15 s frozen for a small container, plus five (overall) and
+// four (frozen) times the time its memory takes to move at rate, so a
+// large container on a slow link is not cut short while it still moves.
+func DefaultBudget(s Strategy, memory int64, rate float64) Budget {
+	est := EstimateFreeze(memory, rate)
+	b := Budget{Timeout: 30*time.Second + 5*est, Freeze: 15*time.Second + 4*est}
+	if s == PostCopy {
+		// Frozen only for the non-memory part of the image; the memory
+		// moves after the restore, within the overall timeout.
+		b.Freeze = 15*time.Second + est/2
+	}
+	return b
+}

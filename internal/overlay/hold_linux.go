@@ -74,6 +74,18 @@ func (h *Host) Hold(hostVeth string, mtu int) error {
 	return h.junk(link, int(burst))
 }
 
+// IsHeld says whether hostVeth's inbound frames are being held.
+func (h *Host) IsHeld(hostVeth string) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return false, err
+	}
+	held, _, err := h.holdState(link)
+	return held, err
+}
+
 // Release lets the held frames through, in order, and stops holding.
 func (h *Host) Release(hostVeth string) error {
 	h.mu.Lock()

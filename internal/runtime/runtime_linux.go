@@ -243,9 +243,49 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("runc checkpoint %s: %w%s (CRIU log: %s)", name, err, r.lastRuncError(), filepath.Join(o.WorkDir, "dump.log"))
+		log := filepath.Join(o.WorkDir, "dump.log")
+		return fmt.Errorf("runc checkpoint %s: %w%s (CRIU log: %s)%s", name, err, r.lastRuncError(), log, criuHint(log))
 	}
 	return nil
+}
+
+// criuHint explains, from CRIU's log of a failed dump or restore, a
+// failure whose cause the user can remove; "" when the log shows none of
+// those.
+//
+//   - A UNIX socket of the container connected to a process outside it
+//     (dump): the server side of a connection accepted from outside
+//     belongs to the client's network namespace, where CRIU does not look
+//     ("Unix socket N not found"); a connection from the container to a
+//     socket outside it is "External socket is used". CRIU cannot move
+//     either end.
+//   - A UNIX socket that cannot be bound again (restore): a file that is
+//     not a socket is at its path on the destination, which can only come
+//     from the container's image (the source's upper layer hid it).
+func criuHint(log string) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "Error") {
+			continue
+		}
+		if strings.Contains(line, "unix: Unix socket ") && strings.HasSuffix(line, " not found") ||
+			strings.Contains(line, "External socket is used") {
+			return "; a UNIX socket of the container is connected to a process outside it (e.g. a client on the host " +
+				"using a socket file in its rootfs), and that connection cannot move: close it and migrate again"
+		}
+		if _, after, ok := strings.Cut(line, "unix: Can't bind id "); ok && strings.HasSuffix(line, "Address already in use") {
+			path := after
+			if _, p, ok := strings.Cut(after, " addr "); ok {
+				path = strings.TrimSuffix(p, ": Address already in use")
+			}
+			return fmt.Sprintf("; the container's UNIX socket %s cannot be bound again: its image has a file at that path "+
+				"(hidden on the source by the socket): remove it from the image, or bind the socket elsewhere", path)
+		}
+	}
+	return ""
 }
 
 // RestoreOpts tunes a restore.
@@ -286,19 +326,21 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	if err != nil {
 		// A failed restore can leave a half-made runc container behind.
 		_ = r.runc.Delete(context.WithoutCancel(ctx), s.Name, &runc.DeleteOpts{Force: true})
-		return &RestoreError{Name: s.Name, Log: filepath.Join(o.WorkDir, "restore.log"), Err: fmt.Errorf("%w%s", err, r.lastRuncError())}
+		log := filepath.Join(o.WorkDir, "restore.log")
+		return &RestoreError{Name: s.Name, Log: log, Hint: criuHint(log), Err: fmt.Errorf("%w%s", err, r.lastRuncError())}
 	}
 	return nil
 }
 
-// RestoreError is a failed restore; Log is CRIU's restore log.
+// RestoreError is a failed restore; Log is CRIU's restore log, Hint what
+// the user can do about it ("; ...") if known.
 type RestoreError struct {
-	Name, Log string
-	Err       error
+	Name, Log, Hint string
+	Err             error
 }
 
 func (e *RestoreError) Error() string {
-	return fmt.Sprintf("restore %s: %v (CRIU log: %s)", e.Name, e.Err, e.Log)
+	return fmt.Sprintf("restore %s: %v (CRIU log: %s)%s", e.Name, e.Err, e.Log, e.Hint)
 }
 
 func (e *RestoreError) Unwrap() error { return e.Err }

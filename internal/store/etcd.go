@@ -46,6 +46,9 @@ func (s *Etcd) hostKey(n string) string { return s.prefix + "hosts/" + n }
 func (s *Etcd) ctrKey(n string) string  { return s.prefix + "containers/" + n }
 func (s *Etcd) ipKey(ip string) string  { return s.prefix + "ips/" + ip }
 
+// callTimeout bounds one call to etcd made on the store's own behalf.
+const callTimeout = 5 * time.Second
+
 // RegisterHost implements Store. If the lease is lost (etcd unreachable
 // for longer than ttl), the host registers again as soon as it can.
 func (s *Etcd) RegisterHost(ctx context.Context, h Host, ttl time.Duration) error {
@@ -76,12 +79,14 @@ func (s *Etcd) register(ctx context.Context, h Host, ttl time.Duration) (<-chan 
 	if secs < 1 {
 		secs = 1
 	}
-	lease, err := s.cli.Grant(ctx, secs)
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	lease, err := s.cli.Grant(cctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("grant lease: %w", err)
 	}
 	b, _ := json.Marshal(h)
-	if _, err := s.cli.Put(ctx, s.hostKey(h.Name), string(b), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := s.cli.Put(cctx, s.hostKey(h.Name), string(b), clientv3.WithLease(lease.ID)); err != nil {
 		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
 	}
 	ka, err := s.cli.KeepAlive(ctx, lease.ID)
@@ -304,5 +309,32 @@ func (s *Etcd) WatchContainers(ctx context.Context) (<-chan Event, error) {
 			}
 		}
 	}()
+	return out, nil
+}
+
+func (s *Etcd) goneKey(n string) string { return s.prefix + "gone/" + n }
+
+// DeclareGone implements Store.
+func (s *Etcd) DeclareGone(ctx context.Context, name string) error {
+	if _, err := s.cli.Put(ctx, s.goneKey(name), time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return fmt.Errorf("declare host %s gone: %w", name, err)
+	}
+	return nil
+}
+
+// Gone implements Store.
+func (s *Etcd) Gone(ctx context.Context) (map[string]time.Time, error) {
+	resp, err := s.cli.Get(ctx, s.prefix+"gone/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list hosts declared gone: %w", err)
+	}
+	out := map[string]time.Time{}
+	for _, kv := range resp.Kvs {
+		t, err := time.Parse(time.RFC3339Nano, string(kv.Value))
+		if err != nil {
+			continue
+		}
+		out[strings.TrimPrefix(string(kv.Key), s.prefix+"gone/")] = t
+	}
 	return out, nil
 }

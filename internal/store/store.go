@@ -113,6 +113,13 @@ type Store interface {
 	// its migration record in one transaction.
 	FinishMigration(ctx context.Context, c Container) (Container, error)
 
+	// DeclareGone records that the operator declared host name gone: the
+	// other hosts drop their forwarding to it. A host that registers
+	// after the declaration is back.
+	DeclareGone(ctx context.Context, name string) error
+	// Gone lists the hosts declared gone, with when.
+	Gone(ctx context.Context) (map[string]time.Time, error)
+
 	Close() error
 }
 

@@ -2,7 +2,8 @@
 // checkpoint images and rootfs upper layers between agents, and image
 // imports from the CLI. It keeps what an overlayfs upper layer needs:
 // modes, ownership, symlinks, hard links, whiteouts (0:0 character devices)
-// and the overlay's own extended attributes (opaque directories).
+// and the overlay's own extended attributes (opaque directories). UNIX
+// socket files are left out: see Pack.
 //
 // What a stream may create is limited, whoever sent it (Check, applied by
 // Unpack to every entry before anything of it is made, and by Pack and
@@ -112,7 +113,7 @@ func CheckTree(root string, upper bool) error {
 			return err
 		}
 		hdr, err := header(root, path, "", d, nil)
-		if err != nil {
+		if err != nil || hdr == nil {
 			return err
 		}
 		if err := check(hdr, upper); err != nil {
@@ -123,7 +124,8 @@ func CheckTree(root string, upper bool) error {
 }
 
 // header is the tar header Pack writes for path (links maps inodes of
-// regular files with several links to the first name sent, if not nil).
+// regular files with several links to the first name sent, if not nil);
+// nil for a UNIX socket file, which is not sent.
 func header(root, path, prefix string, d fs.DirEntry, links map[uint64]string) (*tar.Header, error) {
 	rel, err := filepath.Rel(root, path)
 	if err != nil {
@@ -135,6 +137,9 @@ func header(root, path, prefix string, d fs.DirEntry, links map[uint64]string) (
 	fi, err := d.Info()
 	if err != nil {
 		return nil, err
+	}
+	if fi.Mode()&fs.ModeSocket != 0 {
+		return nil, nil
 	}
 	var link string
 	if fi.Mode()&fs.ModeSymlink != 0 {
@@ -170,6 +175,12 @@ func header(root, path, prefix string, d fs.DirEntry, links map[uint64]string) (
 // Pack writes the tree under root into tw with names prefixed by prefix
 // (e.g. "upper/"). It returns the bytes of file content written. An entry
 // that Check refuses (with upper) stops it before it is written.
+//
+// UNIX socket files are left out (tar has no type for them, and a socket
+// file holds no data): CRIU's restore binds each socket the container
+// had bound, which makes the file anew with the mode and owner it had at
+// the dump; it would refuse a non-socket file in the way. A socket file
+// no process had bound (a stale one) is not moved.
 func Pack(tw *tar.Writer, root, prefix string, upper bool) (int64, error) {
 	var total int64
 	links := map[uint64]string{}
@@ -178,7 +189,7 @@ func Pack(tw *tar.Writer, root, prefix string, upper bool) (int64, error) {
 			return err
 		}
 		hdr, err := header(root, path, prefix, d, links)
-		if err != nil {
+		if err != nil || hdr == nil {
 			return err
 		}
 		if err := check(hdr, upper); err != nil {
