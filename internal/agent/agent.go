@@ -24,6 +24,7 @@ import (
 	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/runtime"
@@ -104,6 +105,9 @@ func (a *Agent) inflight(name string) int {
 
 // New sets up the host's overlay and runtime.
 func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
+	if err := names.Host(cfg.Name); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}

@@ -11,10 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/overlay"
+	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
 	"github.com/coat-project/coat/internal/transfer"
 )
@@ -22,18 +25,38 @@ import (
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/containers", a.handleRun)
-	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleRemove)
-	mux.HandleFunc("GET /v1/containers/{name}/logs", a.handleLogs)
-	mux.HandleFunc("POST /v1/containers/{name}/migrate", a.handleMigrate)
+	mux.HandleFunc("DELETE /v1/containers/{name}", named(a.handleRemove))
+	mux.HandleFunc("GET /v1/containers/{name}/logs", named(a.handleLogs))
+	mux.HandleFunc("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
 	mux.HandleFunc("PUT /v1/images/{name}", a.handleImport)
-	mux.HandleFunc("POST /v1/incoming/{name}/prepare", a.handlePrepare)
-	mux.HandleFunc("POST /v1/incoming/{name}/switch", a.handleSwitch)
-	mux.HandleFunc("PUT /v1/incoming/{name}/data", a.handleData)
-	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
-	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)
-	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.handleTunnel)
-	mux.HandleFunc("POST /v1/incoming/{name}/fetched", a.handleFetched)
+	mux.HandleFunc("POST /v1/incoming/{name}/prepare", named(a.handlePrepare))
+	mux.HandleFunc("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
+	mux.HandleFunc("PUT /v1/incoming/{name}/data", named(a.handleData))
+	mux.HandleFunc("POST /v1/incoming/{name}/restore", named(a.handleRestore))
+	mux.HandleFunc("POST /v1/incoming/{name}/abort", named(a.handleAbort))
+	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", named(a.handleTunnel))
+	mux.HandleFunc("POST /v1/incoming/{name}/fetched", named(a.handleFetched))
 	return mux
+}
+
+// named refuses a request whose {name} is not a valid container name
+// before h sees it: names become paths, namespaces and cgroups.
+func named(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := names.Container(r.PathValue("name")); err != nil {
+			httpError(w, badRequest("%v", err))
+			return
+		}
+		h(w, r)
+	}
+}
+
+// decode reads and validates a JSON request (see api.Decode).
+func decode(r *http.Request, v api.Request) error {
+	if err := api.Decode(r.Body, api.MaxRequest, v); err != nil {
+		return badRequest("%v", err)
+	}
+	return nil
 }
 
 // httpError writes err with a status that fits it.
@@ -44,7 +67,9 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, store.ErrNameTaken), errors.Is(err, store.ErrIPTaken), errors.Is(err, store.ErrConflict), errors.Is(err, errBusy):
 		code = http.StatusConflict
-	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP):
+	case errors.Is(err, runtime.ErrLogNotFile):
+		code = http.StatusConflict
+	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP), errors.Is(err, transfer.ErrRefused):
 		code = http.StatusBadRequest
 	}
 	writeJSON(w, code, api.Error{Error: err.Error()})
@@ -67,8 +92,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func (a *Agent) handleRun(w http.ResponseWriter, r *http.Request) {
 	var req api.RunRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	c, err := a.run(r.Context(), req)
@@ -82,17 +107,11 @@ func (a *Agent) handleRun(w http.ResponseWriter, r *http.Request) {
 // run validates, claims the name and IP, then builds the network and
 // starts the container; on any failure it undoes everything it did.
 func (a *Agent) run(ctx context.Context, req api.RunRequest) (store.Container, error) {
-	if err := store.ValidName(req.Name); err != nil {
+	if err := req.Validate(); err != nil {
 		return store.Container{}, badRequest("%v", err)
-	}
-	if len(req.Args) == 0 {
-		return store.Container{}, badRequest("no command given: put it after `--`")
 	}
 	if !a.rt.HasImage(req.Image) {
 		return store.Container{}, badRequest("unknown image %q on host %s: import it first with `coat image import %s DIR`", req.Image, a.cfg.Name, req.Image)
-	}
-	if req.IP != "" && net.ParseIP(req.IP).To4() == nil {
-		return store.Container{}, badRequest("invalid ip %q: want an IPv4 address in %s", req.IP, a.cfg.Subnet)
 	}
 	if req.IP != "" {
 		if err := store.InSubnet(a.cfg.Subnet, net.ParseIP(req.IP)); err != nil {
@@ -189,9 +208,12 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// handleLogs returns the last runtime.LogTail bytes of the container's
+// output; the X-Coat-Log-Skipped header says how many came before. The
+// log is opened without following links (see runtime.OpenLog).
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	f, err := os.Open(a.rt.LogFile(name))
+	l, err := a.rt.OpenLog(name)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, serr := a.st.Container(r.Context(), name); serr != nil {
 			httpError(w, serr)
@@ -204,21 +226,23 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	defer f.Close()
+	defer l.Close()
 	w.Header().Set("Content-Type", "text/plain")
-	_, _ = io.Copy(w, f)
+	w.Header().Set(api.LogSkippedHeader, strconv.FormatInt(l.Skipped, 10))
+	_, _ = io.Copy(w, l.Tail())
 }
 
 // handleImport receives an image's rootfs as a tar stream and swaps it in
 // atomically.
 func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := store.ValidName(name); err != nil {
-		httpError(w, badRequest("image %v", err))
+	im, err := names.ParseImage(r.PathValue("name"))
+	if err != nil {
+		httpError(w, badRequest("%v", err))
 		return
 	}
+	name, key := im.String(), im.Key()
 	base := filepath.Join(a.cfg.StateDir, "images")
-	tmp, err := os.MkdirTemp(base, "."+name+"-")
+	tmp, err := os.MkdirTemp(base, "."+key+"-")
 	if err != nil {
 		httpError(w, err)
 		return
@@ -228,13 +252,13 @@ func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]string{"rootfs/": filepath.Join(tmp, "rootfs")}); err != nil {
+	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]transfer.Dest{"rootfs/": {Dir: filepath.Join(tmp, "rootfs")}}); err != nil {
 		httpError(w, badRequest("unpack image %s: %v", name, err))
 		return
 	}
-	final := filepath.Join(base, name)
+	final := filepath.Join(base, key)
 	inUse := lowerInUse(filepath.Join(final, "rootfs"))
-	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", name, now().UnixNano()))
+	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", key, now().UnixNano()))
 	if err := os.Rename(final, old); err != nil && !errors.Is(err, os.ErrNotExist) {
 		httpError(w, err)
 		return

@@ -28,13 +28,13 @@ func (a *Agent) incomingDir(name string) string {
 func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 	defer a.enter(r.PathValue("name"))()
 	var req api.PrepareRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	c := req.Container
-	if c.Name != r.PathValue("name") || store.ValidName(c.Name) != nil {
-		httpError(w, badRequest("bad container name %q", c.Name))
+	if c.Name != r.PathValue("name") {
+		httpError(w, badRequest("container %q sent to the address of %q: send each container to its own", c.Name, r.PathValue("name")))
 		return
 	}
 	if !a.rt.HasImage(c.Image) {
@@ -95,8 +95,8 @@ func (a *Agent) prepareIncoming(c store.Container, hold bool) error {
 func (a *Agent) handleSwitch(w http.ResponseWriter, r *http.Request) {
 	defer a.enter(r.PathValue("name"))()
 	var req api.SwitchRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	c, err := a.incomingContainer(r.PathValue("name"))
@@ -136,9 +136,9 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	dirs := map[string]string{
-		"checkpoint/": filepath.Join(a.incomingDir(name), "checkpoint"),
-		"upper/":      a.rt.UpperDir(name),
+	dirs := map[string]transfer.Dest{
+		"checkpoint/": {Dir: filepath.Join(a.incomingDir(name), "checkpoint")},
+		"upper/":      {Dir: a.rt.UpperDir(name), Upper: true},
 	}
 	var body io.Reader = r.Body
 	if r.URL.Query().Get("staged") != "" {
@@ -183,8 +183,8 @@ func (a *Agent) handleData(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
 	defer a.enter(r.PathValue("name"))()
 	var req api.RestoreRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	name := r.PathValue("name")

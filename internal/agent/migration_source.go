@@ -31,8 +31,8 @@ const restoreTimeout = 2 * time.Minute
 // streams its phases to the caller as JSON lines.
 func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	var req api.MigrateRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		httpError(w, badRequest("decode request: %v", err))
+	if err := decode(r, &req); err != nil {
+		httpError(w, err)
 		return
 	}
 	out, err := a.newOutgoing(r.Context(), r.PathValue("name"), req)
@@ -137,6 +137,11 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	dest, err := a.st.Host(ctx, req.To)
 	if err != nil {
 		return nil, badRequest("unknown host %q: `coat hosts` lists the hosts", req.To)
+	}
+	// What the destination would refuse (a setuid file, a device other
+	// than a whiteout...) is found before the container is frozen.
+	if err := transfer.CheckTree(a.rt.UpperDir(name), true); err != nil {
+		return nil, badRequest("container %s cannot migrate: its rootfs changes hold %v", name, err)
 	}
 	if req.Reference {
 		req.Slow = true // the hand-run path is runc's stock one
@@ -374,7 +379,7 @@ func (o *outgoing) exportFile() error {
 // pack writes the checkpoint image and the rootfs upper layer to w.
 func (o *outgoing) pack(w io.Writer) error {
 	tw := tar.NewWriter(w)
-	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/")
+	n, err := transfer.Pack(tw, o.ckptDir, "checkpoint/", false)
 	o.imageBytes = n
 	if err != nil {
 		return err
@@ -384,7 +389,7 @@ func (o *outgoing) pack(w io.Writer) error {
 
 // packUpper ends a stream with the rootfs upper layer.
 func (o *outgoing) packUpper(tw *tar.Writer) error {
-	n, err := transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/")
+	n, err := transfer.Pack(tw, o.a.rt.UpperDir(o.c.Name), "upper/", true)
 	o.rootfsBytes = n
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/coat-project/coat/internal/overlay"
@@ -241,9 +242,19 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 	return c.JSON(ctx, http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
 }
 
-// Logs returns the container's output.
-func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, error) {
-	return c.Stream(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"/logs", nil, "")
+// LogSkippedHeader of a logs reply counts the bytes of output before the
+// tail returned (an agent returns at most the last MiB).
+const LogSkippedHeader = "X-Coat-Log-Skipped"
+
+// Logs returns the tail of the container's output (at most the last MiB)
+// and how many bytes came before it.
+func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, int64, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"/logs", nil, "")
+	if err != nil {
+		return nil, 0, err
+	}
+	skipped, _ := strconv.ParseInt(resp.Header.Get(LogSkippedHeader), 10, 64)
+	return resp.Body, skipped, nil
 }
 
 // ImportImage sends a rootfs as a tar stream.

@@ -188,6 +188,7 @@ func TestRunRemoveLogs(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /v1/containers/{name}/logs", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(LogSkippedHeader, "42")
 		fmt.Fprintf(w, "log of %s\n", r.PathValue("name"))
 	})
 	c := newClient(t, mux.ServeHTTP)
@@ -202,14 +203,14 @@ func TestRunRemoveLogs(t *testing.T) {
 	if err := c.Remove(ctx(t), "web"); err != nil || removed != "web" {
 		t.Errorf("Remove: %v (server saw %q)", err, removed)
 	}
-	rc, err := c.Logs(ctx(t), "web")
+	rc, skipped, err := c.Logs(ctx(t), "web")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(rc)
 	rc.Close()
-	if string(b) != "log of web\n" {
-		t.Errorf("Logs = %q", b)
+	if string(b) != "log of web\n" || skipped != 42 {
+		t.Errorf("Logs = %q, skipped %d", b, skipped)
 	}
 	// Names are escaped into one path segment.
 	if err := c.Remove(ctx(t), "a/b"); err != nil || removed != "a/b" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/lab"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -117,9 +118,22 @@ func loadFileConfig() (fileConfig, error) {
 		if err != nil {
 			return fc, fmt.Errorf("read config: %w", err)
 		}
-		if err := json.Unmarshal(b, &fc); err != nil {
+		if fc, err = parseFileConfig(b); err != nil {
 			return fc, fmt.Errorf("config %s: %w", path, err)
 		}
+	}
+	return fc, nil
+}
+
+// parseFileConfig reads a config file's JSON and checks it: cert_name
+// names files in the PKI directory, so it must be a plain name.
+func parseFileConfig(b []byte) (fileConfig, error) {
+	var fc fileConfig
+	if err := json.Unmarshal(b, &fc); err != nil {
+		return fileConfig{}, fmt.Errorf("%w: want a JSON object with etcd_endpoints, pki_dir and cert_name", err)
+	}
+	if fc.CertName != "" && !names.Label(fc.CertName) {
+		return fileConfig{}, fmt.Errorf("cert_name %q: use 1-32 lowercase letters, digits and dashes (the certificate is PKI_DIR/NAME.crt)", fc.CertName)
 	}
 	return fc, nil
 }
@@ -143,6 +157,9 @@ func resolve() (resolved, error) {
 	name := pick(g.certName, "COAT_CERT_NAME", fc.CertName)
 	if name == "" {
 		name = "cli"
+	}
+	if !names.Label(name) {
+		return resolved{}, fmt.Errorf("certificate name %q (--cert-name, COAT_CERT_NAME or cert_name): use 1-32 lowercase letters, digits and dashes (the certificate is PKI_DIR/NAME.crt)", name)
 	}
 	if eps == "" || dir == "" {
 		st, err := lab.Load(g.lab)

@@ -259,6 +259,16 @@ func TestRunValidatesBeforeConnecting(t *testing.T) {
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "i"}, "no command"},
 		{[]string{"run", "--name", "ok", "--image", "i", "--", "x"}, "--host, --name and --image are required"},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "i", "--env", "NOEQUALS", "--", "x"}, `--env "NOEQUALS"`},
+		{[]string{"run", "--name", "ok", "--host", "h", "--image", "../containers/a", "--", "x"}, `invalid image "../containers/a"`},
+		{[]string{"run", "--name", "ok", "--host", "h", "--image", "/var/lib", "--", "x"}, "no leading '/'"},
+		{[]string{"run", "--name", "ok", "--host", "../h", "--image", "i", "--", "x"}, `invalid host name "../h"`},
+		{[]string{"rm", "../x"}, `invalid name "../x"`},
+		{[]string{"logs", "A"}, `invalid name "A"`},
+		{[]string{"migrate", "x/y", "--to", "edge-2"}, `invalid name "x/y"`},
+		{[]string{"migrate", "web", "--to", "edge_2"}, `invalid host name "edge_2"`},
+		{[]string{"image", "import", "../a", "/tmp"}, `invalid image "../a"`},
+		{[]string{"hosts", "forget", "../edge-1"}, `invalid host name "../edge-1"`},
+		{[]string{"agent", "--name", "../h", "--underlay-ip", "10.0.0.1", "--subnet", "10.202.0.0/24", "--pki-dir", "/x"}, `invalid host name "../h"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			isolate(t)

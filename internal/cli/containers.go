@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/store"
 	"github.com/coat-project/coat/internal/transfer"
 )
@@ -31,13 +31,14 @@ func newRunCmd() *cobra.Command {
 			if len(args) == 0 {
 				return fmt.Errorf("no command: put the container's command after `--`")
 			}
-			if err := store.ValidName(req.Name); err != nil {
+			if err := names.Container(req.Name); err != nil {
 				return err
 			}
-			for _, e := range req.Env {
-				if !strings.Contains(e, "=") {
-					return fmt.Errorf("--env %q: want KEY=VALUE", e)
-				}
+			if err := names.Host(host); err != nil {
+				return err
+			}
+			if err := req.Validate(); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			s, err := connect(ctx)
@@ -108,14 +109,25 @@ func newPsCmd() *cobra.Command {
 func newLogsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "logs NAME",
-		Short: "Print a container's output",
-		Args:  cobra.ExactArgs(1),
-		RunE: onContainer(func(ctx context.Context, cmd *cobra.Command, cl *api.Client, name string) error {
-			rc, err := cl.Logs(ctx, name)
+		Short: "Print a container's output (its last MiB)",
+		Long: "Print a container's output: its stdout and stderr, at most the last 1 MiB\n" +
+			"(a note on stderr says how much came before). A log file the container\n" +
+			"replaced with a symlink or anything but a regular file is not read.",
+		Args: containerArg,
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			name := args[0]
+			_, cl, err := s.container(ctx, name)
+			if err != nil {
+				return err
+			}
+			rc, skipped, err := cl.Logs(ctx, name)
 			if err != nil {
 				return err
 			}
 			defer rc.Close()
+			if skipped > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "coat logs: the first %d bytes are not shown: only the last MiB is\n", skipped)
+			}
 			_, err = io.Copy(cmd.OutOrStdout(), rc)
 			return err
 		}),
@@ -126,7 +138,7 @@ func newRmCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Stop and remove a container",
-		Args:  cobra.ExactArgs(1),
+		Args:  containerArg,
 		RunE: onContainer(func(ctx context.Context, _ *cobra.Command, cl *api.Client, name string) error {
 			return cl.Remove(ctx, name)
 		}),
@@ -140,12 +152,17 @@ func newImageCmd() *cobra.Command {
 		Short: "Make a rootfs directory an image on every host",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, dir := args[0], args[1]
-			if err := store.ValidName(name); err != nil {
-				return fmt.Errorf("image %w", err)
+			im, err := names.ParseImage(args[0])
+			if err != nil {
+				return err
 			}
+			name, dir := im.String(), args[1]
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("%s is not a directory: give the image's root filesystem", dir)
+			}
+			// What every agent would refuse is found before any is asked.
+			if err := transfer.CheckTree(dir, false); err != nil {
+				return fmt.Errorf("image %s: %w", name, err)
 			}
 			ctx := cmd.Context()
 			s, err := connect(ctx)
@@ -180,7 +197,7 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		_, err := transfer.Pack(tw, dir, "rootfs/")
+		_, err := transfer.Pack(tw, dir, "rootfs/", false)
 		if err == nil {
 			err = tw.Close()
 		}
@@ -189,6 +206,24 @@ func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
 	err := cl.ImportImage(cmd.Context(), name, pr)
 	pr.Close()
 	return err
+}
+
+// containerArg checks the one argument of a command on a container: a
+// valid container name, before anything connects.
+func containerArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	return names.Container(args[0])
+}
+
+// hostArg checks the one argument of a command on a host: a valid host
+// name, before anything connects.
+func hostArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	return names.Host(args[0])
 }
 
 // onContainer is the RunE of a command on one named container: it finds

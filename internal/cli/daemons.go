@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/coat-project/coat/internal/agent"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -43,6 +44,9 @@ func newAgentCmd() *cobra.Command {
 			}
 			if cfg.Name == "" || underlay == "" || subnet == "" || pkiDir == "" {
 				return fmt.Errorf("--name, --underlay-ip, --subnet and --pki-dir are required")
+			}
+			if err := names.Host(cfg.Name); err != nil {
+				return fmt.Errorf("--name: %w", err)
 			}
 			if endpoints == "" {
 				// A single-machine install: run etcd inside the agent,

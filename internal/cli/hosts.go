@@ -64,12 +64,9 @@ minutes by default), or when an operator runs this. A live host (one
 whose agent renews its record) is never forgotten. The host's containers
 are marked failed (` + "`coat rm NAME`" + ` removes their records). If the host
 comes back (its agent registers again), it is forwarded to again.`,
-		Args: cobra.ExactArgs(1),
+		Args: hostArg,
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			name := args[0]
-			if err := store.ValidName(name); err != nil {
-				return err
-			}
 			hosts, err := s.st.Hosts(ctx)
 			if err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/store"
 )
 
@@ -25,6 +26,12 @@ func newMigrateCmd() *cobra.Command {
 			name := args[0]
 			if req.To == "" {
 				return fmt.Errorf("--to is required: `coat hosts` lists the hosts")
+			}
+			if err := names.Container(name); err != nil {
+				return err
+			}
+			if err := req.Validate(); err != nil {
+				return fmt.Errorf("--to: %w", err)
 			}
 			if _, err := migrate.ParseStrategy(req.Strategy); err != nil {
 				return err

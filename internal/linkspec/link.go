@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/coat-project/coat/internal/names"
 )
 
 // Link is what an emulated link does to the frames a node sends: a rate
@@ -121,8 +123,8 @@ func ParseLink(s string) (Link, error) {
 // ParseNodeLink reads "NODE=SPEC", e.g. "edge-2=rate=100mbit,delay=20ms".
 func ParseNodeLink(s string) (node string, l Link, err error) {
 	node, spec, ok := strings.Cut(strings.TrimSpace(s), "=")
-	if !ok || node == "" || strings.ContainsAny(node, ",%") {
-		return "", l, fmt.Errorf("bad link %q: write NODE=SETTINGS, e.g. edge-2=rate=100mbit,delay=20ms,loss=1%%", s)
+	if !ok || !names.Label(node) {
+		return "", l, fmt.Errorf("bad link %q: write NODE=SETTINGS with NODE a node's name (lowercase letters, digits, dashes), e.g. edge-2=rate=100mbit,delay=20ms,loss=1%%", s)
 	}
 	l, err = ParseLink(spec)
 	if err != nil {

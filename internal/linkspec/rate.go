@@ -31,12 +31,14 @@ func ParseRate(s string) (Rate, error) {
 			continue
 		}
 		v, err := strconv.ParseFloat(num, 64)
-		if err != nil || v <= 0 || v*u.mult > 1e12 {
+		// NaN fails every comparison: check what must hold, not what
+		// must not; below 1 bit/s would be 0, unshaped.
+		if err != nil || !(v*u.mult >= 1 && v*u.mult <= 1e12) {
 			break
 		}
 		return Rate(v * u.mult), nil
 	}
-	return 0, fmt.Errorf("bad rate %q: write a number and a unit, e.g. 100mbit, 1gbit or 800kbit", s)
+	return 0, fmt.Errorf("bad rate %q: write a number and a unit, from 1bit to 1000gbit, e.g. 100mbit, 1gbit or 800kbit", s)
 }
 
 // String formats the rate the way ParseRate reads it.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 )
 
 // Defaults applied by Config.withDefaults.
@@ -107,9 +108,15 @@ func (ep Endpoint) validate() error {
 	return checkIfName(ep.HostVeth)
 }
 
+// checkIfName applies the kernel's rules for interface names
+// (dev_valid_name): 1..15 bytes, not "." or "..", no '/', ':' or white
+// space.
 func checkIfName(name string) error {
 	if name == "" || len(name) > maxIfName {
 		return fmt.Errorf("interface name %q must be 1..%d bytes", name, maxIfName)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") {
+		return fmt.Errorf("interface name %q: use letters, digits, '-', '_' or '.', not '/', ':' or spaces (and not . or ..)", name)
 	}
 	return nil
 }

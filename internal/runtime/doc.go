@@ -19,6 +19,13 @@
 // the binary named by its content (installInit): a bind whose source was
 // replaced (an upgrade) cannot be checkpointed.
 //
+// The upper layer is the container's to change, so the agent reads its log
+// (OpenLog) without following a symlink at any step below the upper layer,
+// only if it is a regular file, and only its last MiB. Images live under
+// StateDir/images/KEY/rootfs, KEY the reference's key (names.Image.Key),
+// never the name as given; Prepare refuses invalid container and image
+// names before it makes anything.
+//
 // Fast path (profile in docs/bench/profile.md): the agent freezes the
 // cgroup itself, and a per-container CRIU configuration file skips cgroup
 // properties and CRIU's iptables lock and declares runc's masked

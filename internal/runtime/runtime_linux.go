@@ -14,6 +14,8 @@ import (
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
+
+	"github.com/coat-project/coat/internal/names"
 )
 
 // InitPath is where the agent's binary appears inside every container.
@@ -68,14 +70,24 @@ type Spec struct {
 	NetNS string // path of the network namespace
 }
 
-// ImageDir is the rootfs of an image on this host.
-func (r *Runtime) ImageDir(image string) string {
-	return filepath.Join(r.StateDir, "images", image, "rootfs")
+// ImageDir is the rootfs of an image on this host: under the image's
+// key (names.Image.Key), never under its name as given.
+func (r *Runtime) ImageDir(image string) (string, error) {
+	key, err := names.ImageKey(image)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(r.StateDir, "images", key, "rootfs"), nil
 }
 
-// HasImage reports whether image is present on this host.
+// HasImage reports whether image is a valid reference present on this
+// host.
 func (r *Runtime) HasImage(image string) bool {
-	st, err := os.Stat(r.ImageDir(image))
+	dir, err := r.ImageDir(image)
+	if err != nil {
+		return false
+	}
+	st, err := os.Lstat(dir)
 	return err == nil && st.IsDir()
 }
 
@@ -96,6 +108,13 @@ func (r *Runtime) LogFile(name string) string {
 // idempotent: an already mounted rootfs is kept, so a restore can reuse a
 // received upper layer.
 func (r *Runtime) Prepare(s Spec) error {
+	if err := names.Container(s.Name); err != nil {
+		return err
+	}
+	lower, err := r.ImageDir(s.Image)
+	if err != nil {
+		return err
+	}
 	if !r.HasImage(s.Image) {
 		return fmt.Errorf("image %q is not on host %s: import it with `coat image import %s DIR`", s.Image, r.Host, s.Image)
 	}
@@ -109,7 +128,7 @@ func (r *Runtime) Prepare(s Spec) error {
 		return err
 	}
 	if !mounted(r.rootfs(s.Name)) {
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", r.ImageDir(s.Image), r.UpperDir(s.Name), filepath.Join(dir, "work"))
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, r.UpperDir(s.Name), filepath.Join(dir, "work"))
 		if err := unix.Mount("overlay", r.rootfs(s.Name), "overlay", 0, opts); err != nil {
 			return fmt.Errorf("mount overlay rootfs for %s: %w", s.Name, err)
 		}

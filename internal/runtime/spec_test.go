@@ -50,8 +50,20 @@ func TestPaths(t *testing.T) {
 	if got, want := r.LogFile("web"), "/state/containers/web/upper/.coat/log"; got != want {
 		t.Errorf("LogFile = %q, want %q", got, want)
 	}
-	if got, want := r.ImageDir("alpine"), "/state/images/alpine/rootfs"; got != want {
-		t.Errorf("ImageDir = %q, want %q", got, want)
+	for img, want := range map[string]string{
+		"alpine":        "/state/images/alpine/rootfs",
+		"alpine:latest": "/state/images/alpine/rootfs",
+		"lab/redis:7.0": "/state/images/lab+redis@7.0/rootfs",
+	} {
+		if got, err := r.ImageDir(img); err != nil || got != want {
+			t.Errorf("ImageDir(%q) = %q, %v; want %q", img, got, err, want)
+		}
+	}
+	// Names as given never reach the filesystem: no path tricks.
+	for _, img := range []string{"../containers/a", "/etc", "a/../../b", "..", "a/./b", ""} {
+		if got, err := r.ImageDir(img); err == nil {
+			t.Errorf("ImageDir(%q) = %q, want an error", img, got)
+		}
 	}
 	// LogFile is LogPath inside the upper layer, where the container's
 	// init writes it.
@@ -65,11 +77,41 @@ func TestHasImage(t *testing.T) {
 	if r.HasImage("alpine") {
 		t.Fatal("HasImage true before import")
 	}
-	if err := os.MkdirAll(r.ImageDir("alpine"), 0o700); err != nil {
+	dir, err := r.ImageDir("alpine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if !r.HasImage("alpine") {
 		t.Fatal("HasImage false after the rootfs exists")
+	}
+}
+
+// An image name that is a path to another container's files is refused
+// before anything is made, though the directory it names exists.
+func TestPrepareRefusesPathImage(t *testing.T) {
+	r := testRuntime(t)
+	if err := os.MkdirAll(filepath.Join(r.Dir("victim"), "rootfs"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range []string{"../containers/victim", "/" + r.Dir("victim")} {
+		if r.HasImage(img) {
+			t.Errorf("HasImage(%q) = true", img)
+		}
+		err := r.Prepare(Spec{Name: "web", Image: img, Args: []string{"x"}})
+		if err == nil || !strings.Contains(err.Error(), "invalid image") {
+			t.Errorf("Prepare with image %q: %v", img, err)
+		}
+	}
+	for _, name := range []string{"../victim", "Web", ""} {
+		if err := r.Prepare(Spec{Name: name, Image: "alpine", Args: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "invalid name") {
+			t.Errorf("Prepare of container %q: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(r.Dir("web")); !os.IsNotExist(err) {
+		t.Errorf("Prepare made the container dir before failing: %v", err)
 	}
 }
 

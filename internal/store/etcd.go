@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/coat-project/coat/internal/names"
 )
 
 // Etcd is the Store backed by an etcd cluster. Layout under the prefix:
@@ -52,6 +54,10 @@ const callTimeout = 5 * time.Second
 // RegisterHost implements Store. If the lease is lost (etcd unreachable
 // for longer than ttl), the host registers again as soon as it can.
 func (s *Etcd) RegisterHost(ctx context.Context, h Host, ttl time.Duration) error {
+	// Names are keys: a '/' would reach another key space.
+	if err := names.Host(h.Name); err != nil {
+		return err
+	}
 	ka, err := s.register(ctx, h, ttl)
 	if err != nil {
 		return err
@@ -131,6 +137,10 @@ func (s *Etcd) Host(ctx context.Context, name string) (Host, error) {
 // CreateContainer implements Store. The name and the IP are claimed in one
 // transaction; with no IP given it tries free addresses in order.
 func (s *Etcd) CreateContainer(ctx context.Context, c Container) (Container, error) {
+	// Names are keys: a '/' would reach another key space.
+	if err := ValidName(c.Name); err != nil {
+		return Container{}, err
+	}
 	if c.IP != "" {
 		if err := InSubnet(s.subnet, net.ParseIP(c.IP)); err != nil {
 			return Container{}, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,6 +153,27 @@ func TestEtcdCreateContainerRefusesBadIP(t *testing.T) {
 	}
 	if resp.Count != 0 {
 		t.Errorf("%d keys written by refused creates", resp.Count)
+	}
+}
+
+// Names are keys: one with a '/' or '..' would reach another key space.
+func TestEtcdRefusesBadNames(t *testing.T) {
+	t.Parallel()
+	s, ctx := newTestStore(t), testCtx(t)
+	for _, name := range []string{"a/b", "../hosts/edge-1", "", "Web"} {
+		if _, err := s.CreateContainer(ctx, Container{Name: name, Host: "edge-1", Image: "img"}); err == nil || !strings.Contains(err.Error(), "invalid name") {
+			t.Errorf("CreateContainer(%q) = %v, want invalid name", name, err)
+		}
+		if err := s.RegisterHost(ctx, Host{Name: name}, 5*time.Second); err == nil || !strings.Contains(err.Error(), "invalid host name") {
+			t.Errorf("RegisterHost(%q) = %v, want invalid host name", name, err)
+		}
+	}
+	resp, err := s.Client().Get(ctx, "/coat-test/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 0 {
+		t.Errorf("%d keys written by refused calls", resp.Count)
 	}
 }
 

@@ -14,8 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"time"
+
+	"github.com/coat-project/coat/internal/names"
 )
 
 // Errors callers branch on.
@@ -122,16 +123,8 @@ type Store interface {
 	Close() error
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
-
-// ValidName reports whether s can name a container or a host: lowercase
-// letters, digits and inner dashes, at most 32 characters.
-func ValidName(s string) error {
-	if !nameRE.MatchString(s) {
-		return fmt.Errorf("invalid name %q: use 1-32 lowercase letters, digits and dashes, starting and ending with a letter or digit", s)
-	}
-	return nil
-}
+// ValidName reports whether s can name a container: see names.Container.
+func ValidName(s string) error { return names.Container(s) }
 
 // MACFor derives the stable MAC of an overlay IPv4 address: a locally
 // administered unicast MAC whose last four bytes are the address, so a

@@ -43,7 +43,7 @@ func TestFollowWhileWritten(t *testing.T) {
 		}
 		pw.CloseWithError(err)
 	}()
-	if _, err := Unpack(tar.NewReader(pr), map[string]string{"checkpoint/": dst}); err != nil {
+	if _, err := Unpack(tar.NewReader(pr), map[string]Dest{"checkpoint/": {Dir: dst}}); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string][]byte{"pages-1.img": data, "core-1.img": []byte("core"), "pagemap-1.img": []byte("map")} {
@@ -64,7 +64,7 @@ func TestAppendRefusesUnknownFile(t *testing.T) {
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Size: 1, Mode: 0o600, Format: tar.FormatPAX, PAXRecords: map[string]string{appendKey: "1"}})
 	tw.Write([]byte("x"))
 	tw.Close()
-	if _, err := Unpack(tar.NewReader(&buf), map[string]string{"checkpoint/": dst}); err == nil {
+	if _, err := Unpack(tar.NewReader(&buf), map[string]Dest{"checkpoint/": {Dir: dst}}); err == nil {
 		t.Fatal("append through a symlink was accepted")
 	}
 }
@@ -88,7 +88,7 @@ func TestFollowResendsRewrittenFile(t *testing.T) {
 	time.Sleep(30 * time.Millisecond) // sent on its close
 	os.WriteFile(p, []byte("second version, longer"), 0o600)
 	close(done)
-	if _, err := Unpack(tar.NewReader(pr), map[string]string{"checkpoint/": dst}); err != nil {
+	if _, err := Unpack(tar.NewReader(pr), map[string]Dest{"checkpoint/": {Dir: dst}}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "inventory.img")); string(got) != "second version, longer" {

@@ -43,7 +43,7 @@ func TestPackLeavesOutUnixSockets(t *testing.T) {
 
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	n, err := Pack(tw, src, "upper/")
+	n, err := Pack(tw, src, "upper/", true)
 	if err != nil {
 		t.Fatalf("Pack of a layer with UNIX sockets: %v", err)
 	}
@@ -66,7 +66,7 @@ func TestPackLeavesOutUnixSockets(t *testing.T) {
 		t.Errorf("stream entries = %q, want the directories and the file, no sockets", got)
 	}
 
-	if _, err := Unpack(tar.NewReader(&buf), map[string]string{"upper/": dst}); err != nil {
+	if _, err := Unpack(tar.NewReader(&buf), map[string]Dest{"upper/": {Dir: dst, Upper: true}}); err != nil {
 		t.Fatalf("Unpack: %v", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dst, "tmp/data")); err != nil || string(b) != "kept" {

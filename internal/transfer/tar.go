@@ -2,8 +2,30 @@
 // checkpoint images and rootfs upper layers between agents, and image
 // imports from the CLI. It keeps what an overlayfs upper layer needs:
 // modes, ownership, symlinks, hard links, whiteouts (0:0 character devices)
-// and trusted.* / user.* extended attributes (opaque directories). UNIX
+// and the overlay's own extended attributes (opaque directories). UNIX
 // socket files are left out: see Pack.
+//
+// What a stream may create is limited, whoever sent it (Check, applied by
+// Unpack to every entry before anything of it is made, and by Pack and
+// CheckTree to the tree sent, so that a sender learns before it sends):
+//
+//   - no name leaves its destination directory, and nothing is written
+//     through a symlink, whatever the stream planted before;
+//   - no device nodes, except whiteouts (0:0 character devices) in a
+//     destination that is an overlayfs upper layer (Dest.Upper); FIFOs are
+//     fine;
+//   - no setuid files and no setgid files (a setgid directory, which only
+//     passes its group on, is fine). They are refused, not stripped: a
+//     stripped file would quietly differ from what was sent. Containers run
+//     with no_new_privs, so the bits would do nothing there anyway; clear
+//     them (chmod u-s,g-s) in the source directory or the container;
+//   - no extended attributes but the overlay's own, trusted.overlay.* and
+//     user.overlay.*. Pack sends no others (security.capability, user.*
+//     of applications and so on are left behind);
+//   - no sparse files (Pack never sends them; a few bytes of stream could
+//     claim terabytes of holes).
+//
+// Refused entries are errors matching ErrRefused that name the entry.
 package transfer
 
 import (
@@ -20,62 +42,158 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrRefused is an entry that Check refuses.
+var ErrRefused = errors.New("refused")
+
+// Dest is where the entries of one prefix go.
+type Dest struct {
+	Dir string
+	// Upper: Dir is an overlayfs upper layer, where whiteouts (0:0
+	// character devices) are allowed.
+	Upper bool
+}
+
+// overlayXattr reports whether name is one of overlayfs's own extended
+// attributes, the only ones a stream may carry.
+func overlayXattr(name string) bool {
+	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.")
+}
+
+const xattrPAX = "SCHILY.xattr."
+
+// Check refuses an entry that Unpack must not create (see the package
+// comment); upper says whether its destination is an upper layer. The
+// error matches ErrRefused and says what to do.
+func Check(hdr *tar.Header, upper bool) error {
+	if err := check(hdr, upper); err != nil {
+		return fmt.Errorf("%s: %w", hdr.Name, err)
+	}
+	return nil
+}
+
+// check is Check without the entry's name.
+func check(hdr *tar.Header, upper bool) error {
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrRefused}, args...)...)
+	}
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return refuse("sparse file: not accepted (its holes could claim any size): send it as a regular file")
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return refuse("sparse file: not accepted (its holes could claim any size): send it as a regular file")
+		}
+	}
+	switch hdr.Typeflag {
+	case tar.TypeChar:
+		if !upper || hdr.Devmajor != 0 || hdr.Devminor != 0 {
+			return refuse("device node %d:%d: devices are not accepted (a container gets its own /dev; only an upper layer's 0:0 whiteouts are): remove it and send again", hdr.Devmajor, hdr.Devminor)
+		}
+	case tar.TypeBlock:
+		return refuse("block device %d:%d: devices are not accepted (a container gets its own /dev): remove it and send again", hdr.Devmajor, hdr.Devminor)
+	}
+	if hdr.Typeflag != tar.TypeSymlink {
+		if hdr.Mode&0o4000 != 0 || (hdr.Mode&0o2000 != 0 && hdr.Typeflag != tar.TypeDir) {
+			return refuse("mode %04o is setuid or setgid: such files are not accepted (containers run with no_new_privs, so the bit does nothing there): clear it with `chmod u-s,g-s` and send again", hdr.Mode&0o7777)
+		}
+	}
+	for k := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, xattrPAX); ok && !overlayXattr(name) {
+			return refuse("extended attribute %q: only the overlay's own (trusted.overlay.*, user.overlay.*) are accepted: remove it (setfattr -x) and send again", name)
+		}
+	}
+	return nil
+}
+
+// CheckTree applies Check to the tree under root as Pack would send it,
+// so that a sender learns what would be refused before it sends.
+func CheckTree(root string, upper bool) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		hdr, err := header(root, path, "", d, nil)
+		if err != nil || hdr == nil {
+			return err
+		}
+		if err := check(hdr, upper); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// header is the tar header Pack writes for path (links maps inodes of
+// regular files with several links to the first name sent, if not nil);
+// nil for a UNIX socket file, which is not sent.
+func header(root, path, prefix string, d fs.DirEntry, links map[uint64]string) (*tar.Header, error) {
+	rel, err := filepath.Rel(root, path)
+	if err != nil {
+		return nil, err
+	}
+	if rel == "." {
+		rel = ""
+	}
+	fi, err := d.Info()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode()&fs.ModeSocket != 0 {
+		return nil, nil
+	}
+	var link string
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if link, err = os.Readlink(path); err != nil {
+			return nil, err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	hdr.Name = prefix + rel
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	hdr.Uname, hdr.Gname = "", ""
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && links != nil {
+		if fi.Mode().IsRegular() && st.Nlink > 1 {
+			if first, seen := links[st.Ino]; seen {
+				hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
+			} else {
+				links[st.Ino] = hdr.Name
+			}
+		}
+	}
+	if x := xattrs(path); len(x) > 0 {
+		hdr.PAXRecords = x
+		hdr.Format = tar.FormatPAX
+	}
+	return hdr, nil
+}
+
 // Pack writes the tree under root into tw with names prefixed by prefix
-// (e.g. "upper/"). It returns the bytes of file content written.
+// (e.g. "upper/"). It returns the bytes of file content written. An entry
+// that Check refuses (with upper) stops it before it is written.
 //
 // UNIX socket files are left out (tar has no type for them, and a socket
 // file holds no data): CRIU's restore binds each socket the container
 // had bound, which makes the file anew with the mode and owner it had at
 // the dump; it would refuse a non-socket file in the way. A socket file
 // no process had bound (a stale one) is not moved.
-func Pack(tw *tar.Writer, root, prefix string) (int64, error) {
+func Pack(tw *tar.Writer, root, prefix string, upper bool) (int64, error) {
 	var total int64
 	links := map[uint64]string{}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(root, path)
-		if err != nil {
+		hdr, err := header(root, path, prefix, d, links)
+		if err != nil || hdr == nil {
 			return err
 		}
-		if rel == "." {
-			rel = ""
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSocket != 0 {
-			return nil
-		}
-		var link string
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(path); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
+		if err := check(hdr, upper); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
-		}
-		hdr.Name = prefix + rel
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uname, hdr.Gname = "", ""
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			if fi.Mode().IsRegular() && st.Nlink > 1 {
-				if first, seen := links[st.Ino]; seen {
-					hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
-				} else {
-					links[st.Ino] = hdr.Name
-				}
-			}
-		}
-		if x := xattrs(path); len(x) > 0 {
-			hdr.PAXRecords = x
-			hdr.Format = tar.FormatPAX
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
@@ -109,22 +227,24 @@ func xattrs(path string) map[string]string {
 	}
 	out := map[string]string{}
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
-		if !strings.HasPrefix(name, "trusted.") && !strings.HasPrefix(name, "user.") {
+		if !overlayXattr(name) {
 			continue
 		}
 		v := make([]byte, 4096)
 		n, err := unix.Lgetxattr(path, name, v)
 		if err == nil {
-			out["SCHILY.xattr."+name] = string(v[:n])
+			out[xattrPAX+name] = string(v[:n])
 		}
 	}
 	return out
 }
 
-// Unpack extracts tr under dest. Entries must start with one of the
-// prefixes, which map to directories: map[prefix]dir. Names that would
-// escape their directory are refused. It returns the bytes of content.
-func Unpack(tr *tar.Reader, dirs map[string]string) (int64, error) {
+// Unpack extracts tr. Entries must start with one of the prefixes of
+// dirs, which map to destinations: map[prefix]Dest. Every entry is checked
+// (Check) before anything of it is made; names that would escape their
+// directory are refused, and nothing is written through a symlink. It
+// returns the bytes of content.
+func Unpack(tr *tar.Reader, dirs map[string]Dest) (int64, error) {
 	var total int64
 	for {
 		hdr, err := tr.Next()
@@ -134,11 +254,17 @@ func Unpack(tr *tar.Reader, dirs map[string]string) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		target, root, err := resolve(dirs, hdr.Name)
+		target, dest, err := resolve(dirs, hdr.Name)
 		if err != nil {
 			return total, err
 		}
-		if err := noSymlinkParents(root, target); err != nil {
+		if err := Check(hdr, dest.Upper); err != nil {
+			return total, err
+		}
+		if target == dest.Dir && hdr.Typeflag != tar.TypeDir {
+			return total, fmt.Errorf("%s: %w: the destination directory itself can only be a directory", hdr.Name, ErrRefused)
+		}
+		if err := noSymlinkParents(dest.Dir, target); err != nil {
 			return total, fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 		n, err := extract(tr, hdr, target, dirs)
@@ -149,18 +275,23 @@ func Unpack(tr *tar.Reader, dirs map[string]string) (int64, error) {
 	}
 }
 
-// resolve maps a name in the stream to its path and the directory it
+// resolve maps a name in the stream to its path and the destination it
 // belongs under.
-func resolve(dirs map[string]string, name string) (target, root string, err error) {
-	for prefix, dir := range dirs {
-		if !strings.HasPrefix(name, prefix) && name != strings.TrimSuffix(prefix, "/") {
+func resolve(dirs map[string]Dest, name string) (target string, dest Dest, err error) {
+	for prefix, d := range dirs {
+		var rel string
+		switch {
+		case strings.HasPrefix(name, prefix):
+			rel = strings.TrimPrefix(name, prefix)
+		case name == strings.TrimSuffix(prefix, "/"):
+			rel = "" // the directory itself
+		default:
 			continue
 		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(name, prefix), "/")
-		// Cleaning against "/" keeps every name inside dir.
-		return filepath.Join(dir, filepath.Clean("/"+rel)), dir, nil
+		// Cleaning against "/" keeps every name inside the directory.
+		return filepath.Join(d.Dir, filepath.Clean("/"+rel)), d, nil
 	}
-	return "", "", fmt.Errorf("unexpected entry %q in stream", name)
+	return "", Dest{}, fmt.Errorf("unexpected entry %q in stream: %w", name, ErrRefused)
 }
 
 // noSymlinkParents refuses a target below root whose existing parent
@@ -170,6 +301,9 @@ func noSymlinkParents(root, target string) error {
 	rel, err := filepath.Rel(root, target)
 	if err != nil {
 		return err
+	}
+	if fi, err := os.Lstat(root); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symlink: refusing to extract through it", root)
 	}
 	p := root
 	parts := strings.Split(rel, string(filepath.Separator))
@@ -189,7 +323,7 @@ func noSymlinkParents(root, target string) error {
 	return nil
 }
 
-func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]string) (int64, error) {
+func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]Dest) (int64, error) {
 	mode := uint32(hdr.Mode & 0o7777)
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return 0, err
@@ -232,11 +366,11 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 			return 0, err
 		}
 	case tar.TypeLink:
-		src, root, err := resolve(dirs, hdr.Linkname)
+		src, from, err := resolve(dirs, hdr.Linkname)
 		if err != nil {
 			return 0, err
 		}
-		if err := noSymlinkParents(root, src); err != nil {
+		if err := noSymlinkParents(from.Dir, src); err != nil {
 			return 0, err
 		}
 		_ = os.Remove(target)
@@ -253,7 +387,7 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]str
 		return 0, nil
 	}
 	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+		if name, ok := strings.CutPrefix(k, xattrPAX); ok {
 			if err := unix.Lsetxattr(target, name, []byte(v), 0); err != nil {
 				return n, fmt.Errorf("set xattr %s: %w", name, err)
 			}

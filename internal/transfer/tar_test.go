@@ -44,14 +44,14 @@ func roundTrip(t *testing.T, src, dst, prefix string) (packed, unpacked int64) {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	packed, err := Pack(tw, src, prefix)
+	packed, err := Pack(tw, src, prefix, prefix == "upper/")
 	if err != nil {
 		t.Fatalf("Pack: %v", err)
 	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	unpacked, err = Unpack(tar.NewReader(&buf), map[string]string{prefix: dst})
+	unpacked, err = Unpack(tar.NewReader(&buf), map[string]Dest{prefix: {Dir: dst, Upper: prefix == "upper/"}})
 	if err != nil {
 		t.Fatalf("Unpack: %v", err)
 	}
@@ -185,13 +185,20 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 	}
 }
 
+// The overlay's own user.overlay.* attributes (an unprivileged overlay's
+// opaque directories) travel; an application's user.* attributes do not.
 func TestPackUnpackUserXattr(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
 	write(t, filepath.Join(src, "f"), "x", 0o644)
+	mkdir(t, filepath.Join(src, "d"), 0o755)
 	setXattr(t, filepath.Join(src, "f"), "user.coat.test", "value-1")
+	setXattr(t, filepath.Join(src, "d"), "user.overlay.opaque", "y")
 	roundTrip(t, src, dst, "upper/")
-	if got := getXattr(t, filepath.Join(dst, "f"), "user.coat.test"); got != "value-1" {
-		t.Errorf("user xattr = %q, want value-1", got)
+	if got := getXattr(t, filepath.Join(dst, "d"), "user.overlay.opaque"); got != "y" {
+		t.Errorf("user.overlay.opaque = %q, want y", got)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(dst, "f"), "user.coat.test", make([]byte, 64)); err == nil {
+		t.Errorf("user.coat.test travelled (%d bytes): only the overlay's own attributes may", n)
 	}
 }
 
@@ -204,22 +211,31 @@ func TestPackUnpackOwnership(t *testing.T) {
 	if err := os.Lchown(filepath.Join(src, "f"), 1234, 5678); err != nil {
 		t.Fatal(err)
 	}
-	// chown clears setuid, so set it after; Unpack must do the same.
-	if err := os.Chmod(filepath.Join(src, "f"), fs.ModeSetuid|0o755); err != nil {
-		t.Fatal(err)
-	}
 	mkdir(t, filepath.Join(src, "d"), fs.ModeSticky|0o777)
 	if err := os.Lchown(filepath.Join(src, "d"), 42, 43); err != nil {
 		t.Fatal(err)
 	}
+	// A setgid directory only passes its group on: it is kept (chown
+	// clears the bit, so set it after; Unpack must do the same).
+	mkdir(t, filepath.Join(src, "g"), 0o755)
+	if err := os.Lchown(filepath.Join(src, "g"), 0, 50); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "g"), fs.ModeDir|fs.ModeSetgid|0o2775); err != nil {
+		t.Fatal(err)
+	}
 	roundTrip(t, src, dst, "upper/")
 	st := lstat(t, filepath.Join(dst, "f"))
-	if st.Uid != 1234 || st.Gid != 5678 || st.Mode&0o7777 != 0o4755 {
-		t.Errorf("f: uid %d gid %d mode %o, want 1234 5678 4755", st.Uid, st.Gid, st.Mode&0o7777)
+	if st.Uid != 1234 || st.Gid != 5678 || st.Mode&0o7777 != 0o755 {
+		t.Errorf("f: uid %d gid %d mode %o, want 1234 5678 755", st.Uid, st.Gid, st.Mode&0o7777)
 	}
 	st = lstat(t, filepath.Join(dst, "d"))
 	if st.Uid != 42 || st.Gid != 43 || st.Mode&0o7777 != 0o1777 {
 		t.Errorf("d: uid %d gid %d mode %o, want 42 43 1777", st.Uid, st.Gid, st.Mode&0o7777)
+	}
+	st = lstat(t, filepath.Join(dst, "g"))
+	if st.Gid != 50 || st.Mode&0o7777 != 0o2775 {
+		t.Errorf("g: gid %d mode %o, want 50 2775", st.Gid, st.Mode&0o7777)
 	}
 }
 
@@ -330,7 +346,7 @@ func TestUnpackKeepsNamesInside(t *testing.T) {
 			parent := t.TempDir()
 			dest := filepath.Join(parent, "dest")
 			mkdir(t, dest, 0o755)
-			_, err := Unpack(makeTar(t, tarEntry{name: tt.name, body: "payload"}), map[string]string{tt.prefix: dest})
+			_, err := Unpack(makeTar(t, tarEntry{name: tt.name, body: "payload"}), map[string]Dest{tt.prefix: {Dir: dest}})
 			if err != nil {
 				t.Fatalf("Unpack: %v", err)
 			}
@@ -404,7 +420,7 @@ func TestUnpackLinksStayInside(t *testing.T) {
 			write(t, filepath.Join(outside, "victim"), "original", 0o600)
 			mkdir(t, outside, 0o700)
 
-			_, err := Unpack(makeTar(t, tt.entries(outside)...), map[string]string{"upper/": dest})
+			_, err := Unpack(makeTar(t, tt.entries(outside)...), map[string]Dest{"upper/": {Dir: dest, Upper: true}})
 			t.Logf("Unpack: %v", err) // refusing is fine; escaping is not
 
 			if b, err := os.ReadFile(filepath.Join(outside, "victim")); err != nil || string(b) != "original" {
@@ -433,7 +449,7 @@ func TestUnpackLinksStayInside(t *testing.T) {
 
 func TestUnpackPrefixes(t *testing.T) {
 	img, upper := t.TempDir(), t.TempDir()
-	dirs := map[string]string{"image/": img, "upper/": upper}
+	dirs := map[string]Dest{"image/": {Dir: img}, "upper/": {Dir: upper, Upper: true}}
 	n, err := Unpack(makeTar(t,
 		tarEntry{name: "image/", typ: tar.TypeDir, mode: 0o755},
 		tarEntry{name: "image/core.img", body: "core"},
@@ -465,7 +481,7 @@ func TestPackPrefixAndEmptyRoot(t *testing.T) {
 	write(t, filepath.Join(src, "d/f"), "x", 0o644)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	if _, err := Pack(tw, src, "upper/"); err != nil {
+	if _, err := Pack(tw, src, "upper/", true); err != nil {
 		t.Fatal(err)
 	}
 	tw.Close()
@@ -495,7 +511,7 @@ func TestPackPrefixAndEmptyRoot(t *testing.T) {
 		t.Errorf("directory name %q does not end in /", names[1])
 	}
 
-	if _, err := Pack(tar.NewWriter(&bytes.Buffer{}), filepath.Join(src, "missing"), "x/"); err == nil {
+	if _, err := Pack(tar.NewWriter(&bytes.Buffer{}), filepath.Join(src, "missing"), "x/", false); err == nil {
 		t.Error("Pack of a missing root succeeded")
 	}
 }

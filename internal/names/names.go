@@ -1,0 +1,129 @@
+// Package names validates the names that reach COAT from outside (the
+// CLI's arguments, the agents' HTTP API, configuration files) before
+// anything is changed, and maps image names to safe on-disk keys.
+//
+//   - Container and host names are DNS labels of at most 32 characters:
+//     lowercase letters, digits and inner dashes. They become directory,
+//     namespace, cgroup and certificate file names as they are, which is
+//     safe only because nothing else passes.
+//   - Image names are references, name[:tag] (no digests yet): the name is
+//     one or more '/'-separated components of lowercase letters and
+//     digits, joined inside a component by single '.', '_' or '-' (so never
+//     "." or ".."), the tag 1-128 letters, digits, '_', '.' and '-' not
+//     starting with '.' or '-'. "NAME:latest" is the same image as "NAME".
+//     An image is never stored under its name as given but under its Key,
+//     a single path element that cannot be empty, ".", ".." or hidden.
+package names
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// MaxName is the longest container or host name.
+const MaxName = 32
+
+var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+
+// Container checks a container name.
+func Container(s string) error {
+	if !labelRE.MatchString(s) {
+		return fmt.Errorf("invalid name %q: a container name is 1-32 lowercase letters, digits and dashes, starting and ending with a letter or digit", s)
+	}
+	return nil
+}
+
+// Host checks a host (agent) name.
+func Host(s string) error {
+	if !labelRE.MatchString(s) {
+		return fmt.Errorf("invalid host name %q: a host name is 1-32 lowercase letters, digits and dashes, starting and ending with a letter or digit", s)
+	}
+	return nil
+}
+
+// Label reports whether s is a valid container or host name.
+func Label(s string) bool { return labelRE.MatchString(s) }
+
+// MaxImage is the longest image reference accepted (its key, plus the
+// agent's temporary-name affixes, stays within a file name's 255 bytes).
+const MaxImage = 200
+
+var (
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// Image is a parsed image reference.
+type Image struct {
+	Name string // e.g. "sample" or "lab/redis"
+	Tag  string // "" for latest
+}
+
+// String is the canonical reference: "NAME" or "NAME:TAG" (never ":latest").
+func (im Image) String() string {
+	if im.Tag == "" {
+		return im.Name
+	}
+	return im.Name + ":" + im.Tag
+}
+
+// Key is the image's directory name on disk: the canonical reference with
+// '/' written as '+' and ':' as '@' (neither can appear in a reference, so
+// two images never share a key). It is one path element that never starts
+// with '.' (see the package comment).
+func (im Image) Key() string {
+	return strings.NewReplacer("/", "+", ":", "@").Replace(im.String())
+}
+
+const imageRule = "an image name is NAME[:TAG]: NAME is lowercase letters and digits, separated by single '.', '_' or '-', in '/'-separated parts (e.g. sample, lab/redis), TAG is letters, digits, '_', '.' and '-' (e.g. 1.2)"
+
+// ParseImage parses an image reference. The error says what is allowed.
+func ParseImage(s string) (Image, error) {
+	bad := func(why string) (Image, error) {
+		return Image{}, fmt.Errorf("invalid image %q: %s; %s", s, why, imageRule)
+	}
+	switch {
+	case s == "":
+		return bad("empty")
+	case len(s) > MaxImage:
+		return bad(fmt.Sprintf("longer than %d characters", MaxImage))
+	case strings.Contains(s, "@"):
+		return bad("digests (NAME@sha256:...) are not supported yet")
+	case strings.HasPrefix(s, "/"):
+		return bad("it is not a path: no leading '/'")
+	case strings.Contains(s, ".."):
+		return bad("it is not a path: no '..'")
+	}
+	name, tag := s, ""
+	if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.Contains(s[i+1:], "/") {
+		name, tag = s[:i], s[i+1:]
+		if !tagRE.MatchString(tag) {
+			return bad(fmt.Sprintf("bad tag %q", tag))
+		}
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == "" {
+			return bad("empty part between '/'")
+		}
+		if strings.ToLower(c) != c {
+			return bad("names are lowercase")
+		}
+		if !componentRE.MatchString(c) {
+			return bad(fmt.Sprintf("bad part %q", c))
+		}
+	}
+	if tag == "latest" {
+		tag = ""
+	}
+	return Image{Name: name, Tag: tag}, nil
+}
+
+// ImageKey is ParseImage(s).Key().
+func ImageKey(s string) (string, error) {
+	im, err := ParseImage(s)
+	if err != nil {
+		return "", err
+	}
+	return im.Key(), nil
+}
