@@ -24,6 +24,7 @@ import (
 	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/authz"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/runtime"
@@ -71,6 +72,8 @@ type Agent struct {
 	seen map[string]seenHost
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
+	// revoked: certificates refused (authz.go follows the store).
+	revoked authz.Revoked
 }
 
 // New sets up the host's overlay and runtime.
@@ -103,6 +106,8 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}, fetching: map[string]*fetch{}}
+	// Agents answer as hosts; peerTLS also checks it is the one called.
+	a.tls.VerifyConnection = a.verifyPeer(pki.RoleHost, "")
 	var note string
 	a.features, note = hostFeatures()
 	if note != "" {
@@ -118,6 +123,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A certificate without a role, or a revoked one, fails the handshake
+	// (and every request, should it be revoked while connected).
+	stls.VerifyConnection = a.verifyPeer("", "")
+	if err := a.loadRevocations(ctx); err != nil {
+		return fmt.Errorf("%w (is etcd up, and does it know this host? `coat init` sets its users up)", err)
+	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
 		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty,
@@ -128,7 +139,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
-	a.wg.Add(3)
+	a.wg.Add(4)
+	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()
 	go func() {
 		defer a.wg.Done()
 		if err := a.rt.Warm(ctx); err != nil {
@@ -164,7 +176,7 @@ func (a *Agent) peerClient(h store.Host) *api.Client {
 		// Keepalive finds a peer lost to a partition within seconds, also
 		// in the middle of a long image stream.
 		HTTP: &http.Client{Transport: &http.Transport{
-			TLSClientConfig: a.tls, DisableCompression: true,
+			TLSClientConfig: a.peerTLS(h.Name), DisableCompression: true,
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}).DialContext,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}},

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/authz"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/store"
 	"github.com/coat-project/coat/internal/transfer"
@@ -21,20 +22,26 @@ import (
 
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/containers", a.handleRun)
-	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleRemove)
-	mux.HandleFunc("GET /v1/containers/{name}/logs", a.handleLogs)
-	mux.HandleFunc("POST /v1/containers/{name}/migrate", a.handleMigrate)
-	mux.HandleFunc("PUT /v1/images/{name}", a.handleImport)
-	mux.HandleFunc("POST /v1/incoming/{name}/prepare", a.handlePrepare)
-	mux.HandleFunc("POST /v1/incoming/{name}/switch", a.handleSwitch)
-	mux.HandleFunc("PUT /v1/incoming/{name}/data", a.handleData)
-	mux.HandleFunc("POST /v1/incoming/{name}/restore", a.handleRestore)
-	mux.HandleFunc("POST /v1/incoming/{name}/abort", a.handleAbort)
-	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.handleTunnel)
-	mux.HandleFunc("POST /v1/incoming/{name}/fetched", a.handleFetched)
-	return mux
+	// Each route says who may call it (guard, authz.go); hosts get only
+	// their part of the migrations recorded with them.
+	admin := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, a.guard(authz.AdminOnly, h)) }
+	incoming := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, a.guard(authz.Incoming, h)) }
+	admin("POST /v1/containers", a.handleRun)
+	admin("DELETE /v1/containers/{name}", a.handleRemove)
+	admin("GET /v1/containers/{name}/logs", a.handleLogs)
+	admin("POST /v1/containers/{name}/migrate", a.handleMigrate)
+	admin("PUT /v1/images/{name}", a.handleImport)
+	incoming(preparePattern, a.handlePrepare)
+	incoming("POST /v1/incoming/{name}/switch", a.handleSwitch)
+	incoming("PUT /v1/incoming/{name}/data", a.handleData)
+	incoming("POST /v1/incoming/{name}/restore", a.handleRestore)
+	incoming("POST /v1/incoming/{name}/abort", a.handleAbort)
+	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.guard(authz.Tunnel, a.handleTunnel))
+	incoming("POST /v1/incoming/{name}/fetched", a.handleFetched)
+	return a.authenticate(mux)
 }
+
+const preparePattern = "POST /v1/incoming/{name}/prepare"
 
 // httpError writes err with a status that fits it.
 func httpError(w http.ResponseWriter, err error) {
@@ -46,6 +53,8 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP):
 		code = http.StatusBadRequest
+	case errors.Is(err, authz.ErrForbidden):
+		code = http.StatusForbidden
 	}
 	writeJSON(w, code, api.Error{Error: err.Error()})
 }
