@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/coat-project/coat/internal/nstest"
 )
 
 // authzEtcd is an etcd client presenting cert.
@@ -27,6 +30,23 @@ func authzEtcd(t *testing.T, url string, cfg *tls.Config) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// authzFrom is an HTTP client with cfg whose connections start in node's
+// network namespace, as the node's agent's do (a host's certificate is
+// good only from the host's underlay IP).
+func authzFrom(l *testLab, node string, cfg *tls.Config) *http.Client {
+	ns := "/run/netns/coat-" + l.name + "-" + node
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := nstest.Run(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DialContext: dial, DisableKeepAlives: true}}
 }
 
 func authzCert(t *testing.T, labDir, name string) tls.Certificate {
@@ -64,8 +84,8 @@ func TestAuthz(t *testing.T) {
 	e2client := authzCert(t, labDir, "edge-2-client")
 	e2cfg := secClientTLS(pool, &e2client)
 
-	// The reviewer's case, through the CLI: edge-2's certificate in place
-	// of the admin's.
+	// The reviewer's case, through the CLI on edge-2: edge-2's certificate
+	// in place of the admin's.
 	t.Run("cli with a host certificate", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"rm", "victim"},
@@ -74,7 +94,7 @@ func TestAuthz(t *testing.T) {
 			{"run", "--host", "edge-1", "--name", "intruder", "--image", "sample", "--", "/bin/coat-sample", "server"},
 			{"run", "--host", "edge-2", "--name", "intruder", "--image", "sample", "--", "/bin/coat-sample", "server"},
 		} {
-			full := append([]string{args[0], "--cert-name", "edge-2"}, args[1:]...)
+			full := append([]string{"lab", "exec", "edge-2", "--", filepath.Join(binDir, "coat"), args[0], "--cert-name", "edge-2"}, args[1:]...)
 			out, timedOut, err := secCoat(l, 30*time.Second, full...)
 			what := strings.Join(args, " ")
 			var ee *exec.ExitError
@@ -90,7 +110,8 @@ func TestAuthz(t *testing.T) {
 		}
 	})
 
-	// Straight at edge-1's API with edge-2's client certificate.
+	// Straight at edge-1's API with edge-2's client certificate, from
+	// edge-2.
 	t.Run("agent api", func(t *testing.T) {
 		runBody, _ := json.Marshal(map[string]any{"name": "intruder", "image": "sample", "args": []string{"/bin/coat-sample", "server"}})
 		// The old prepare body: a container record with the victim's
@@ -99,7 +120,7 @@ func TestAuthz(t *testing.T) {
 			"name": "evil", "host": "edge-2", "image": "sample", "ip": victim.IP, "mac": victim.MAC,
 			"args": []string{"/bin/coat-sample", "server"}, "status": "migrating", "migrating_to": "edge-1",
 		}})
-		cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: e2cfg, DisableKeepAlives: true}}
+		cl := authzFrom(l, "edge-2", e2cfg)
 		for _, r := range []struct {
 			op, method, path, ctype string
 			body                    []byte
@@ -137,11 +158,23 @@ func TestAuthz(t *testing.T) {
 			}
 			t.Logf("%s: 403 %s", r.op, strings.TrimSpace(b.String()))
 		}
+		// edge-2's certificate from elsewhere (the root namespace) is
+		// refused whatever it asks.
+		resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: e2cfg, DisableKeepAlives: true}}).
+			Post("https://"+edge1+"/v1/incoming/victim/abort", "", nil)
+		if err != nil {
+			t.Errorf("edge-2's certificate from elsewhere: %v", err)
+		} else {
+			var b bytes.Buffer
+			_, _ = b.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(b.String(), "bound to") {
+				t.Errorf("edge-2's certificate from elsewhere: HTTP %d %s, want 403 for the address", resp.StatusCode, b.String())
+			}
+		}
 		// A host's server certificate is no client certificate.
 		e2server := authzCert(t, labDir, "edge-2")
-		resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: secClientTLS(pool, &e2server), DisableKeepAlives: true,
-		}}).Get("https://" + edge1 + "/v1/containers/victim/logs")
+		resp, err = authzFrom(l, "edge-2", secClientTLS(pool, &e2server)).Get("https://" + edge1 + "/v1/containers/victim/logs")
 		if err == nil {
 			resp.Body.Close()
 			t.Errorf("edge-2's server certificate as a client: HTTP %d, want a TLS failure", resp.StatusCode)
@@ -222,7 +255,7 @@ func TestAuthz(t *testing.T) {
 			t.Logf("etcd with the revoked certificate: %v", err)
 		}
 		// The agents within their next read of the revocations (1 s).
-		cl := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: e2cfg, DisableKeepAlives: true}}
+		cl := authzFrom(l, "edge-2", e2cfg)
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			resp, err := cl.Post("https://"+edge1+"/v1/incoming/victim/abort", "", nil)

@@ -177,7 +177,7 @@ func (a *Agent) peerClient(h store.Host) *api.Client {
 		// in the middle of a long image stream.
 		HTTP: &http.Client{Transport: &http.Transport{
 			TLSClientConfig: a.peerTLS(h.Name), DisableCompression: true,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}).DialContext,
+			DialContext:         a.peerDialer().DialContext,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}},
 	}

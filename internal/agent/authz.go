@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -38,6 +39,10 @@ func (a *Agent) authenticate(next http.Handler) http.Handler {
 		id, err := pki.Identify(r.TLS.PeerCertificates[0])
 		if err == nil {
 			err = a.revoked.Check(id)
+		}
+		if err == nil {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			err = authz.FromAddress(id, net.ParseIP(host))
 		}
 		if err != nil {
 			if !errors.Is(err, authz.ErrForbidden) {
@@ -118,6 +123,16 @@ func (a *Agent) verifyPeer(wantRole pki.Role, wantName string) func(tls.Connecti
 		}
 		return nil
 	}
+}
+
+// peerDialer dials other agents from this host's underlay IP: the address
+// its client certificate is bound to, whatever route the kernel picks.
+func (a *Agent) peerDialer() *net.Dialer {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}
+	if a.cfg.UnderlayIP != nil {
+		d.LocalAddr = &net.TCPAddr{IP: a.cfg.UnderlayIP}
+	}
+	return d
 }
 
 // peerTLS is the client configuration for calls to host's agent.

@@ -170,7 +170,7 @@ const tunnelProto = "coat-pages"
 func (a *Agent) dialTunnel(ctx context.Context, h store.Host, name, kind string) (net.Conn, error) {
 	cfg := a.peerTLS(h.Name)
 	cfg.NextProtos = []string{"http/1.1"}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive}, Config: cfg}
+	d := &tls.Dialer{NetDialer: a.peerDialer(), Config: cfg}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", h.API)

@@ -10,6 +10,7 @@
 //     recorded from this agent to the caller (the destination fetches
 //     memory from the source); never anything else (run, rm, logs,
 //     migrate, image import);
+//   - a host calls from the address its certificate names (FromAddress);
 //   - an etcd member's certificate, and a revoked one, may do nothing.
 //
 // The agent names each route's Kind where it registers it (so the name is
@@ -21,6 +22,7 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 
@@ -76,6 +78,21 @@ func Decide(caller pki.Identity, op Op, self string, m *store.Migration) error {
 			ErrForbidden, caller.Name, op.Name, self, self, caller.Name)
 	}
 	return fmt.Errorf("%w: host certificate %q may only take part in migrations; running, removing, migrating, reading logs and importing images need an admin certificate (the CLI's)", ErrForbidden, caller.Name)
+}
+
+// FromAddress checks that a host calls from an address its certificate is
+// bound to (its underlay IP SAN), so that its key is no good elsewhere.
+// Other roles may call from anywhere.
+func FromAddress(id pki.Identity, remote net.IP) error {
+	if id.Role != pki.RoleHost {
+		return nil
+	}
+	for _, ip := range id.IPs {
+		if remote != nil && ip.Equal(remote) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: host certificate %q is bound to %v, and the call comes from %v", ErrForbidden, id.Name, id.IPs, remote)
 }
 
 // Revoked is the set of revoked names and serials an agent refuses.

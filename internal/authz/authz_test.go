@@ -2,6 +2,7 @@ package authz
 
 import (
 	"errors"
+	"net"
 	"testing"
 
 	"github.com/coat-project/coat/internal/pki"
@@ -68,5 +69,26 @@ func TestRevoked(t *testing.T) {
 	r.Set(nil)
 	if err := r.Check(id); err != nil {
 		t.Errorf("after clearing: %v", err)
+	}
+}
+
+func TestFromAddress(t *testing.T) {
+	host := pki.Identity{Name: "edge-2", Role: pki.RoleHost, IPs: []net.IP{net.ParseIP("10.201.0.12")}}
+	for _, tc := range []struct {
+		id     pki.Identity
+		remote string
+		ok     bool
+	}{
+		{host, "10.201.0.12", true},
+		{host, "::ffff:10.201.0.12", true},
+		{host, "10.201.0.1", false},
+		{host, "", false},
+		{pki.Identity{Name: "edge-3", Role: pki.RoleHost}, "10.201.0.13", false}, // bound to nothing
+		{pki.Identity{Name: "cli", Role: pki.RoleAdmin}, "192.0.2.1", true},
+	} {
+		err := FromAddress(tc.id, net.ParseIP(tc.remote))
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrForbidden)) {
+			t.Errorf("%s from %q: %v, want ok=%v", tc.id.Name, tc.remote, err, tc.ok)
+		}
 	}
 }

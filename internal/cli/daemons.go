@@ -203,6 +203,9 @@ it again after issuing or revoking.`,
 					if err := store.ValidName(name); err != nil {
 						return fmt.Errorf("%s %q: %w", list.flag, n, err)
 					}
+					if ipStr == "" && list.role == pki.RoleHost {
+						return fmt.Errorf("--issue %q: want NAME=UNDERLAY-IP: a host's certificate is bound to the address its agent calls from", n)
+					}
 					var ips []net.IP
 					if ipStr != "" {
 						ip := net.ParseIP(ipStr)

@@ -18,7 +18,10 @@
 //     store records a migration of NAME from it to that agent, and
 //     /v1/tunnel/NAME/* only for a page tunnel that agent opened for it;
 //     never /v1/containers or /v1/images (run, rm, logs, migrate, import).
-//     internal/authz decides; the agent's middleware asks it.
+//     internal/authz decides; the agent's middleware asks it. A host
+//     certificate is good only from the host's underlay IP (its IP SANs):
+//     agents refuse a host caller from another address, and dial their
+//     peers from their underlay IP. (etcd cannot check this per user.)
 //   - O=coat:etcd: an etcd member. Its certificate serves clients and is
 //     also the client side of the member-to-member links, so it carries
 //     both usages; agents refuse it as a caller.
@@ -219,13 +222,14 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 type Identity struct {
 	Name   string
 	Role   Role
-	Serial string // hex
+	Serial string   // hex
+	IPs    []net.IP // the addresses it is bound to (a host's underlay IP)
 }
 
 // Identify reads the name and role of a certificate (already verified
 // against the CA by TLS). A certificate without a known role is an error.
 func Identify(c *x509.Certificate) (Identity, error) {
-	id := Identity{Name: c.Subject.CommonName, Serial: SerialOf(c)}
+	id := Identity{Name: c.Subject.CommonName, Serial: SerialOf(c), IPs: c.IPAddresses}
 	if len(c.Subject.Organization) == 1 {
 		id.Role = Role(c.Subject.Organization[0])
 	}
