@@ -87,6 +87,9 @@ func newAgentCmd() *cobra.Command {
 			}
 			st := store.NewEtcd(cli, "/coat/", sn)
 			defer st.Close()
+			if err := st.RequireAuth(ctx); err != nil {
+				return fmt.Errorf("%w: set it up with `coat init --pki-dir %s --etcd-endpoints %s` (as admin) before starting agents", err, pkiDir, endpoints)
+			}
 			a, err := agent.New(cfg, st, logger(os.Stderr).With("host", cfg.Name))
 			if err != nil {
 				return err

@@ -193,3 +193,21 @@ func SetupAuthFromPKI(ctx context.Context, endpoints []string, dir, admin string
 	}
 	return nil
 }
+
+// RequireAuth fails if etcd's access control is off: then every
+// certificate of the cluster CA could rewrite every record.
+func (s *Etcd) RequireAuth(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := s.cli.AuthStatus(ctx)
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return nil // only admins may ask: it is on
+	}
+	if err != nil {
+		return fmt.Errorf("etcd authentication status: %w", err)
+	}
+	if !st.Enabled {
+		return errors.New("etcd's access control is off: any certificate of the cluster CA could rewrite every record")
+	}
+	return nil
+}

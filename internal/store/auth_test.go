@@ -81,6 +81,9 @@ func TestAuthHostPermissions(t *testing.T) {
 	dir, url, admin := newAuthStore(t)
 	ctx := testCtx(t)
 	e1, e2 := storeAs(t, dir, url, "edge-1"), storeAs(t, dir, url, "edge-2")
+	if err := e1.RequireAuth(ctx); err != nil {
+		t.Fatalf("RequireAuth as a host: %v", err)
+	}
 	if err := e1.RegisterHost(ctx, Host{Name: "edge-1", UnderlayIP: "10.0.0.1"}, 5*time.Second); err != nil {
 		t.Fatalf("edge-1 registers itself: %v", err)
 	}
@@ -164,5 +167,12 @@ func TestAuthRevoke(t *testing.T) {
 	rs, err := storeAs(t, dir, url, "edge-1").Revocations(ctx)
 	if err != nil || len(rs) != 1 || rs[0].Name != "edge-2" || len(rs[0].Serials) != 2 {
 		t.Errorf("revocations as edge-1 reads them: %+v %v", rs, err)
+	}
+}
+
+func TestRequireAuthOff(t *testing.T) {
+	s := newTestStore(t)
+	if err := s.RequireAuth(testCtx(t)); err == nil {
+		t.Error("RequireAuth passed with access control off")
 	}
 }
