@@ -73,6 +73,9 @@ func newAgentCmd() *cobra.Command {
 				cfg.Listen = net.JoinHostPort(underlay, "7443")
 			}
 			cfg.PKI = pki.FilesFor(pkiDir, cfg.Name)
+			if err := cfg.PKI.CheckHost(cfg.Name, cfg.UnderlayIP); err != nil {
+				return err
+			}
 			cfg.Self = self()
 			tc, err := cfg.PKI.ClientConfig()
 			if err != nil {

@@ -458,3 +458,27 @@ func Parties(dir string) (admins, hosts []string, err error) {
 	}
 	return admins, hosts, nil
 }
+
+// CheckHost checks that f holds host name's certificates (server and
+// client), the client one bound to underlay, so that an agent started with
+// the wrong files or flags says so at once instead of being refused by
+// every peer and by etcd.
+func (f Files) CheckHost(name string, underlay net.IP) error {
+	for _, file := range []string{f.Cert, f.ClientCert} {
+		c, err := ReadCert(file)
+		if err != nil {
+			return fmt.Errorf("%w (issue host certificates with `coat init --issue %s=%s`)", err, name, underlay)
+		}
+		id, err := Identify(c)
+		if err != nil {
+			return err
+		}
+		if id.Role != RoleHost || id.Name != name {
+			return fmt.Errorf("%s is the certificate of %s (%s), not of host %s: issue one with `coat init --issue %s=%s`", file, id.Name, id.Role, name, name, underlay)
+		}
+		if file == f.ClientCert && !slices.ContainsFunc(c.IPAddresses, underlay.Equal) {
+			return fmt.Errorf("%s is bound to %v, not to the underlay IP %s: peers would refuse this agent's calls; issue it again for %s=%s (revoke the old one)", file, c.IPAddresses, underlay, name, underlay)
+		}
+	}
+	return nil
+}

@@ -497,3 +497,23 @@ func TestIssueReplacesRoleless(t *testing.T) {
 		t.Errorf("after Issue: %+v %v", id, err)
 	}
 }
+
+func TestCheckHost(t *testing.T) {
+	dir := newPKI(t, "edge-1", "cli")
+	ip := net.ParseIP("10.201.0.11")
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-1", ip); err != nil {
+		t.Errorf("edge-1's own files: %v", err)
+	}
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-1", net.ParseIP("10.201.0.12")); err == nil || !strings.Contains(err.Error(), "bound to") {
+		t.Errorf("another underlay IP: %v", err)
+	}
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-2", ip); err == nil {
+		t.Error("edge-1's files passed for edge-2")
+	}
+	if err := FilesFor(dir, "cli").CheckHost("cli", ip); err == nil {
+		t.Error("the admin's files passed for a host")
+	}
+	if err := FilesFor(dir, "nobody").CheckHost("nobody", ip); err == nil || !strings.Contains(err.Error(), "coat init --issue") {
+		t.Errorf("missing files: %v", err)
+	}
+}
