@@ -47,13 +47,23 @@
 // keyed by container name, ownership moves with a migration (the source
 // writes the destination's record at commit, the destination writes it
 // when it commits a recovered migration or stops a failed post-copy), and
-// any name may be claimed by the agent that runs a new container. A stolen
-// host key can therefore still rewrite container records in etcd; what it
-// cannot do is make another agent act on them for it (the agents check the
-// caller against the records and the records against themselves), nor
-// rewrite another host's registration (its underlay IP, the VTEP all
-// agents forward to). Closing this needs a layout keyed by owner (e.g.
-// containers/HOST/NAME with name claims under an admin-written prefix).
+// any name may be claimed by the agent that runs a new container. So a
+// stolen host key (used from the host's own address) can still rewrite
+// container and migration records in etcd directly, and with forged
+// records (container Y "on" itself and migrating to edge-1, a migration
+// record from itself to edge-1) it could then drive edge-1's prepare for
+// Y, whose IP and MAC edge-1 reads from the forged record. The agents'
+// checks close the direct paths (the reviewer's: rm/run/migrate with a
+// host certificate, prepare with a record in the body, prepare or data
+// without a recorded migration, calls from another address); they cannot
+// tell a forged record from a real one. What the key cannot touch is
+// another host's registration (its underlay IP, the VTEP every agent
+// forwards to), the revocations, etcd's users and roles, and anything
+// outside /coat/. Closing the rest needs records keyed by owner (e.g.
+// containers/HOST/NAME, writable by HOST only, with the handover at
+// commit split between source and destination and name claims under a
+// prefix only admins write): a change of the store layout and of the
+// commit, left for after the migration-protocol work now under way.
 //
 // Revocation: `coat init --revoke NAME` records NAME's serials in
 // revoked.json here, writes them under /coat/revoked/NAME in etcd (only
