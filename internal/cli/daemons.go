@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -177,13 +178,14 @@ func newEtcdCmd() *cobra.Command {
 
 func newInitCmd() *cobra.Command {
 	var dir string
-	var hosts, etcds, revoke []string
+	var hosts, etcds, admins, revoke []string
 	cmd := &cobra.Command{
-		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--revoke NAME]... [--etcd-endpoints URLS]",
+		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--revoke NAME]... [--etcd-endpoints URLS]",
 		Short: "Create the cluster CA and certificates (the CLI's admin one, a host's per --issue), revoke certificates, and set etcd's access control up",
 		Long: `Create the cluster CA and certificates: the CLI's (role admin), one per
---issue for an agent (role host, bound to its name and underlay IP) and one
-per --issue-etcd for an etcd member. --revoke NAME revokes NAME's
+--issue for an agent (role host, bound to its name and underlay IP), one
+per --issue-etcd for an etcd member and one per --issue-admin for another
+admin. --revoke NAME revokes NAME's
 certificates: they are recorded in DIR/revoked.json, and, with etcd
 endpoints (--etcd-endpoints, COAT_ETCD_ENDPOINTS or the config file), in
 etcd, where NAME's user goes and every agent refuses them.
@@ -196,14 +198,20 @@ it again after issuing or revoking.`,
 			if err := pki.EnsureCA(dir); err != nil {
 				return err
 			}
-			if err := pki.Issue(dir, "cli", pki.RoleAdmin, nil); err != nil {
+			revoked, err := pki.Revocations(dir)
+			if err != nil {
 				return err
+			}
+			if !slices.ContainsFunc(revoked, func(r pki.Revocation) bool { return r.Name == "cli" }) {
+				if err := pki.Issue(dir, "cli", pki.RoleAdmin, nil); err != nil {
+					return err
+				}
 			}
 			for _, list := range []struct {
 				flag  string
 				names []string
 				role  pki.Role
-			}{{"--issue", hosts, pki.RoleHost}, {"--issue-etcd", etcds, pki.RoleEtcd}} {
+			}{{"--issue", hosts, pki.RoleHost}, {"--issue-etcd", etcds, pki.RoleEtcd}, {"--issue-admin", admins, pki.RoleAdmin}} {
 				for _, n := range list.names {
 					name, ipStr, _ := strings.Cut(n, "=")
 					if err := store.ValidName(name); err != nil {
@@ -263,6 +271,7 @@ it again after issuing or revoking.`,
 	cmd.Flags().StringVar(&dir, "pki-dir", "/etc/coat/pki", "where to write the CA and certificates")
 	cmd.Flags().StringArrayVar(&hosts, "issue", nil, "issue a host certificate NAME=UNDERLAY-IP for an agent (repeatable)")
 	cmd.Flags().StringArrayVar(&etcds, "issue-etcd", nil, "issue a certificate NAME=IP for an etcd member (repeatable)")
+	cmd.Flags().StringArrayVar(&admins, "issue-admin", nil, "issue another admin certificate NAME (repeatable; use it with --cert-name)")
 	cmd.Flags().StringArrayVar(&revoke, "revoke", nil, "revoke NAME's certificates (repeatable); the name cannot be issued again")
 	return cmd
 }

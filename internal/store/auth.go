@@ -176,6 +176,11 @@ func SetupAuthFromPKI(ctx context.Context, endpoints []string, dir, admin string
 	if err != nil {
 		return err
 	}
+	for _, r := range p.Revoked {
+		if r.Name == admin {
+			return fmt.Errorf("%s is revoked: set etcd up with another admin certificate (--cert-name; `coat init --issue-admin NAME` makes one)", admin)
+		}
+	}
 	tc, err := pki.FilesFor(dir, admin).ClientConfig()
 	if err != nil {
 		return err
