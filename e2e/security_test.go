@@ -183,7 +183,7 @@ func TestUnauthenticatedRefused(t *testing.T) {
 	if err := pki.EnsureCA(foreign); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.Issue(foreign, "cli", nil); err != nil {
+	if err := pki.Issue(foreign, "cli", pki.RoleAdmin, nil); err != nil {
 		t.Fatal(err)
 	}
 	foreignCert, err := tls.LoadX509KeyPair(filepath.Join(foreign, "cli.crt"), filepath.Join(foreign, "cli.key"))

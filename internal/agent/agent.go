@@ -25,6 +25,7 @@ import (
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/authz"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/runtime"
@@ -72,6 +73,8 @@ type Agent struct {
 	seen map[string]seenHost
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
+	// revoked: certificates refused (authz.go follows the store).
+	revoked authz.Revoked
 	// incoming: requests of incoming migrations being served, by name.
 	incoming map[string]int
 }
@@ -136,6 +139,8 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}, fetching: map[string]*fetch{}}
+	// Agents answer as hosts; peerTLS also checks it is the one called.
+	a.tls.VerifyConnection = a.verifyPeer(pki.RoleHost, "")
 	var note string
 	a.features, note = hostFeatures()
 	if note != "" {
@@ -151,6 +156,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A certificate without a role, or a revoked one, fails the handshake
+	// (and every request, should it be revoked while connected).
+	stls.VerifyConnection = a.verifyPeer("", "")
+	if err := a.loadRevocations(ctx); err != nil {
+		return fmt.Errorf("%w (is etcd up, and does it know this host? `coat init` sets its users up)", err)
+	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
 		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty,
@@ -162,7 +173,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
 	ln := tls.NewListener(tln, stls)
-	a.wg.Add(3)
+	a.wg.Add(4)
+	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()
 	go func() {
 		defer a.wg.Done()
 		if err := a.rt.Warm(ctx); err != nil {
@@ -198,8 +210,8 @@ func (a *Agent) peerClient(h store.Host) *api.Client {
 		// Keepalive finds a peer lost to a partition within seconds, also
 		// in the middle of a long image stream.
 		HTTP: &http.Client{Transport: &http.Transport{
-			TLSClientConfig: a.tls, DisableCompression: true,
-			DialContext:         peerDialer().DialContext,
+			TLSClientConfig: a.peerTLS(h.Name), DisableCompression: true,
+			DialContext:         a.peerDialer().DialContext,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}},
 	}

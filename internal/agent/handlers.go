@@ -16,6 +16,7 @@ import (
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/authz"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
@@ -24,20 +25,26 @@ import (
 
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/containers", a.handleRun)
-	mux.HandleFunc("DELETE /v1/containers/{name}", named(a.handleRemove))
-	mux.HandleFunc("GET /v1/containers/{name}/logs", named(a.handleLogs))
-	mux.HandleFunc("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
-	mux.HandleFunc("PUT /v1/images/{name}", a.handleImport)
-	mux.HandleFunc("POST /v1/incoming/{name}/prepare", named(a.handlePrepare))
-	mux.HandleFunc("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
-	mux.HandleFunc("PUT /v1/incoming/{name}/data", named(a.handleData))
-	mux.HandleFunc("POST /v1/incoming/{name}/restore", named(a.handleRestore))
-	mux.HandleFunc("POST /v1/incoming/{name}/abort", named(a.handleAbort))
-	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", named(a.handleTunnel))
-	mux.HandleFunc("POST /v1/incoming/{name}/fetched", named(a.handleFetched))
-	return mux
+	// Each route says who may call it (guard, authz.go); hosts get only
+	// their part of the migrations recorded with them.
+	admin := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, a.guard(authz.AdminOnly, h)) }
+	incoming := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, a.guard(authz.Incoming, h)) }
+	admin("POST /v1/containers", a.handleRun)
+	admin("DELETE /v1/containers/{name}", named(a.handleRemove))
+	admin("GET /v1/containers/{name}/logs", named(a.handleLogs))
+	admin("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
+	admin("PUT /v1/images/{name}", a.handleImport)
+	incoming(preparePattern, named(a.handlePrepare))
+	incoming("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
+	incoming("PUT /v1/incoming/{name}/data", named(a.handleData))
+	incoming("POST /v1/incoming/{name}/restore", named(a.handleRestore))
+	incoming("POST /v1/incoming/{name}/abort", named(a.handleAbort))
+	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.guard(authz.Tunnel, named(a.handleTunnel)))
+	incoming("POST /v1/incoming/{name}/fetched", named(a.handleFetched))
+	return a.authenticate(mux)
 }
+
+const preparePattern = "POST /v1/incoming/{name}/prepare"
 
 // named refuses a request whose {name} is not a valid container name
 // before h sees it: names become paths, namespaces and cgroups.
@@ -71,6 +78,8 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, errBadRequest), errors.Is(err, store.ErrNoFreeIP), errors.Is(err, transfer.ErrRefused):
 		code = http.StatusBadRequest
+	case errors.Is(err, authz.ErrForbidden):
+		code = http.StatusForbidden
 	}
 	writeJSON(w, code, api.Error{Error: err.Error()})
 }

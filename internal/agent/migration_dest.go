@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/authz"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
@@ -32,9 +33,9 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	c := req.Container
-	if c.Name != r.PathValue("name") {
-		httpError(w, badRequest("container %q sent to the address of %q: send each container to its own", c.Name, r.PathValue("name")))
+	c, err := a.preparable(r.Context(), r.PathValue("name"))
+	if err != nil {
+		httpError(w, err)
 		return
 	}
 	if !a.rt.HasImage(c.Image) {
@@ -55,6 +56,27 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// preparable reads the record of a container the store says is migrating
+// here: the destination takes nothing about it (IP, MAC, image, command)
+// from the caller.
+func (a *Agent) preparable(ctx context.Context, name string) (store.Container, error) {
+	if err := store.ValidName(name); err != nil {
+		return store.Container{}, badRequest("%v", err)
+	}
+	c, err := a.st.Container(ctx, name)
+	if err != nil {
+		return store.Container{}, err
+	}
+	m, err := a.st.Migration(ctx, name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Container{}, err
+	}
+	if err != nil || c.Status != store.StatusMigrating || c.MigratingTo != a.cfg.Name || m.To != a.cfg.Name || m.From != c.Host {
+		return store.Container{}, fmt.Errorf("%w: the store records no migration of %s from %s to %s", authz.ErrForbidden, name, c.Host, a.cfg.Name)
+	}
+	return c, nil
 }
 
 // prepareIncoming builds the container's network namespace with the same

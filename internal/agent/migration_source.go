@@ -259,7 +259,7 @@ func (o *outgoing) record(phase string) store.Migration {
 func (o *outgoing) Prepare(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	if err := o.peer.JSON(pctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Container: o.c, Hold: o.hold()}, nil); err != nil {
+	if err := o.peer.JSON(pctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Hold: o.hold()}, nil); err != nil {
 		return err
 	}
 	// The container's neighbours go to the destination at the switch;

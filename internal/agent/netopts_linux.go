@@ -16,7 +16,7 @@ import (
 const stallTimeout = 10 * time.Second
 
 // userTimeout sets TCP_USER_TIMEOUT on a socket (net.Dialer.Control and
-// net.ListenConfig.Control).
+// net.ListenConfig.Control): peerDialer (authz.go) and the listener.
 func userTimeout(_, _ string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
@@ -26,12 +26,6 @@ func userTimeout(_, _ string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
-}
-
-// peerDialer dials other agents: a lost peer is found within stallTimeout,
-// whether the connection is idle (keepalive) or sending (user timeout).
-func peerDialer() *net.Dialer {
-	return &net.Dialer{Timeout: 5 * time.Second, KeepAliveConfig: keepalive, Control: userTimeout}
 }
 
 // listenConfig is the agent API's listener: accepted connections get the

@@ -168,9 +168,9 @@ const tunnelProto = "coat-pages"
 
 // dialTunnel opens the peer's tunnel (name, kind).
 func (a *Agent) dialTunnel(ctx context.Context, h store.Host, name, kind string) (net.Conn, error) {
-	cfg := a.tls.Clone()
+	cfg := a.peerTLS(h.Name)
 	cfg.NextProtos = []string{"http/1.1"}
-	d := &tls.Dialer{NetDialer: peerDialer(), Config: cfg}
+	d := &tls.Dialer{NetDialer: a.peerDialer(), Config: cfg}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", h.API)

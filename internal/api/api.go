@@ -112,9 +112,11 @@ type Progress struct {
 	Error      string         `json:"error,omitempty"`
 }
 
-// PrepareRequest tells the destination what it is about to receive.
+// PrepareRequest tells the destination to get ready for the container
+// named in the path. It carries no container record: the destination reads
+// the record (IP, MAC, image, command) from the store, and prepares only a
+// container the store says is migrating to it.
 type PrepareRequest struct {
-	Container store.Container `json:"container"`
 	// Hold queues inbound frames at the destination from the switch until
 	// the restore is done.
 	Hold bool `json:"hold,omitempty"`

@@ -220,9 +220,25 @@ func (s *session) agent(ctx context.Context, host string) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The agent must answer with its own host certificate, not just any
+	// of the cluster CA's.
+	tc := s.tls.Clone()
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no server certificate")
+		}
+		id, err := pki.Identify(cs.PeerCertificates[0])
+		if err != nil {
+			return err
+		}
+		if id.Role != pki.RoleHost || id.Name != host {
+			return fmt.Errorf("the agent at %s answers with the certificate of %s (%s), not host %s's", h.API, id.Name, id.Role, host)
+		}
+		return nil
+	}
 	return &api.Client{
 		Base: "https://" + h.API,
-		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: s.tls, DisableCompression: true}},
+		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableCompression: true}},
 	}, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,6 +78,9 @@ func newAgentCmd() *cobra.Command {
 				cfg.Listen = net.JoinHostPort(underlay, "7443")
 			}
 			cfg.PKI = pki.FilesFor(pkiDir, cfg.Name)
+			if err := cfg.PKI.CheckHost(cfg.Name, cfg.UnderlayIP); err != nil {
+				return err
+			}
 			cfg.Self = self()
 			tc, err := cfg.PKI.ClientConfig()
 			if err != nil {
@@ -95,6 +99,9 @@ func newAgentCmd() *cobra.Command {
 			}
 			st := store.NewEtcd(cli, "/coat/", sn)
 			defer st.Close()
+			if err := st.RequireAuth(ctx); err != nil {
+				return fmt.Errorf("%w: set it up with `coat init --pki-dir %s --etcd-endpoints %s` (as admin) before starting agents", err, pkiDir, endpoints)
+			}
 			a, err := agent.New(cfg, st, logger(os.Stderr).With("host", cfg.Name))
 			if err != nil {
 				return err
@@ -179,46 +186,110 @@ func newEtcdCmd() *cobra.Command {
 
 func newInitCmd() *cobra.Command {
 	var dir string
-	var names []string
+	var hosts, etcds, admins, revoke []string
 	cmd := &cobra.Command{
-		Use:   "init [--pki-dir DIR] [--issue NAME=IP]...",
-		Short: "Create the cluster CA and certificates (the CLI's, and one per --issue)",
-		Args:  cobra.NoArgs,
+		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--revoke NAME]... [--etcd-endpoints URLS]",
+		Short: "Create the cluster CA and certificates (the CLI's admin one, a host's per --issue), revoke certificates, and set etcd's access control up",
+		Long: `Create the cluster CA and certificates: the CLI's (role admin), one per
+--issue for an agent (role host, bound to its name and underlay IP), one
+per --issue-etcd for an etcd member and one per --issue-admin for another
+admin. --revoke NAME revokes NAME's
+certificates: they are recorded in DIR/revoked.json, and, with etcd
+endpoints (--etcd-endpoints, COAT_ETCD_ENDPOINTS or the config file), in
+etcd, where NAME's user goes and every agent refuses them.
+
+With etcd endpoints, init also gives etcd a user per certificate in DIR
+(admins: root; hosts: their own keys) and turns its authentication on. Run
+it again after issuing or revoking.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := pki.EnsureCA(dir); err != nil {
 				return err
 			}
-			if err := pki.Issue(dir, "cli", nil); err != nil {
+			revoked, err := pki.Revocations(dir)
+			if err != nil {
 				return err
 			}
-			for _, n := range names {
-				name, ipStr, _ := strings.Cut(n, "=")
-				var ips []net.IP
-				if ipStr != "" {
-					ip := net.ParseIP(ipStr)
-					if ip == nil {
-						return fmt.Errorf("--issue %q: %q is not an IP", n, ipStr)
-					}
-					ips = append(ips, ip)
-				}
-				if err := pki.Issue(dir, name, ips); err != nil {
+			if !slices.ContainsFunc(revoked, func(r pki.Revocation) bool { return r.Name == "cli" }) {
+				if err := pki.Issue(dir, "cli", pki.RoleAdmin, nil); err != nil {
 					return err
 				}
 			}
+			for _, list := range []struct {
+				flag  string
+				names []string
+				role  pki.Role
+			}{{"--issue", hosts, pki.RoleHost}, {"--issue-etcd", etcds, pki.RoleEtcd}, {"--issue-admin", admins, pki.RoleAdmin}} {
+				for _, n := range list.names {
+					name, ipStr, _ := strings.Cut(n, "=")
+					if err := store.ValidName(name); err != nil {
+						return fmt.Errorf("%s %q: %w", list.flag, n, err)
+					}
+					if ipStr == "" && list.role == pki.RoleHost {
+						return fmt.Errorf("--issue %q: want NAME=UNDERLAY-IP: a host's certificate is bound to the address its agent calls from", n)
+					}
+					var ips []net.IP
+					if ipStr != "" {
+						ip := net.ParseIP(ipStr)
+						if ip == nil {
+							return fmt.Errorf("%s %q: %q is not an IP", list.flag, n, ipStr)
+						}
+						ips = append(ips, ip)
+					}
+					if err := pki.Issue(dir, name, list.role, ips); err != nil {
+						return err
+					}
+				}
+			}
+			for _, n := range revoke {
+				r, err := pki.Revoke(dir, n)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s (serials %s)\n", r.Name, strings.Join(r.Serials, ", "))
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster PKI in %s\n", dir)
+			fc, err := loadFileConfig()
+			if err != nil {
+				return err
+			}
+			eps := g.endpoints
+			for _, v := range []string{os.Getenv("COAT_ETCD_ENDPOINTS"), fc.EtcdEndpoints} {
+				if eps == "" {
+					eps = v
+				}
+			}
+			if eps == "" {
+				if len(revoke) > 0 {
+					return fmt.Errorf("revoked in %s only: give --etcd-endpoints (or COAT_ETCD_ENDPOINTS) and run it again so that etcd and the agents refuse it too", dir)
+				}
+				return nil
+			}
+			admin := g.certName
+			if admin == "" {
+				admin = envOr("COAT_CERT_NAME", "cli")
+			}
+			if err := store.SetupAuthFromPKI(cmd.Context(), strings.Split(eps, ","), dir, admin); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "etcd access control set up at %s\n", eps)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dir, "pki-dir", "/etc/coat/pki", "where to write the CA and certificates")
-	cmd.Flags().StringArrayVar(&names, "issue", nil, "issue a certificate NAME=IP for an agent or etcd (repeatable)")
+	cmd.Flags().StringArrayVar(&hosts, "issue", nil, "issue a host certificate NAME=UNDERLAY-IP for an agent (repeatable)")
+	cmd.Flags().StringArrayVar(&etcds, "issue-etcd", nil, "issue a certificate NAME=IP for an etcd member (repeatable)")
+	cmd.Flags().StringArrayVar(&admins, "issue-admin", nil, "issue another admin certificate NAME (repeatable; use it with --cert-name)")
+	cmd.Flags().StringArrayVar(&revoke, "revoke", nil, "revoke NAME's certificates (repeatable); the name cannot be issued again")
 	return cmd
 }
 
 // embedEtcd starts an embedded single-member etcd for an agent that was
 // given no endpoints: data under stateDir/etcd, client URL on loopback,
-// certificate "etcd" from the cluster CA in pkiDir (issued if missing).
+// certificate "etcd" from the cluster CA in pkiDir (issued if missing),
+// and access control for the certificates in pkiDir (as `coat init`).
 func embedEtcd(ctx context.Context, stateDir, pkiDir string) (string, func(), error) {
-	if err := pki.Issue(pkiDir, "etcd", []net.IP{net.IPv4(127, 0, 0, 1)}); err != nil {
+	if err := pki.Issue(pkiDir, "etcd", pki.RoleEtcd, []net.IP{net.IPv4(127, 0, 0, 1)}); err != nil {
 		return "", nil, fmt.Errorf("etcd certificate: %w (create the cluster CA with `coat init --pki-dir %s`)", err, pkiDir)
 	}
 	f := pki.FilesFor(pkiDir, "etcd")
@@ -230,6 +301,10 @@ func embedEtcd(ctx context.Context, stateDir, pkiDir string) (string, func(), er
 	})
 	if err != nil {
 		return "", nil, err
+	}
+	if err := store.SetupAuthFromPKI(ctx, []string{url}, pkiDir, "cli"); err != nil {
+		e.Close()
+		return "", nil, fmt.Errorf("etcd access control: %w (`coat init --pki-dir %s` creates the CLI's admin certificate)", err, pkiDir)
 	}
 	return url, e.Close, nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/coat-project/coat/internal/linkspec"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
+	"github.com/coat-project/coat/internal/store"
 )
 
 // VNI is the lab overlay's VXLAN network identifier.
@@ -106,6 +107,7 @@ func Up(ctx context.Context, o Options) (*State, error) {
 		{"links", func() error { return s.ensureLinks(o.Self) }},
 		{"client overlay", s.ensureClientOverlay},
 		{"etcd", func() error { return s.ensureEtcd(ctx, o.Self) }},
+		{"etcd access control", func() error { return s.ensureEtcdAuth(ctx) }},
 		{"agents", func() error { return s.ensureAgents(ctx, o.Self) }},
 	}
 	for _, st := range steps {
@@ -128,23 +130,23 @@ func (s *State) ensurePKI() error {
 		return err
 	}
 	if s.Members() == 1 {
-		if err := pki.Issue(dir, "etcd", []net.IP{s.UnderlayIP("")}); err != nil {
+		if err := pki.Issue(dir, "etcd", pki.RoleEtcd, []net.IP{s.UnderlayIP("")}); err != nil {
 			return err
 		}
 	} else {
 		// One certificate per member, naming its IP: etcd checks a peer's
 		// certificate against the address it connects from.
 		for i := 1; i <= s.Members(); i++ {
-			if err := pki.Issue(dir, EtcdMemberName(i), []net.IP{s.UnderlayIP(s.etcdNode(i))}); err != nil {
+			if err := pki.Issue(dir, EtcdMemberName(i), pki.RoleEtcd, []net.IP{s.UnderlayIP(s.etcdNode(i))}); err != nil {
 				return err
 			}
 		}
 	}
-	if err := pki.Issue(dir, "cli", nil); err != nil {
+	if err := pki.Issue(dir, "cli", pki.RoleAdmin, nil); err != nil {
 		return err
 	}
 	for i := 1; i <= s.Hosts; i++ {
-		if err := pki.Issue(dir, EdgeName(i), []net.IP{s.UnderlayIP(EdgeName(i))}); err != nil {
+		if err := pki.Issue(dir, EdgeName(i), pki.RoleHost, []net.IP{s.UnderlayIP(EdgeName(i))}); err != nil {
 			return err
 		}
 	}
@@ -394,6 +396,13 @@ func (s *State) ensureEtcd(ctx context.Context, self string) error {
 		}
 	}
 	return s.waitEtcd(ctx, 60*time.Second)
+}
+
+// ensureEtcdAuth gives etcd a user per certificate of the lab's PKI (the
+// CLI root, each agent its own keys) and turns authentication on, as
+// `coat init --etcd-endpoints` does for a cluster.
+func (s *State) ensureEtcdAuth(ctx context.Context) error {
+	return store.SetupAuthFromPKI(ctx, strings.Split(s.EtcdURL, ","), s.PKIDir(), "cli")
 }
 
 func (s *State) logPath(name string) string { return filepath.Join(s.Dir, "logs", name+".log") }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -23,7 +24,11 @@ func newPKI(t *testing.T, names ...string) string {
 		t.Fatalf("EnsureCA: %v", err)
 	}
 	for _, n := range names {
-		if err := Issue(dir, n, []net.IP{net.ParseIP("10.201.0.11")}); err != nil {
+		role := RoleHost
+		if n == "cli" {
+			role = RoleAdmin
+		}
+		if err := Issue(dir, n, role, []net.IP{net.ParseIP("10.201.0.11")}); err != nil {
 			t.Fatalf("Issue %s: %v", n, err)
 		}
 	}
@@ -212,6 +217,9 @@ func TestFileModes(t *testing.T) {
 		"edge-1.key": 0o600,
 		"ca.crt":     0o644,
 		"edge-1.crt": 0o644,
+		// A host's client certificate, apart from its server's.
+		"edge-1-client.key": 0o600,
+		"edge-1-client.crt": 0o644,
 	}
 	for name, mode := range want {
 		fi, err := os.Stat(filepath.Join(dir, name))
@@ -226,8 +234,8 @@ func TestFileModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 4 {
-		t.Errorf("pki dir holds %d files, want 4", len(entries))
+	if len(entries) != 6 {
+		t.Errorf("pki dir holds %d files, want 6", len(entries))
 	}
 }
 
@@ -271,11 +279,34 @@ func TestCertificateContents(t *testing.T) {
 	if time.Until(leaf.NotAfter) < 365*24*time.Hour || time.Since(leaf.NotBefore) < 0 {
 		t.Errorf("validity %v..%v", leaf.NotBefore, leaf.NotAfter)
 	}
+	if got := strings.Join(leaf.Subject.Organization, ","); got != string(RoleHost) {
+		t.Errorf("O = %q, want %s", got, RoleHost)
+	}
+	client := read("edge-1-client.crt")
+	if client.Subject.CommonName != "edge-1" || strings.Join(client.Subject.Organization, ",") != string(RoleHost) {
+		t.Errorf("client certificate subject %v", client.Subject)
+	}
+	if len(client.IPAddresses) != 1 || client.IPAddresses[0].String() != "10.201.0.11" || len(client.DNSNames) != 0 {
+		t.Errorf("client certificate SANs %v %v, want the underlay IP only", client.IPAddresses, client.DNSNames)
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-			t.Errorf("verify for usage %v: %v", usage, err)
+	// Usages are separate: the server certificate serves, the client one
+	// calls, neither does the other's job.
+	for _, tc := range []struct {
+		what  string
+		c     *x509.Certificate
+		usage x509.ExtKeyUsage
+		ok    bool
+	}{
+		{"server cert as server", leaf, x509.ExtKeyUsageServerAuth, true},
+		{"server cert as client", leaf, x509.ExtKeyUsageClientAuth, false},
+		{"client cert as client", client, x509.ExtKeyUsageClientAuth, true},
+		{"client cert as server", client, x509.ExtKeyUsageServerAuth, false},
+	} {
+		_, err := tc.c.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{tc.usage}})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: verify err = %v, want ok=%v", tc.what, err, tc.ok)
 		}
 	}
 }
@@ -285,7 +316,7 @@ func TestCertificateContents(t *testing.T) {
 func TestIdempotent(t *testing.T) {
 	dir := newPKI(t, "edge-1")
 	before := map[string][]byte{}
-	for _, f := range []string{"ca.crt", "ca.key", "edge-1.crt", "edge-1.key"} {
+	for _, f := range []string{"ca.crt", "ca.key", "edge-1.crt", "edge-1.key", "edge-1-client.crt", "edge-1-client.key"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +326,7 @@ func TestIdempotent(t *testing.T) {
 	if err := EnsureCA(dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := Issue(dir, "edge-1", nil); err != nil {
+	if err := Issue(dir, "edge-1", RoleHost, nil); err != nil {
 		t.Fatal(err)
 	}
 	for f, b := range before {
@@ -314,7 +345,7 @@ func TestIssueDoesNotClobberCallerSlice(t *testing.T) {
 	dir := newPKI(t)
 	backing := []net.IP{net.ParseIP("10.201.0.11"), net.ParseIP("192.0.2.99")}
 	ips := backing[:1] // spare capacity
-	if err := Issue(dir, "edge-1", ips); err != nil {
+	if err := Issue(dir, "edge-1", RoleHost, ips); err != nil {
 		t.Fatal(err)
 	}
 	if got := backing[1].String(); got != "192.0.2.99" {
@@ -324,7 +355,7 @@ func TestIssueDoesNotClobberCallerSlice(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	dir := t.TempDir()
-	if err := Issue(dir, "edge-1", nil); err == nil {
+	if err := Issue(dir, "edge-1", RoleHost, nil); err == nil {
 		t.Error("Issue without a CA succeeded")
 	}
 	_, err := FilesFor(dir, "nobody").ServerConfig()
@@ -351,5 +382,138 @@ func TestConfigs(t *testing.T) {
 	}
 	if c.InsecureSkipVerify {
 		t.Error("client skips verification")
+	}
+}
+
+// A host's server certificate cannot log in as a client: the server
+// refuses it in the handshake.
+func TestServerCertificateRefusedAsClient(t *testing.T) {
+	dir := newPKI(t, "edge-1", "edge-2")
+	addr, res := serve(t, serverConfig(t, dir, "edge-1"))
+	cc := clientConfig(t, dir, "edge-2")
+	stolen, err := tls.LoadX509KeyPair(filepath.Join(dir, "edge-2.crt"), filepath.Join(dir, "edge-2.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.Certificates = []tls.Certificate{stolen}
+	cc.ServerName = "edge-1"
+	if err := dial(addr, cc); err == nil {
+		t.Error("a server certificate got through as a client")
+	}
+	if r := wait(t, res); r.err == nil {
+		t.Error("server accepted a client presenting a server-only certificate")
+	}
+}
+
+func TestIdentify(t *testing.T) {
+	dir := newPKI(t, "edge-1", "cli")
+	if err := Issue(dir, "etcd", RoleEtcd, nil); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]Identity{
+		"edge-1.crt":        {Name: "edge-1", Role: RoleHost},
+		"edge-1-client.crt": {Name: "edge-1", Role: RoleHost},
+		"cli.crt":           {Name: "cli", Role: RoleAdmin},
+		"etcd.crt":          {Name: "etcd", Role: RoleEtcd},
+	} {
+		c, err := ReadCert(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := Identify(c)
+		if err != nil || id.Name != want.Name || id.Role != want.Role || id.Serial != SerialOf(c) {
+			t.Errorf("%s: %+v %v, want %+v", file, id, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cli-client.crt")); err == nil {
+		t.Error("an admin got a second certificate")
+	}
+	if _, err := Identify(&x509.Certificate{SerialNumber: serial()}); err == nil {
+		t.Error("a certificate without a role was identified")
+	}
+}
+
+func TestIssueRefusals(t *testing.T) {
+	dir := newPKI(t, "edge-1", "cli")
+	if err := Issue(dir, "edge-1", RoleAdmin, nil); err == nil || !strings.Contains(err.Error(), "choose another name") {
+		t.Errorf("edge-1 as admin: %v, want a refusal (the name is a host's)", err)
+	}
+	if err := Issue(dir, "cli", RoleHost, nil); err == nil {
+		t.Error("cli as host: issued; etcd would take it for the admin")
+	}
+	if err := Issue(dir, "root", RoleHost, nil); err == nil {
+		t.Error("a certificate named root was issued (etcd's superuser)")
+	}
+	if err := Issue(dir, "x", Role("coat:other"), nil); err == nil {
+		t.Error("unknown role accepted")
+	}
+}
+
+func TestRevoke(t *testing.T) {
+	dir := newPKI(t, "edge-1", "edge-2")
+	r, err := Revoke(dir, "edge-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := ReadCert(filepath.Join(dir, "edge-2.crt"))
+	cl, _ := ReadCert(filepath.Join(dir, "edge-2-client.crt"))
+	if r.Name != "edge-2" || !slicesEqual(r.Serials, []string{SerialOf(srv), SerialOf(cl)}) {
+		t.Errorf("revocation %+v", r)
+	}
+	again, err := Revoke(dir, "edge-2")
+	if err != nil || !slicesEqual(again.Serials, r.Serials) {
+		t.Errorf("second revoke: %+v %v", again, err)
+	}
+	all, err := Revocations(dir)
+	if err != nil || len(all) != 1 {
+		t.Errorf("revocations %+v %v", all, err)
+	}
+	if err := Issue(dir, "edge-2", RoleHost, nil); err == nil || !strings.Contains(err.Error(), "new name") {
+		t.Errorf("re-issue of a revoked name: %v, want a refusal", err)
+	}
+	if _, err := Revoke(dir, "nobody"); err == nil {
+		t.Error("revoked a name without a certificate")
+	}
+}
+
+func slicesEqual(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }
+
+// Certificates from before roles are replaced by Issue, not kept.
+func TestIssueReplacesRoleless(t *testing.T) {
+	dir := newPKI(t)
+	ca, caKey, err := loadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &x509.Certificate{Subject: pkix.Name{CommonName: "edge-1"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	if err := issueOne(dir, "edge-1", old, ca, caKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := Issue(dir, "edge-1", RoleHost, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ReadCert(filepath.Join(dir, "edge-1.crt"))
+	if id, err := Identify(c); err != nil || id.Role != RoleHost {
+		t.Errorf("after Issue: %+v %v", id, err)
+	}
+}
+
+func TestCheckHost(t *testing.T) {
+	dir := newPKI(t, "edge-1", "cli")
+	ip := net.ParseIP("10.201.0.11")
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-1", ip); err != nil {
+		t.Errorf("edge-1's own files: %v", err)
+	}
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-1", net.ParseIP("10.201.0.12")); err == nil || !strings.Contains(err.Error(), "bound to") {
+		t.Errorf("another underlay IP: %v", err)
+	}
+	if err := FilesFor(dir, "edge-1").CheckHost("edge-2", ip); err == nil {
+		t.Error("edge-1's files passed for edge-2")
+	}
+	if err := FilesFor(dir, "cli").CheckHost("cli", ip); err == nil {
+		t.Error("the admin's files passed for a host")
+	}
+	if err := FilesFor(dir, "nobody").CheckHost("nobody", ip); err == nil || !strings.Contains(err.Error(), "coat init --issue") {
+		t.Errorf("missing files: %v", err)
 	}
 }

@@ -128,3 +128,19 @@ func (s *Etcd) Migrations(ctx context.Context) ([]Migration, error) {
 func (s *Etcd) FinishMigration(ctx context.Context, c Container) (Container, error) {
 	return s.putIfUnchanged(ctx, c, "finish migration of", clientv3.OpDelete(s.migKey(c.Name)))
 }
+
+// Migration reads the record of name's migration (ErrNotFound if none).
+func (s *Etcd) Migration(ctx context.Context, name string) (Migration, error) {
+	resp, err := s.cli.Get(ctx, s.migKey(name))
+	if err != nil {
+		return Migration{}, fmt.Errorf("get migration of %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Migration{}, fmt.Errorf("migration of %q: %w", name, ErrNotFound)
+	}
+	var m Migration
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+		return Migration{}, fmt.Errorf("decode migration of %s: %w", name, err)
+	}
+	return m, nil
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/pki"
 )
 
 // Errors callers branch on.
@@ -109,6 +110,10 @@ type Store interface {
 	// PutMigration records a migration's phase; Migrations lists them.
 	PutMigration(ctx context.Context, m Migration) error
 	Migrations(ctx context.Context) ([]Migration, error)
+	// Migration reads one migration record (ErrNotFound if none).
+	Migration(ctx context.Context, name string) (Migration, error)
+	// Revocations lists the revoked certificates (admins write them).
+	Revocations(ctx context.Context) ([]pki.Revocation, error)
 	// FinishMigration writes the container's final record and deletes
 	// its migration record in one transaction.
 	FinishMigration(ctx context.Context, c Container) (Container, error)
