@@ -24,8 +24,8 @@ import (
 	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
-	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/authz"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/pki"
 	"github.com/coat-project/coat/internal/runtime"

@@ -15,8 +15,8 @@ import (
 	"strings"
 
 	"github.com/coat-project/coat/internal/api"
-	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/authz"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
