@@ -271,3 +271,30 @@ func TestPartitionAndBudgetRollBack(t *testing.T) {
 	waitFor(t, 30*time.Second, func() string { return l.invariants("pt", "edge-2", hosts...) })
 	checkAll("after the migration that followed")
 }
+
+// coat chaos on a lab of its own: migrations under random faults (agents
+// killed, hosts partitioned, etcd killed), then no violation of the
+// invariants. (`make chaos` runs 200 migrations.)
+func TestChaos(t *testing.T) {
+	l := newLab(t, 3)
+	out, err := l.coat("chaos", "--migrations", "60", "--seed", "11", "--json")
+	var rep struct {
+		Migrations int            `json:"migrations"`
+		Faults     map[string]int `json:"faults"`
+		Violations []string       `json:"violations"`
+	}
+	if jerr := json.Unmarshal([]byte(out[strings.LastIndex(out, "\n{")+1:]), &rep); jerr != nil {
+		t.Fatalf("chaos: %v (%v)\n%s", err, jerr, out)
+	}
+	t.Logf("chaos: %d migrations, faults %v", rep.Migrations, rep.Faults)
+	if err != nil || len(rep.Violations) > 0 {
+		t.Fatalf("chaos: %v: violations %v\n%s", err, rep.Violations, out)
+	}
+	total := 0
+	for _, n := range rep.Faults {
+		total += n
+	}
+	if rep.Migrations < 60 || total == 0 {
+		t.Fatalf("chaos ran %d migrations with %d faults: want at least 60 with faults", rep.Migrations, total)
+	}
+}
