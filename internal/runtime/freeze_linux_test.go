@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,22 +19,30 @@ import (
 )
 
 // busyEnv makes the test binary a busy process (see TestMain) that counts
-// in the 8-byte file it names, mapped shared.
-const busyEnv = "COAT_TEST_BUSY_COUNTER"
+// in the 8-byte file it names, mapped shared; with idleEnv set as well it
+// counts once and then sleeps.
+const busyEnv, idleEnv = "COAT_TEST_BUSY_COUNTER", "COAT_TEST_IDLE"
 
 func TestMain(m *testing.M) {
 	if f := os.Getenv(busyEnv); f != "" {
-		busy(f)
+		busy(f, os.Getenv(idleEnv) != "")
 	}
 	os.Exit(m.Run())
 }
 
-// busy counts in the file's first 8 bytes as fast as it can, for ever.
-func busy(path string) {
+// busy counts in the file's first 8 bytes as fast as it can, for ever (or,
+// if idle, once).
+func busy(path string, idle bool) {
 	c, err := mapCounter(path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if idle {
+		c.Add(1)
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 	for {
 		c.Add(1)
@@ -58,6 +67,11 @@ func mapCounter(path string) (*atomic.Uint64, error) {
 // after this call must thaw it first: a frozen v1 task does not die).
 func startBusy(t testing.TB) (*exec.Cmd, *atomic.Uint64) {
 	t.Helper()
+	return startCounter(t, false)
+}
+
+func startCounter(t testing.TB, idle bool) (*exec.Cmd, *atomic.Uint64) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "counter")
 	if err := os.WriteFile(path, make([]byte, 8), 0o600); err != nil {
 		t.Fatal(err)
@@ -68,6 +82,9 @@ func startBusy(t testing.TB) (*exec.Cmd, *atomic.Uint64) {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), busyEnv+"="+path)
+	if idle {
+		cmd.Env = append(cmd.Env, idleEnv+"=1")
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -111,6 +128,7 @@ func privateCgroup2(t testing.TB) string {
 	t.Cleanup(func() {
 		if err := unix.Unmount(root, 0); err != nil {
 			t.Errorf("unmount %s: %v", root, err)
+			_ = unix.Unmount(root, unix.MNT_DETACH)
 		}
 	})
 	return root
@@ -342,41 +360,64 @@ func TestDumpedMemory(t *testing.T) {
 	}
 }
 
-func benchFreeze(b *testing.B, root, rel, dir string) {
-	cmd, counter := startBusy(b)
-	// Thawed before the kill (a frozen v1 task does not die).
-	b.Cleanup(func() { _ = freezeCgroup(root, rel, false, time.Second) })
-	enter(b, dir, cmd.Process.Pid)
-	waitFor(b, "busy process counting", func() bool { return counter.Load() > 0 })
-	b.ResetTimer()
-	for range b.N {
-		if err := freezeCgroup(root, rel, true, freezeTimeout); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		if err := freezeCgroup(root, rel, false, freezeTimeout); err != nil {
-			b.Fatal(err)
-		}
-		// Let it run again, and let the kernel's limit on cgroup.events
-		// notifications (one per 10 ms) pass, as between two migrations.
-		n := counter.Load()
-		waitFor(b, "thawed", func() bool { return counter.Load() > n })
-		time.Sleep(20 * time.Millisecond)
-		b.StartTimer()
+// benchFreeze times freezes of a cgroup holding a busy process (busy) or
+// one that sleeps (idle), which setup makes (returning the root of its
+// hierarchy, its path there, and its directory): ns/op is their mean, and
+// median and p95 are reported too (a busy 2-core machine gives a long
+// tail: the process' threads must get a CPU to stop). Each sub-benchmark
+// runs in a goroutine of its own, so setup runs in it.
+func benchFreeze(b *testing.B, setup func(b *testing.B) (root, rel, dir string)) {
+	for _, mode := range []string{"busy", "idle"} {
+		b.Run(mode, func(b *testing.B) {
+			root, rel, dir := setup(b)
+			idle := mode == "idle"
+			cmd, counter := startCounter(b, idle)
+			// Thawed before the kill (a frozen v1 task does not die).
+			b.Cleanup(func() { _ = freezeCgroup(root, rel, false, time.Second) })
+			enter(b, dir, cmd.Process.Pid)
+			waitFor(b, "process counting", func() bool { return counter.Load() > 0 })
+			d := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				if err := freezeCgroup(root, rel, true, freezeTimeout); err != nil {
+					b.Fatal(err)
+				}
+				d = append(d, time.Since(t0))
+				b.StopTimer()
+				if err := freezeCgroup(root, rel, false, freezeTimeout); err != nil {
+					b.Fatal(err)
+				}
+				// Let it run again, and let the kernel's limit on
+				// cgroup.events notifications (one per 10 ms) pass, as
+				// between two migrations.
+				if n := counter.Load(); !idle {
+					waitFor(b, "thawed", func() bool { return counter.Load() > n })
+				}
+				time.Sleep(20 * time.Millisecond)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			slices.Sort(d)
+			b.ReportMetric(float64(d[len(d)/2].Microseconds()), "µs-median")
+			b.ReportMetric(float64(d[len(d)*95/100].Microseconds()), "µs-p95")
+		})
 	}
 }
 
-// BenchmarkFreezeV2: the freeze of a cgroup v2 holding a busy process,
-// from the write of cgroup.freeze until cgroup.events says frozen 1.
+// BenchmarkFreezeV2: the freeze of a cgroup v2 (mounted in a private mount
+// namespace), from the write of cgroup.freeze until cgroup.events says
+// frozen 1.
 func BenchmarkFreezeV2(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
 	}
-	root := privateCgroup2(b)
-	rel := fmt.Sprintf("coat-freeze-bench-%d/ctr", os.Getpid())
-	dir := filepath.Join(root, rel)
-	mkCgroup(b, dir)
-	benchFreeze(b, root, rel, dir)
+	benchFreeze(b, func(b *testing.B) (string, string, string) {
+		root := privateCgroup2(b)
+		rel := fmt.Sprintf("coat-freeze-bench-%d/ctr", os.Getpid())
+		mkCgroup(b, filepath.Join(root, rel))
+		return root, rel, filepath.Join(root, rel)
+	})
 }
 
 // BenchmarkFreezeV1: the same with the v1 freezer (freezer.state polled
@@ -388,8 +429,10 @@ func BenchmarkFreezeV1(b *testing.B) {
 	if DetectFreezer("") != FreezerV1 {
 		b.Skip("no cgroup v1 freezer at /sys/fs/cgroup/freezer")
 	}
-	rel := fmt.Sprintf("coat-freeze-bench-%d/ctr", os.Getpid())
-	dir := filepath.Join(defaultCgroupRoot, "freezer", rel)
-	mkCgroup(b, dir)
-	benchFreeze(b, defaultCgroupRoot, rel, dir)
+	benchFreeze(b, func(b *testing.B) (string, string, string) {
+		rel := fmt.Sprintf("coat-freeze-bench-%d/ctr", os.Getpid())
+		dir := filepath.Join(defaultCgroupRoot, "freezer", rel)
+		mkCgroup(b, dir)
+		return defaultCgroupRoot, rel, dir
+	})
 }
