@@ -33,15 +33,20 @@ import (
 //     before v2 was supported: it is polled every millisecond.
 //   - neither: os.ErrNotExist, and CRIU freezes (or fails) as it would.
 //
-// Waiting for v2: cgroup.events is a kernfs file whose changes are
-// signalled to poll(2) (POLLPRI) and inotify (a modify event). The wait
-// polls the file itself: kernfs wakes pollers at once, whereas inotify's
-// event goes through a workqueue. The kernel limits these notifications to
-// one per 10 ms per file (later ones are delivered when that time is up),
-// so a freeze right after a thaw can be told late, never lost; the file is
-// also re-read every v2Recheck in case a notification goes missing, and
-// the whole wait is bounded by the timeout (10 s), after which the cgroup
-// is thawed again and the freeze reported failed.
+// Waiting for v2: most freezes complete within microseconds of the write
+// (a running task is stopped by an IPI, a sleeping one woken to stop), so
+// the wait first re-reads cgroup.events for up to v2Spin (200 µs): a
+// wake-up from a notification costs a scheduling round trip, milliseconds
+// on a busy host. Then it sleeps until the file changes: cgroup.events is
+// a kernfs file whose changes are signalled to poll(2) (POLLPRI) and to
+// inotify (a modify event); the wait polls the file itself, as kernfs
+// wakes pollers at once whereas inotify's event goes through a workqueue.
+// The kernel sends these notifications at most once per 10 ms per file
+// (later ones when that time is up), so a freeze right after a thaw can be
+// told late, never lost; the file is also re-read every v2Recheck (50 ms)
+// in case one goes missing, and the whole wait is bounded by the timeout
+// (10 s), after which the cgroup is thawed again and the freeze reported
+// failed.
 //
 // CRIU (criu/seize.c, freeze_processes) on v2 reads cgroup.freeze and, if
 // it is "1", cgroup.events: "frozen 1" is FROZEN, so it skips its own
@@ -58,6 +63,9 @@ const (
 	// v2Recheck is how often a v2 wait re-reads cgroup.events without a
 	// notification.
 	v2Recheck = 50 * time.Millisecond
+	// v2Spin is how long a v2 wait re-reads cgroup.events before it
+	// sleeps on its notification.
+	v2Spin = 200 * time.Microsecond
 )
 
 // Freezer is the cgroup freezer a host offers.
@@ -182,7 +190,8 @@ func freezeV2(dir string, frozen bool, timeout time.Duration) error {
 	if err := writeCgroupFile(filepath.Join(dir, "cgroup.freeze"), want); err != nil {
 		return gone(err)
 	}
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	buf := make([]byte, 512)
 	for {
 		// Reading the file also arms poll for the next change.
@@ -192,6 +201,9 @@ func freezeV2(dir string, frozen bool, timeout time.Duration) error {
 		}
 		if state == want {
 			return nil
+		}
+		if time.Since(start) < v2Spin {
+			continue
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
