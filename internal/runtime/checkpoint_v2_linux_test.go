@@ -11,6 +11,7 @@ import (
 	goruntime "runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -178,9 +179,14 @@ func TestCheckpointCgroupV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	start("b")
-	if err := r.Checkpoint(ctx, "b", opts("b")); err != nil {
-		t.Fatalf("%v\n%s", err, criuErrors(opts("b").WorkDir))
+	o = opts("b")
+	var frozen time.Duration
+	t0 := time.Now()
+	o.AfterFreeze = func() error { frozen = time.Since(t0); return nil }
+	if err := r.Checkpoint(ctx, "b", o); err != nil {
+		t.Fatalf("%v\n%s", err, criuErrors(o.WorkDir))
 	}
+	t.Logf("checkpoint on cgroup v2: %v, frozen %v after the call", time.Since(t0).Round(time.Microsecond), frozen.Round(time.Microsecond))
 	criuFoundFrozen("b")
 	if s := r.Status(ctx, "b"); s != "" {
 		t.Fatalf("after a checkpoint %q, want gone", s)
