@@ -15,9 +15,12 @@ import (
 // The fast freeze, on either cgroup hierarchy.
 //
 // Checkpoint freezes the container's cgroup itself before runc runs CRIU,
-// because CRIU's own freeze looks at the freezer first after 100 ms. CRIU
-// then finds the cgroup frozen and seizes the tasks at once; on a failed
-// dump CRIU leaves it frozen as it found it, and Checkpoint thaws it.
+// because CRIU's own freeze looks at the state once right after its write
+// and then every 100 ms only: on v1 the first look nearly always finds the
+// cgroup still FREEZING (100 ms lost); on v2 an idle container is usually
+// frozen by then, a busy one not always. CRIU then finds the cgroup frozen
+// and seizes the tasks at once; on a failed dump CRIU leaves it frozen as
+// it found it, and Checkpoint thaws it.
 //
 // Which freezer: the hierarchy mounted at the cgroup root (CgroupRoot,
 // /sys/fs/cgroup) decides, as it does for runc (which names the cgroup to
@@ -42,27 +45,32 @@ import (
 // inotify (a modify event); the wait polls the file itself, as kernfs
 // wakes pollers at once whereas inotify's event goes through a workqueue.
 // The kernel sends these notifications at most once per 10 ms per file
-// (later ones when that time is up), so a freeze right after a thaw can be
-// told late, never lost; the file is also re-read every v2Recheck (50 ms)
-// in case one goes missing, and the whole wait is bounded by the timeout
-// (10 s), after which the cgroup is thawed again and the freeze reported
-// failed.
+// (CGROUP_FILE_NOTIFY_MIN_INTV, rounded up to jiffies: 12 ms at HZ=250),
+// delaying later ones until that time is up: a freeze within that time of
+// the previous change of the file (right after a thaw, whose notification
+// may itself have been delayed) would be told up to 12 ms late. So the
+// wait also re-reads the file every v2Recheck (1 ms, the v1 freezer's
+// polling interval): the notification wakes it at once in the usual case,
+// and it is never more than a millisecond late otherwise. The whole wait
+// is bounded by the timeout (10 s), after which the cgroup is thawed again
+// and the freeze reported failed.
 //
 // CRIU (criu/seize.c, freeze_processes) on v2 reads cgroup.freeze and, if
 // it is "1", cgroup.events: "frozen 1" is FROZEN, so it skips its own
 // freeze and polling, seizes the tasks, and on a failed dump writes "1"
 // back (the state it found): the same as for FROZEN in freezer.state on v1.
 // That is why the v2 freeze returns only once cgroup.events says
-// "frozen 1": with cgroup.freeze "1" but "frozen 0" CRIU would take the
-// cgroup for one still freezing and seize tasks that are not yet stopped.
+// "frozen 1": with cgroup.freeze "1" but "frozen 0" CRIU takes the cgroup
+// for one still freezing and, skipping its wait for the freeze to
+// complete, seizes the tasks mid-transition.
 
 const (
 	defaultCgroupRoot = "/sys/fs/cgroup"
 	// freezeTimeout bounds a freeze or a thaw.
 	freezeTimeout = 10 * time.Second
 	// v2Recheck is how often a v2 wait re-reads cgroup.events without a
-	// notification.
-	v2Recheck = 50 * time.Millisecond
+	// notification (see above).
+	v2Recheck = time.Millisecond
 	// v2Spin is how long a v2 wait re-reads cgroup.events before it
 	// sleeps on its notification.
 	v2Spin = 200 * time.Microsecond

@@ -389,12 +389,14 @@ func benchFreeze(b *testing.B, setup func(b *testing.B) (root, rel, dir string))
 					b.Fatal(err)
 				}
 				// Let it run again, and let the kernel's limit on
-				// cgroup.events notifications (one per 10 ms) pass, as
-				// between two migrations.
+				// cgroup.events notifications pass (one per 10 ms, 12 ms
+				// at HZ=250; the thaw's own can be delayed by as much),
+				// as between two migrations; within it the wait falls
+				// back on re-reading every v2Recheck.
 				if n := counter.Load(); !idle {
 					waitFor(b, "thawed", func() bool { return counter.Load() > n })
 				}
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond)
 				b.StartTimer()
 			}
 			b.StopTimer()
