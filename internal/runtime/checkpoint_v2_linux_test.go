@@ -93,7 +93,9 @@ func TestCheckpointCgroupV2(t *testing.T) {
 			t.Errorf("rmdir cgroup: %v", err)
 		}
 	})
-	rootfs := r.ImageDir("sample")
+	// The image "sample": its directory is its name (and its key, where
+	// images are stored under one).
+	rootfs := filepath.Join(r.StateDir, "images", "sample", "rootfs")
 	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp", "etc"} {
 		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -102,6 +104,18 @@ func TestCheckpointCgroupV2(t *testing.T) {
 	copyFile(t, filepath.Join(bin, "coat-sample"), filepath.Join(rootfs, "bin", "coat-sample"))
 
 	ctx := context.Background()
+	// remove is Runtime.Remove, but first unmounts the container's rootfs
+	// itself: Runtime's mounted() reads /proc/self/mountinfo, the mount
+	// namespace of the process' main thread, not this thread's.
+	remove := func(ctx context.Context, name string) error {
+		if err := r.Kill(ctx, name); err != nil {
+			return err
+		}
+		if err := unix.Unmount(r.rootfs(name), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+		return r.RemoveFiles(name)
+	}
 	start := func(name string) {
 		t.Helper()
 		if err := r.Prepare(Spec{Name: name, Image: "sample", Args: []string{"/bin/coat-sample", "server"}, NetNS: netns}); err != nil {
@@ -109,7 +123,7 @@ func TestCheckpointCgroupV2(t *testing.T) {
 		}
 		t.Cleanup(func() {
 			_ = r.Thaw(name)
-			if err := r.Remove(context.Background(), name); err != nil {
+			if err := remove(context.Background(), name); err != nil {
 				t.Errorf("remove %s: %v", name, err)
 			}
 		})
@@ -175,7 +189,7 @@ func TestCheckpointCgroupV2(t *testing.T) {
 	}
 
 	// b serves on the same port in the same network namespace.
-	if err := r.Remove(ctx, "a"); err != nil {
+	if err := remove(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
 	start("b")
