@@ -118,7 +118,7 @@ func checkTools(env Env) []Result {
 		}
 		rs = append(rs, ok(t.name, path))
 	}
-	return append(rs, checkCgroups(env), checkConntrack(env))
+	return append(rs, checkCgroups(env), checkFreezer(env), checkConntrack(env))
 }
 
 // conntrackBucketsWarn is the hash-table size above which the conntrack
@@ -182,6 +182,37 @@ func checkCgroups(env Env) Result {
 				"mount cgroup2 on /sys/fs/cgroup (or a v1 freezer hierarchy).")
 	}
 	return ok(name, strings.Join(found, ", "))
+}
+
+// checkFreezer says which freezer the agent uses to freeze a container
+// before CRIU dumps it, decided as internal/runtime decides it
+// (DetectFreezer): cgroup2 mounted at /sys/fs/cgroup (cgroup.freeze), else
+// a v1 freezer hierarchy at /sys/fs/cgroup/freezer (freezer.state), else
+// none, and CRIU freezes, looking first after 100 ms.
+func checkFreezer(env Env) Result {
+	const name = "freezer"
+	b, err := env.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return warn(name, fmt.Sprintf("cannot read mounts: %v", err), "")
+	}
+	const root, v1 = "/sys/fs/cgroup", "/sys/fs/cgroup/freezer"
+	fs := map[string]string{} // mount point -> "FSTYPE SUPEROPTS" of the last (visible) mount
+	for l := range strings.Lines(string(b)) {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 3 && (f[4] == root || f[4] == v1) {
+			fs[f[4]] = g[0] + " " + g[2]
+		}
+	}
+	if strings.HasPrefix(fs[root], "cgroup2 ") {
+		return ok(name, "cgroup v2 at "+root+": the agent freezes containers itself (cgroup.freeze)")
+	}
+	if t, opts, _ := strings.Cut(fs[v1], " "); t == "cgroup" && hasOpt(opts, "freezer") {
+		return ok(name, "cgroup v1 freezer at "+v1+": the agent freezes containers itself (freezer.state)")
+	}
+	return warn(name, "none at "+root+": CRIU freezes containers, looking first after 100 ms",
+		"Every checkpoint then keeps the container frozen about 100 ms longer: mount cgroup2 on /sys/fs/cgroup "+
+			"(systemd's default, as on Debian 12) or a cgroup v1 freezer hierarchy on /sys/fs/cgroup/freezer.")
 }
 
 func hasOpt(opts, opt string) bool {

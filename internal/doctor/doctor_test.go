@@ -109,7 +109,7 @@ func TestHealthy(t *testing.T) {
 	if n := Failed(rs); n != 0 {
 		t.Fatalf("%d failed: %+v", n, rs)
 	}
-	for _, name := range []string{"root", "criu", "criu check", "runc", "VXLAN", "overlayfs", "cgroups"} {
+	for _, name := range []string{"root", "criu", "criu check", "runc", "VXLAN", "overlayfs", "cgroups", "freezer"} {
 		if r := byName(t, rs, name); r.Status != OK {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
@@ -264,6 +264,35 @@ func TestProbeWithoutConfig(t *testing.T) {
 	for _, name := range []string{"soft-dirty", "nftables", "userfaultfd"} {
 		if r := byName(t, rs, name); r.Status != Warn {
 			t.Errorf("%s: %+v", name, r)
+		}
+	}
+}
+
+// The freezer the agent uses: the one internal/runtime picks.
+func TestFreezer(t *testing.T) {
+	env := healthy(t)
+	for _, tc := range []struct {
+		mountinfo string
+		status    Status
+		detail    string
+	}{
+		{env.files["/proc/self/mountinfo"], OK, "cgroup v1 freezer at /sys/fs/cgroup/freezer: the agent freezes containers itself (freezer.state)"},
+		{"30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n", OK, "cgroup v2 at /sys/fs/cgroup: the agent freezes containers itself (cgroup.freeze)"},
+		// Hybrid: cgroup2 at /sys/fs/cgroup/unified has no say, the v1 freezer has.
+		{env.files["/proc/self/mountinfo"] + "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n", OK, "cgroup v1 freezer"},
+		// Hybrid without a freezer hierarchy: CRIU's freeze.
+		{"31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n", Warn, "CRIU freezes containers"},
+		// The last mount on a point is the one seen.
+		{"30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n31 30 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n", Warn, "none at /sys/fs/cgroup"},
+		{"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n", Warn, "looking first after 100 ms"},
+	} {
+		env.files["/proc/self/mountinfo"] = tc.mountinfo
+		r := checkFreezer(env)
+		if r.Status != tc.status || !strings.Contains(r.Detail, tc.detail) {
+			t.Errorf("mountinfo %q: %+v, want %s with %q", tc.mountinfo, r, tc.status, tc.detail)
+		}
+		if r.Status == Warn && !strings.Contains(r.Hint, "mount cgroup2 on /sys/fs/cgroup") {
+			t.Errorf("hint %q", r.Hint)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -189,16 +190,34 @@ func lazyOpts(opts *runc.CheckpointOpts, o CheckpointOpts) {
 }
 
 // MemoryBytes is the container's anonymous and shared memory, what a dump
-// moves (cgroup v1 memory.stat: total_rss + total_shmem; 0 if unknown).
+// moves (0 if unknown): cgroup v1 memory.stat total_rss + total_shmem, or
+// cgroup v2 memory.stat anon + shmem. Not v2's file: the page cache of the
+// container's files is not in a dump (its upper layer moves as files), and
+// shmem, which is, is counted in file as well.
 func (r *Runtime) MemoryBytes(name string) int64 {
-	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", r.CgroupParent, name, "memory.stat"))
+	root := r.cgroupRoot()
+	v2 := DetectFreezer(root) == FreezerV2
+	stat := filepath.Join(root, "memory", r.CgroupParent, name, "memory.stat")
+	if v2 {
+		stat = filepath.Join(root, r.CgroupParent, name, "memory.stat")
+	}
+	b, err := os.ReadFile(stat)
 	if err != nil {
 		return 0
 	}
+	return dumpedMemory(b, v2)
+}
+
+// dumpedMemory reads memory.stat (of cgroup v2 if v2, else v1).
+func dumpedMemory(stat []byte, v2 bool) int64 {
+	keys := []string{"total_rss", "total_shmem"}
+	if v2 {
+		keys = []string{"anon", "shmem"}
+	}
 	var n int64
-	for _, line := range bytes.Split(b, []byte("\n")) {
+	for _, line := range bytes.Split(stat, []byte("\n")) {
 		f := bytes.Fields(line)
-		if len(f) == 2 && (string(f[0]) == "total_rss" || string(f[0]) == "total_shmem") {
+		if len(f) == 2 && slices.Contains(keys, string(f[0])) {
 			v, _ := strconv.ParseInt(string(f[1]), 10, 64)
 			n += v
 		}
@@ -207,5 +226,5 @@ func (r *Runtime) MemoryBytes(name string) int64 {
 }
 
 // Thaw resumes a container left frozen (by a dump that died with the
-// freezer set).
+// freezer set), on cgroup v1 or v2.
 func (r *Runtime) Thaw(name string) error { return r.freeze(name, false) }

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -32,6 +31,9 @@ type Runtime struct {
 	// CgroupParent is where the containers' cgroups go, one per host so
 	// that hosts sharing a kernel (the lab) never collide.
 	CgroupParent string
+	// CgroupRoot is where the cgroup filesystems are mounted; "" is
+	// /sys/fs/cgroup (see freeze_linux.go).
+	CgroupRoot string
 	// Init is the copy of Self that containers get (see installInit).
 	Init     string
 	criuRun  string // CRIU's cache tmpfs, or "" (see criucache_linux.go)
@@ -182,7 +184,7 @@ type CheckpointOpts struct {
 	// LeaveRunning keeps the container running (used for tests/pre-checks).
 	LeaveRunning bool
 	// AfterFreeze, if set, runs once the container is frozen and before
-	// CRIU dumps it (with Slow, or without a cgroup v1 freezer, just
+	// CRIU dumps it (with Slow, or without a cgroup freezer, just
 	// before runc runs). An error thaws the container and aborts.
 	AfterFreeze func() error
 	// Slow leaves freezing to CRIU (first poll after 100 ms): runc's stock
@@ -218,12 +220,12 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 	}
 	frozen := false
 	if !o.Slow {
-		// Freeze it ourselves, polling every millisecond: CRIU's own
-		// freeze polls first after 100 ms. CRIU finds it frozen and
-		// proceeds at once.
+		// Freeze it ourselves (cgroup v1 or v2, see freeze_linux.go):
+		// CRIU's own freeze polls first after 100 ms. CRIU finds it
+		// frozen and proceeds at once.
 		switch err := r.freeze(name, true); {
 		case errors.Is(err, os.ErrNotExist):
-			// No cgroup v1 freezer here: CRIU freezes as usual.
+			// No cgroup freezer here: CRIU freezes as usual.
 		case err != nil:
 			return fmt.Errorf("freeze %s: %w", name, err)
 		default:
@@ -510,32 +512,4 @@ func (r *Runtime) stderrFile(name string) (fileIO, func() string, error) {
 		}
 		return ""
 	}, nil
-}
-
-// freeze sets the container's cgroup v1 freezer state and waits, polling
-// every millisecond, until the kernel reports it.
-func (r *Runtime) freeze(name string, frozen bool) error {
-	state := filepath.Join("/sys/fs/cgroup/freezer", r.CgroupParent, name, "freezer.state")
-	want := "THAWED"
-	if frozen {
-		want = "FROZEN"
-	}
-	if err := os.WriteFile(state, []byte(want), 0o644); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(state)
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(string(b)) == want {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			_ = os.WriteFile(state, []byte("THAWED"), 0o644)
-			return fmt.Errorf("cgroup freezer did not reach %s within 10s", want)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
