@@ -9,8 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Faults mid-migration: whatever fails, and wherever, the migration ends
@@ -297,4 +300,88 @@ func TestChaos(t *testing.T) {
 	if rep.Migrations < 60 || total == 0 {
 		t.Fatalf("chaos ran %d migrations with %d faults: want at least 60 with faults", rep.Migrations, total)
 	}
+}
+
+// The rest of the fault matrix: etcd (the whole control plane of a
+// one-member lab) killed in the middle of a migration, and a destination
+// whose image space is full.
+func TestFaultsEtcdAndDiskFull(t *testing.T) {
+	l := newLab(t, 2)
+	hosts := []string{"edge-1", "edge-2"}
+
+	// 1. etcd dies as the freeze begins and comes back 3 s later: the
+	// commit point cannot be reached meanwhile; then the migration ends
+	// one way or the other, with the container on exactly one host, its
+	// memory intact.
+	c := l.runSample("ek", "edge-1")
+	if out, err := l.ctl(c.IP, "incr"); err != nil || out != "1" {
+		t.Fatalf("incr: %v %q", err, out)
+	}
+	restarted := make(chan struct{})
+	out, err := l.migrateWatch("ek", "edge-2", func(phase string) {
+		if phase != "prepared" {
+			return
+		}
+		if err := syscall.Kill(l.labPids()["etcd"], syscall.SIGKILL); err != nil {
+			t.Errorf("kill etcd: %v", err)
+		}
+		go func() {
+			defer close(restarted)
+			time.Sleep(3 * time.Second)
+			_, _ = l.coat("lab", "up", "--hosts", "2")
+		}()
+	})
+	<-restarted
+	t.Logf("etcd killed before the freeze: migrate err %v\n%s", err, out)
+	var end string
+	waitFor(t, 60*time.Second, func() string {
+		got := l.get("ek")
+		if got.Status != "running" {
+			return fmt.Sprintf("record %+v", got)
+		}
+		end = got.Host
+		return l.invariants("ek", got.Host, hosts...)
+	})
+	if (err == nil) != (end == "edge-2") {
+		t.Errorf("migrate said err=%v but the container ended on %s", err, end)
+	}
+	if out, err := l.ctl(c.IP, "incr"); err != nil || out != "2" {
+		t.Fatalf("memory after etcd's death: incr = %q (%v), want 2", out, err)
+	}
+
+	// 2. The destination's image space is full: the transfer fails, the
+	// container runs on at the source with every value, and the
+	// destination keeps nothing.
+	state := filepath.Join(t.TempDir(), "keys")
+	r := l.runRedis("df", "edge-1")
+	fill := []string{"--fill", "64MiB"}
+	if _, err := l.redisLoad(r.IP, state, append(fill, "--fill-only")...); err != nil {
+		t.Fatal(err)
+	}
+	incoming := filepath.Join(l.hostDir("edge-2"), "incoming")
+	if err := unix.Mount("tmpfs", incoming, "tmpfs", 0, "size=16m,mode=0700"); err != nil {
+		t.Fatalf("a small tmpfs on edge-2's incoming images: %v", err)
+	}
+	unmounted := false
+	unmount := func() {
+		if !unmounted {
+			unmounted = true
+			_ = unix.Unmount(incoming, unix.MNT_DETACH)
+		}
+	}
+	t.Cleanup(unmount)
+	out, err = l.coat("migrate", "df", "--to", "edge-2", "--strategy", "stop-and-copy")
+	if err == nil || !strings.Contains(out, "no space left") || !strings.Contains(out, "rolled back") {
+		t.Fatalf("migration to a full destination: err %v\n%s", err, out)
+	}
+	waitFor(t, 30*time.Second, func() string { return l.invariants("df", "edge-1", hosts...) })
+	if r, err := l.redisLoad(r.IP, state, append(fill, "--no-fill", "--check-all")...); err != nil || r.Errors != 0 {
+		t.Fatalf("values after the failed migration: %v %+v", err, r)
+	}
+	if m, _ := filepath.Glob(filepath.Join(incoming, "*")); len(m) > 0 {
+		t.Errorf("the full destination kept %v", m)
+	}
+	unmount()
+	l.migrateStrategy("df", "edge-2", "--strategy", "stop-and-copy")
+	waitFor(t, 30*time.Second, func() string { return l.invariants("df", "edge-2", hosts...) })
 }
