@@ -77,6 +77,9 @@ type Agent struct {
 	revoked authz.Revoked
 	// incoming: requests of incoming migrations being served, by name.
 	incoming map[string]int
+	// prepared: the revision of each incoming container's record at
+	// prepare (the commit swaps it directly, without reading it again).
+	prepared map[string]int64
 }
 
 // enter counts a request of an incoming migration of name as under way

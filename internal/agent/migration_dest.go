@@ -50,6 +50,12 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		httpError(w, fmt.Errorf("container %s: %w", c.Name, errBusy))
 		return
 	}
+	a.mu.Lock()
+	if a.prepared == nil {
+		a.prepared = map[string]int64{}
+	}
+	a.prepared[c.Name] = c.Revision
+	a.mu.Unlock()
 	if err := a.prepareIncoming(c, req.Hold); err != nil {
 		a.abortIncoming(r.Context(), c.Name)
 		httpError(w, err)
@@ -312,7 +318,24 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 // does not answer, the copy stays held and the recovery loop decides
 // when it can.
 func (a *Agent) commitIncoming(ctx context.Context, c store.Container) error {
-	committed, err := a.decide(context.WithoutCancel(ctx), c.Name, c.Host, a.cfg.Name, true, "")
+	ctx = context.WithoutCancel(ctx)
+	a.mu.Lock()
+	rev := a.prepared[c.Name]
+	delete(a.prepared, c.Name)
+	a.mu.Unlock()
+	if rev > 0 {
+		// The record as prepared, swapped in one round trip (this is
+		// inside the downtime); if it changed since, decide reads it.
+		nc := c
+		nc.Revision, nc.Host, nc.Status, nc.MigratingTo, nc.Error = rev, a.cfg.Name, store.StatusRunning, "", ""
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		_, err := a.st.FinishMigration(cctx, nc)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	committed, err := a.decide(ctx, c.Name, c.Host, a.cfg.Name, true, "")
 	if err != nil {
 		return fmt.Errorf("commit: %w; the restored copy is held here until the store answers", err)
 	}
