@@ -49,9 +49,9 @@ func (a *Agent) decideMine(ctx context.Context, name, from, to string, commit bo
 			return c.Host == to, false, nil
 		case err == nil:
 			if commit {
-				c.Host, c.Status, c.MigratingTo, c.Error = to, store.StatusRunning, "", ""
+				c.Host, c.Status, c.MigratingTo, c.SwitchedTo, c.Error = to, store.StatusRunning, "", "", ""
 			} else {
-				c.Host, c.Status, c.MigratingTo, c.Error = from, store.StatusRunning, "", cause
+				c.Host, c.Status, c.MigratingTo, c.SwitchedTo, c.Error = from, store.StatusRunning, "", "", cause
 			}
 			_, err = a.st.FinishMigration(ctx, c)
 			if err == nil {

@@ -92,7 +92,8 @@ func (a *Agent) apply(ctx context.Context, ev store.Event) {
 	if err != nil {
 		return
 	}
-	if ev.Deleted || ev.Container.Host == a.cfg.Name {
+	to := ev.Container.ForwardTo()
+	if ev.Deleted || ev.Container.Host == a.cfg.Name || to == a.cfg.Name {
 		if err := a.ov.DelRemoteMAC(mac); err != nil {
 			a.log.Warn("fdb delete", "mac", mac, "err", err)
 		}
@@ -103,7 +104,7 @@ func (a *Agent) apply(ctx context.Context, ev store.Event) {
 		a.log.Warn("hosts", "err", err)
 		return
 	}
-	if ip := vteps[ev.Container.Host]; ip != nil {
+	if ip := vteps[to]; ip != nil {
 		if err := a.ov.SetRemoteMAC(mac, ip); err != nil {
 			a.log.Warn("fdb set", "mac", mac, "err", err)
 		}
@@ -122,8 +123,8 @@ func (a *Agent) resync(ctx context.Context) error {
 	}
 	want := map[string]net.IP{}
 	for _, c := range cs {
-		if c.Host != a.cfg.Name && vteps[c.Host] != nil {
-			want[c.MAC] = vteps[c.Host]
+		if to := c.ForwardTo(); c.Host != a.cfg.Name && to != a.cfg.Name && vteps[to] != nil {
+			want[c.MAC] = vteps[to]
 		}
 	}
 	have, err := a.ov.RemoteMACs()

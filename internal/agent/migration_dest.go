@@ -277,7 +277,7 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		// The commit point: nothing gets in before the record says the
 		// container runs here (a post-copy commits on the source, once
 		// every page is here).
-		if err := a.commitIncoming(ctx, c); err != nil {
+		if err := a.commitIncoming(ctx, c, req.Revision); err != nil {
 			return err
 		}
 	}
@@ -317,17 +317,19 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 // first, the copy here is killed before it ever answered. If the store
 // does not answer, the copy stays held and the recovery loop decides
 // when it can.
-func (a *Agent) commitIncoming(ctx context.Context, c store.Container) error {
+func (a *Agent) commitIncoming(ctx context.Context, c store.Container, rev int64) error {
 	ctx = context.WithoutCancel(ctx)
 	a.mu.Lock()
-	rev := a.prepared[c.Name]
+	if rev <= 0 {
+		rev = a.prepared[c.Name]
+	}
 	delete(a.prepared, c.Name)
 	a.mu.Unlock()
 	if rev > 0 {
 		// The record as prepared, swapped in one round trip (this is
 		// inside the downtime); if it changed since, decide reads it.
 		nc := c
-		nc.Revision, nc.Host, nc.Status, nc.MigratingTo, nc.Error = rev, a.cfg.Name, store.StatusRunning, "", ""
+		nc.Revision, nc.Host, nc.Status, nc.MigratingTo, nc.SwitchedTo, nc.Error = rev, a.cfg.Name, store.StatusRunning, "", "", ""
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		_, err := a.st.FinishMigration(cctx, nc)
 		cancel()

@@ -106,7 +106,10 @@ type outgoing struct {
 	strategy migrate.Strategy
 	why      string
 	memory   int64 // the container's memory before the freeze
-	budget   migrate.Budget
+	// switchedRev is the record's revision after markSwitched (0: not
+	// recorded); the destination commits against it.
+	switchedRev int64
+	budget      migrate.Budget
 	// Post-copy: the dump that serves the memory, its loopback address,
 	// and the tunnel that lets the destination reach it.
 	lazy      *runtime.LazyDump
@@ -229,7 +232,7 @@ func (o *outgoing) Lock(ctx context.Context) error {
 		return err
 	}
 	c := o.c
-	c.Status, c.MigratingTo, c.Error = store.StatusMigrating, o.dest.Name, ""
+	c.Status, c.MigratingTo, c.SwitchedTo, c.Error = store.StatusMigrating, o.dest.Name, "", ""
 	c, err = o.a.st.UpdateContainer(ctx, c)
 	if err == nil {
 		err = o.a.st.PutMigration(ctx, o.record(string(migrate.PhaseLocked)))
@@ -310,10 +313,15 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	// The switch runs alongside CRIU's dump; only the transfer waits for
 	// it.
 	switched := make(chan error, 1)
+	marked := make(chan struct{})
 	started := false
 	if o.hold() {
 		opts.AfterFreeze = func() error {
 			started = true
+			go func() {
+				defer close(marked)
+				o.markSwitched(ctx)
+			}()
 			go func() {
 				sctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
@@ -343,6 +351,7 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		if serr := <-switched; err == nil {
 			err = serr
 		}
+		<-marked
 	}
 	if o.stream != nil {
 		o.stream.dumped(err)
@@ -360,6 +369,25 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 		return o.exportFile()
 	}
 	return nil
+}
+
+// markSwitched records, once the container is frozen, that its traffic
+// goes to the destination: every other host's forwarding follows at once
+// (through its watch) rather than at the commit, so what its peers on
+// other edges send during the freeze is held at the destination and
+// delivered, not lost at the source. Best effort: without it they follow
+// at the commit, as before.
+func (o *outgoing) markSwitched(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c := o.c
+	c.SwitchedTo = o.dest.Name
+	nc, err := o.a.st.UpdateContainer(ctx, c)
+	if err != nil {
+		o.a.log.Warn("record the switch (peers follow at the commit)", "container", o.c.Name, "err", err)
+		return
+	}
+	o.switchedRev = nc.Revision
 }
 
 // exportFile writes image and upper layer to one tar file, as a runtime's
@@ -462,7 +490,7 @@ func (o *outgoing) Restore(ctx context.Context) error {
 	defer cancel()
 	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
 		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay,
-			Lazy: o.strategy == migrate.PostCopy, CrashBeforeCommit: o.req.DestCrashBeforeCommit}, nil)
+			Lazy: o.strategy == migrate.PostCopy, CrashBeforeCommit: o.req.DestCrashBeforeCommit, Revision: o.switchedRev}, nil)
 	if err == nil && o.req.LoseRestoreReply && testHooks() {
 		err = errors.New("test hook: the destination's answer to the restore is lost")
 	}

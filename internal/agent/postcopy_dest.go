@@ -139,7 +139,7 @@ func (a *Agent) stopIncomplete(c store.Container, cause error) {
 	if err != nil || cur.Status != store.StatusMigrating || cur.MigratingTo != a.cfg.Name {
 		return
 	}
-	cur.Host, cur.Status, cur.MigratingTo = a.cfg.Name, store.StatusFailed, ""
+	cur.Host, cur.Status, cur.MigratingTo, cur.SwitchedTo = a.cfg.Name, store.StatusFailed, "", ""
 	cur.Error = fmt.Sprintf("post-copy migration from %s to %s failed before every page arrived (%v): the container was stopped rather than run on with memory missing (`coat rm %s` removes it)", c.Host, a.cfg.Name, cause, c.Name)
 	if _, err := a.st.FinishMigration(ctx, cur); err != nil {
 		a.log.Warn("record failed post-copy", "container", c.Name, "err", err)

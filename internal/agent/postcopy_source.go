@@ -178,7 +178,7 @@ func (o *outgoing) failPostCopy(ctx context.Context, cause error) {
 	if err != nil {
 		return
 	}
-	c.Host, c.Status, c.MigratingTo = o.dest.Name, store.StatusFailed, ""
+	c.Host, c.Status, c.MigratingTo, c.SwitchedTo = o.dest.Name, store.StatusFailed, "", ""
 	c.Error = fmt.Sprintf("post-copy migration from %s to %s failed before every page arrived (%v): the container was stopped rather than run on with memory missing", o.a.cfg.Name, o.dest.Name, cause)
 	if _, err := o.a.st.FinishMigration(ctx, c); err != nil {
 		o.a.log.Warn("record failed post-copy", "container", o.c.Name, "err", err)

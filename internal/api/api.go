@@ -144,6 +144,10 @@ type RestoreRequest struct {
 	Replay [][]byte `json:"replay,omitempty"`
 	// CrashBeforeCommit: see MigrateRequest.DestCrashBeforeCommit.
 	CrashBeforeCommit bool `json:"crash_before_commit,omitempty"`
+	// Revision is the container record's revision after the source
+	// recorded the switch (0: it did not): the destination's commit
+	// swaps against it. A wrong one only costs a read.
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // RestoreReply reports the destination's restore.

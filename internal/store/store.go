@@ -72,9 +72,23 @@ type Container struct {
 	Created time.Time `json:"created"`
 	// MigratingTo names the destination while Status is migrating.
 	MigratingTo string `json:"migrating_to,omitempty"`
+	// SwitchedTo is set (to MigratingTo) once the container is frozen
+	// and its traffic goes to the destination: every host forwards its
+	// MAC there from then on (where it is held until the restore), not
+	// only at the commit.
+	SwitchedTo string `json:"switched_to,omitempty"`
 	// Revision is the store's version of this record; UpdateContainer
 	// succeeds only if it still matches.
 	Revision int64 `json:"-"`
+}
+
+// ForwardTo is the host whose VTEP the container's traffic goes to: the
+// destination once a migration switched it, otherwise its host.
+func (c Container) ForwardTo() string {
+	if c.Status == StatusMigrating && c.SwitchedTo != "" {
+		return c.SwitchedTo
+	}
+	return c.Host
 }
 
 // Event is a change to the container records seen by a watch.
