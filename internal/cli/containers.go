@@ -49,6 +49,13 @@ func newRunCmd() *cobra.Command {
 			if _, err := s.st.Container(ctx, req.Name); err == nil {
 				return fmt.Errorf("container %q already exists: pick another name or `coat rm %s`", req.Name, req.Name)
 			}
+			drains, err := s.st.Drains(ctx)
+			if err != nil {
+				return err
+			}
+			if _, ok := drains[host]; ok {
+				return fmt.Errorf("host %s is being drained (`coat drain`): pick another host (`coat hosts` lists them)", host)
+			}
 			cl, err := s.agent(ctx, host)
 			if err != nil {
 				return err
@@ -90,12 +97,18 @@ func newPsCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(cs)
 			}
+			drains, err := s.st.Drains(ctx)
+			if err != nil {
+				return err
+			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS")
 			for _, c := range cs {
 				st := string(c.Status)
 				if c.MigratingTo != "" {
 					st += " -> " + c.MigratingTo
+				} else if to := drains[c.Host].Plan[c.Name]; to != "" && c.Status == store.StatusRunning {
+					st += " (draining -> " + to + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
 			}
