@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// drainReport is `coat drain --json`'s shape.
+type drainReport struct {
+	Host  string
+	Moved []struct {
+		Name, To   string
+		DowntimeMS float64 `json:"downtime_ms"`
+	}
+	Failed []struct{ Name, To, Error string }
+}
+
+// A drain of a host with five streaming containers moves all five to the
+// two other hosts, balanced (3 and 2), keeping every stream intact; while
+// it runs `coat hosts` shows the host draining and `coat ps` where the
+// containers go; afterwards the host holds nothing and is no longer shown
+// draining.
+func TestDrainFiveStreams(t *testing.T) {
+	l := newLab(t, 3)
+	type svc struct{ c container }
+	var svcs []svc
+	for i := 1; i <= 5; i++ {
+		svcs = append(svcs, svc{c: l.runSample(fmt.Sprintf("svc-%d", i), "edge-1")})
+	}
+	type stream struct {
+		cmd *exec.Cmd
+		out func() streamReport
+	}
+	var streams []stream
+	for _, s := range svcs {
+		cmd, out := l.startStream(s.c.IP, 25*time.Second)
+		streams = append(streams, stream{cmd, func() streamReport { return parseStream(t, out) }})
+	}
+	time.Sleep(2 * time.Second)
+
+	// The drain, in the background, while we look at ps and hosts.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	drain := exec.CommandContext(ctx, filepath.Join(binDir, "coat"), "drain", "edge-1", "--parallel", "2", "--json")
+	drain.Env = append(os.Environ(), "COAT_LAB="+l.name)
+	var dout, derr strings.Builder
+	drain.Stdout, drain.Stderr = &dout, &derr
+	if err := drain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- drain.Wait() }()
+	sawHost, sawPs := false, false
+	var derrRun error
+poll:
+	for {
+		select {
+		case derrRun = <-done:
+			break poll
+		case <-time.After(150 * time.Millisecond):
+		}
+		if out, err := l.coat("hosts"); err == nil && strings.Contains(out, "draining") {
+			for _, line := range strings.Split(out, "\n") {
+				if strings.HasPrefix(line, "edge-1 ") && strings.HasSuffix(strings.TrimSpace(line), "draining") {
+					sawHost = true
+				}
+			}
+		}
+		if out, err := l.coat("ps"); err == nil && (strings.Contains(out, "(draining -> edge-") || strings.Contains(out, "migrating -> edge-")) {
+			sawPs = true
+		}
+	}
+	if derrRun != nil {
+		t.Fatalf("coat drain edge-1: %v\nstdout: %s\nstderr: %s", derrRun, dout.String(), derr.String())
+	}
+	var rep drainReport
+	if err := json.Unmarshal([]byte(dout.String()), &rep); err != nil {
+		t.Fatalf("drain --json: %v\n%s", err, dout.String())
+	}
+	if rep.Host != "edge-1" || len(rep.Moved) != 5 || len(rep.Failed) != 0 {
+		t.Fatalf("drain report: %+v, want 5 moved off edge-1 and none failed", rep)
+	}
+	for _, m := range rep.Moved {
+		t.Logf("moved %s to %s, downtime %.0f ms", m.Name, m.To, m.DowntimeMS)
+	}
+	if !sawHost || !sawPs {
+		t.Errorf("during the drain: coat hosts showed edge-1 draining: %v; coat ps showed where containers go: %v", sawHost, sawPs)
+	}
+
+	// Where everything is now: nothing on edge-1, 3 and 2 on the others,
+	// same addresses.
+	count := map[string]int{}
+	for i, s := range svcs {
+		got := l.get(s.c.Name)
+		if got.Status != "running" || got.IP != s.c.IP || got.MAC != s.c.MAC || got.Host == "edge-1" {
+			t.Errorf("after the drain %d: %+v, want running off edge-1 with ip %s", i, got, s.c.IP)
+		}
+		count[got.Host]++
+	}
+	if !(count["edge-2"] == 3 && count["edge-3"] == 2 || count["edge-2"] == 2 && count["edge-3"] == 3) {
+		t.Errorf("placement %v, want 3 and 2 on edge-2 and edge-3", count)
+	}
+	if out := l.must("hosts"); strings.Contains(out, "draining") {
+		t.Errorf("edge-1 still shown draining after the drain:\n%s", out)
+	}
+
+	// Every stream intact, on both ends.
+	for i, st := range streams {
+		if err := st.cmd.Wait(); err != nil {
+			t.Fatalf("stream %d failed: %v", i, err)
+		}
+		r := st.out()
+		if r.ConnectionError != "" || r.Errors != 0 || r.Sent == 0 || r.Received != r.Sent {
+			t.Errorf("stream to %s: %+v", svcs[i].c.Name, r)
+		}
+		if s := l.stats(svcs[i].c.IP); s.Connections != 1 || s.Errors != 0 || s.Bytes != r.Sent {
+			t.Errorf("server %s: %+v, want 1 connection, 0 errors, %d bytes", svcs[i].c.Name, s, r.Sent)
+		}
+		t.Logf("%s: %d bytes echoed intact, longest stall %.0f ms", svcs[i].c.Name, r.Received, r.MaxGapMS)
+	}
+
+	// A second drain of the now empty host has nothing to do.
+	if out := l.must("drain", "edge-1"); !strings.Contains(out, "nothing to drain") {
+		t.Errorf("drain of an empty host: %s", out)
+	}
+}
+
+// Bad input changes nothing: draining the only host, an unknown host,
+// --parallel 0.
+func TestDrainBadInput(t *testing.T) {
+	l := newLab(t, 1)
+	l.runSample("only", "edge-1")
+	psBefore, hostsBefore := l.must("ps", "--json"), l.must("hosts", "--json")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"drain", "edge-1"}, "only host"},
+		{[]string{"drain", "edge-9"}, "unknown host"},
+		{[]string{"drain", "edge-1", "--parallel", "0"}, "--parallel 0"},
+		{[]string{"drain", "edge-1", "--json"}, "only host"},
+	} {
+		out, err := l.coat(tt.args...)
+		var ee *exec.ExitError
+		if err == nil || !errorsAs(err, &ee) || ee.ExitCode() != 1 {
+			t.Errorf("coat %s: %v, want exit status 1\n%s", strings.Join(tt.args, " "), err, out)
+		}
+		if !strings.Contains(out, tt.want) {
+			t.Errorf("coat %s: output does not say %q:\n%s", strings.Join(tt.args, " "), tt.want, out)
+		}
+		if ps := l.must("ps", "--json"); ps != psBefore {
+			t.Errorf("coat %s changed the containers:\nbefore %s\nafter %s", strings.Join(tt.args, " "), psBefore, ps)
+		}
+		if hs := l.must("hosts", "--json"); hs != hostsBefore {
+			t.Errorf("coat %s changed the hosts:\nbefore %s\nafter %s", strings.Join(tt.args, " "), hostsBefore, hs)
+		}
+	}
+	if c := l.get("only"); c.Host != "edge-1" || c.Status != "running" {
+		t.Fatalf("after the refused drains: %+v", c)
+	}
+}
