@@ -166,3 +166,49 @@ func TestDrainBadInput(t *testing.T) {
 		t.Fatalf("after the refused drains: %+v", c)
 	}
 }
+
+// A migration that fails during a drain rolls that container back (it
+// keeps running on the drained host, its stream intact) and the drain goes
+// on with the others; the report says which failed and why, exit status 1.
+func TestDrainFailureRollsBackAndGoesOn(t *testing.T) {
+	t.Setenv("COAT_TEST_HOOKS", "1") // --fail-restore is a test hook
+	l := newLab(t, 2)
+	var ips []string
+	for _, n := range []string{"a", "b", "c"} {
+		ips = append(ips, l.runSample(n, "edge-1").IP)
+	}
+	cmd, out := l.startStream(ips[1], 8*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	res, err := l.coat("drain", "edge-1", "--fail-restore", "b")
+	var ee *exec.ExitError
+	if err == nil || !errorsAs(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("drain with a failing restore: %v, want exit status 1\n%s", err, res)
+	}
+	t.Logf("coat drain:\n%s", res)
+	for _, want := range []string{"a ", "c ", "moved", "FAILED", "rolled back: running on edge-1", "2 moved, 1 failed", "did not move (b)"} {
+		if !strings.Contains(res, want) {
+			t.Errorf("drain output does not say %q:\n%s", want, res)
+		}
+	}
+	for _, n := range []string{"a", "c"} {
+		if c := l.get(n); c.Host != "edge-2" || c.Status != "running" {
+			t.Errorf("%s after the drain: %+v, want running on edge-2", n, c)
+		}
+	}
+	if c := l.get("b"); c.Host != "edge-1" || c.Status != "running" || c.MigratingTo != "" {
+		t.Errorf("b after its failed migration: %+v, want running on edge-1", c)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stream to b broken: %v\n%s", err, out)
+	}
+	if r := parseStream(t, out); r.Errors != 0 || r.Received != r.Sent || r.ConnectionError != "" {
+		t.Fatalf("stream to b after the rollback: %+v", r)
+	}
+	if hs := l.must("hosts"); strings.Contains(hs, "draining") {
+		t.Errorf("edge-1 still shown draining:\n%s", hs)
+	}
+	// Draining again moves b.
+	if res := l.must("drain", "edge-1", "--json"); !strings.Contains(res, `"failed":[]`) || !strings.Contains(res, `"name":"b"`) {
+		t.Errorf("second drain: %s", res)
+	}
+}

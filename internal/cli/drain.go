@@ -95,6 +95,7 @@ func newDrainCmd() *cobra.Command {
 	var asJSON bool
 	var strategy string
 	var timeout time.Duration
+	var failRestore []string
 	cmd := &cobra.Command{
 		Use:   "drain HOST [--parallel N] [--max-per-host N] [--strategy S] [--timeout D] [--json]",
 		Short: "Live-migrate every container off a host to the others (least loaded first)",
@@ -134,7 +135,7 @@ cannot be moved and count as failed.`,
 			}
 			defer s.Close()
 			return s.drain(ctx, cmd.OutOrStdout(), host, drainOpts{parallel: parallel, maxPer: maxPer, json: asJSON,
-				req: api.MigrateRequest{Strategy: strategy, TimeoutMS: timeout.Milliseconds()}, timeout: timeout})
+				req: api.MigrateRequest{Strategy: strategy, TimeoutMS: timeout.Milliseconds()}, timeout: timeout, failRestore: failRestore})
 		},
 	}
 	f := cmd.Flags()
@@ -142,6 +143,8 @@ cannot be moved and count as failed.`,
 	f.IntVar(&maxPer, "max-per-host", 0, "a destination holding this many containers has no room (0: no cap)")
 	f.StringVar(&strategy, "strategy", "auto", "how memory moves, as for `coat migrate`")
 	f.DurationVar(&timeout, "timeout", 0, "bound on each migration, as for `coat migrate` (default: the agent's, from the container's memory and the link)")
+	f.StringArrayVar(&failRestore, "fail-restore", nil, "test hook: make the destination's restore of this container fail (agents need COAT_TEST_HOOKS=1)")
+	_ = f.MarkHidden("fail-restore")
 	f.BoolVar(&asJSON, "json", false, `print one JSON object: {"host", "moved": [{"name", "to", "downtime_ms", "total_ms"}], "failed": [{"name", "to", "error"}]}`)
 	return cmd
 }
@@ -151,6 +154,7 @@ type drainOpts struct {
 	json             bool
 	req              api.MigrateRequest
 	timeout          time.Duration
+	failRestore      []string // test hook: containers whose restore fails
 }
 
 // migrateCeiling bounds one migration call from the CLI's side when no
@@ -333,6 +337,7 @@ func (s *session) moveOne(ctx context.Context, name, from, to string, o drainOpt
 	}
 	req := o.req
 	req.To = to
+	req.FailRestore = slices.Contains(o.failRestore, name)
 	res, err := cl.Migrate(mctx, name, req, nil)
 	if err == nil {
 		return res, nil
