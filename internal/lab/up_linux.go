@@ -252,7 +252,7 @@ func (s *State) ensureClientOverlay() error {
 	defer h.Close()
 	cfg := overlay.Config{
 		VNI: VNI, Port: 4789, LocalIP: s.UnderlayIP(ClientNode), UnderlayDev: "eth0",
-		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: net.CIDRMask(24, 32)},
+		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: s.OverlaySubnet().Mask},
 	}
 	if err := h.Ensure(cfg); err != nil {
 		return err
