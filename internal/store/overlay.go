@@ -81,38 +81,50 @@ func (s *Etcd) OverlayCIDR(ctx context.Context) (*net.IPNet, error) {
 	return sn, nil
 }
 
-// SetOverlayCIDR records the cluster's overlay subnet. It changes a
-// recorded one only while no container holds an address (one
-// transaction: the check and the write cannot be split by a
-// CreateContainer); the agents must then be restarted to use it.
+// SetOverlayCIDR records the cluster's overlay subnet. The first time,
+// the addresses containers already hold (a cluster whose agents were
+// given --subnet) must all lie in it; a recorded subnet changes only
+// while no container holds an address, and the agents must then be
+// restarted to use it. Either way the check and the write are one
+// transaction: a CreateContainer cannot slip in between.
 func (s *Etcd) SetOverlayCIDR(ctx context.Context, sn *net.IPNet) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	want := sn.String()
-	cur, err := s.cli.Get(ctx, s.overlayKey())
+	key, ips := s.overlayKey(), s.prefix+"ips/"
+	cur, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return fmt.Errorf("read the cluster's overlay CIDR: %w", err)
 	}
 	if len(cur.Kvs) > 0 && string(cur.Kvs[0].Value) == want {
 		return nil
 	}
-	ips := s.prefix + "ips/"
-	noIPs := clientv3.Compare(clientv3.CreateRevision(ips), "=", 0).WithRange(clientv3.GetPrefixRangeEnd(ips))
+	held, err := s.cli.Get(ctx, ips, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("list ips: %w", err)
+	}
 	var rev int64
 	if len(cur.Kvs) > 0 {
 		rev = cur.Kvs[0].ModRevision
+		if len(held.Kvs) > 0 {
+			return fmt.Errorf("the cluster's overlay CIDR is %s and %d container(s) hold addresses in it: remove them (`coat ps`, `coat rm`) before changing it to %s", cur.Kvs[0].Value, len(held.Kvs), want)
+		}
 	}
-	unchanged := clientv3.Compare(clientv3.ModRevision(s.overlayKey()), "=", rev)
-	resp, err := s.cli.Txn(ctx).If(noIPs, unchanged).Then(clientv3.OpPut(s.overlayKey(), want)).Commit()
+	for _, kv := range held.Kvs {
+		ip := strings.TrimPrefix(string(kv.Key), ips)
+		if !sn.Contains(net.ParseIP(ip)) {
+			return fmt.Errorf("a container holds %s, outside %s: pick a CIDR that contains the addresses in use (`coat ps`), or remove those containers", ip, want)
+		}
+	}
+	unchanged := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	// No address claimed (or changed) since the read.
+	noNewIPs := clientv3.Compare(clientv3.ModRevision(ips), "<", held.Header.Revision+1).WithRange(clientv3.GetPrefixRangeEnd(ips))
+	resp, err := s.cli.Txn(ctx).If(unchanged, noNewIPs).Then(clientv3.OpPut(key, want)).Commit()
 	if err != nil {
 		return fmt.Errorf("record the overlay CIDR: %w", err)
 	}
 	if !resp.Succeeded {
-		old := "(none)"
-		if len(cur.Kvs) > 0 {
-			old = string(cur.Kvs[0].Value)
-		}
-		return fmt.Errorf("the cluster's overlay CIDR is %s and containers hold addresses in it: remove them (`coat ps`, `coat rm`) before changing it to %s", old, want)
+		return fmt.Errorf("the overlay CIDR or the containers' addresses changed while recording %s: run it again", want)
 	}
 	return nil
 }

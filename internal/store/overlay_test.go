@@ -170,6 +170,25 @@ func TestEtcdOverlayCIDR(t *testing.T) {
 	if _, err := s.OverlayCIDR(ctx); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unset: %v", err)
 	}
+	// Recorded the first time over containers that hold addresses (agents
+	// given --subnet): only a CIDR that contains them all.
+	old := NewEtcd(s.cli, "/coat-test", mustCIDR(t, "10.96.3.0/24"))
+	if _, err := old.CreateContainer(ctx, Container{Name: "old", Host: "edge-1", Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	outside, _ := ParseOverlayCIDR("10.97.0.0/16")
+	if err := s.SetOverlayCIDR(ctx, outside); err == nil || !strings.Contains(err.Error(), "outside 10.97.0.0/16") {
+		t.Fatalf("first record, not containing the addresses in use: %v", err)
+	}
+	if _, err := s.OverlayCIDR(ctx); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("recorded after a refusal: %v", err)
+	}
+	if err := s.SetOverlayCIDR(ctx, mustCIDR(t, "10.96.3.0/24")); err != nil {
+		t.Fatalf("first record, containing the addresses in use: %v", err)
+	}
+	if err := old.DeleteContainer(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
 	a, _ := ParseOverlayCIDR("10.96.0.0/16")
 	b, _ := ParseOverlayCIDR("10.97.0.0/16")
 	if err := s.SetOverlayCIDR(ctx, a); err != nil {
@@ -190,7 +209,7 @@ func TestEtcdOverlayCIDR(t *testing.T) {
 	if _, err := s2.CreateContainer(ctx, Container{Name: "x", Host: "edge-1", Image: "img"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetOverlayCIDR(ctx, a); err == nil || !strings.Contains(err.Error(), "coat rm") {
+	if err := s.SetOverlayCIDR(ctx, a); err == nil || !strings.Contains(err.Error(), "coat rm") || !strings.Contains(err.Error(), "1 container(s)") {
 		t.Fatalf("change with a container: %v", err)
 	}
 	if got, _ := s.OverlayCIDR(ctx); got.String() != "10.97.0.0/16" {
