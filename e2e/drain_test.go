@@ -212,3 +212,42 @@ func TestDrainFailureRollsBackAndGoesOn(t *testing.T) {
 		t.Errorf("second drain: %s", res)
 	}
 }
+
+// A lab on a /16 overlay (coat lab up --overlay-cidr, recorded in etcd as
+// `coat init --overlay-cidr` does): containers get addresses across the
+// /16, MACs that embed them, the client reaches them over the /16, and a
+// drain moves them with their streams intact.
+func TestDrainOn16Overlay(t *testing.T) {
+	l := newLabWith(t, "--hosts", "2", "--overlay-cidr", "10.96.0.0/16")
+	a := l.runSample("low", "edge-1")
+	l.must("run", "--host", "edge-1", "--name", "high", "--ip", "10.96.200.7", "--image", "sample", "--", "/bin/coat-sample", "server")
+	b := l.get("high")
+	l.waitCtl(b.IP)
+	if a.IP != "10.96.0.10" || b.MAC != "02:c0:0a:60:c8:07" {
+		t.Fatalf("addresses: low %s, high %s %s; want 10.96.0.10 and 02:c0:0a:60:c8:07", a.IP, b.IP, b.MAC)
+	}
+	if out, err := l.coat("run", "--host", "edge-1", "--name", "outside", "--ip", "10.97.0.20", "--image", "sample", "--", "/bin/coat-sample", "server"); err == nil || !strings.Contains(out, "outside the overlay subnet 10.96.0.0/16") {
+		t.Errorf("run with an address outside the /16: %v\n%s", err, out)
+	}
+	ca, outA := l.startStream(a.IP, 8*time.Second)
+	cb, outB := l.startStream(b.IP, 8*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	res := l.must("drain", "edge-1", "--parallel", "2")
+	t.Logf("coat drain:\n%s", res)
+	for _, c := range []container{a, b} {
+		if got := l.get(c.Name); got.Host != "edge-2" || got.Status != "running" || got.IP != c.IP || got.MAC != c.MAC {
+			t.Errorf("%s after the drain: %+v", c.Name, got)
+		}
+	}
+	for i, st := range []struct {
+		cmd *exec.Cmd
+		out func() streamReport
+	}{{ca, func() streamReport { return parseStream(t, outA) }}, {cb, func() streamReport { return parseStream(t, outB) }}} {
+		if err := st.cmd.Wait(); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		if r := st.out(); r.ConnectionError != "" || r.Errors != 0 || r.Sent == 0 || r.Received != r.Sent {
+			t.Errorf("stream %d: %+v", i, r)
+		}
+	}
+}
