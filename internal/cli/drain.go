@@ -342,6 +342,15 @@ func (s *session) moveOne(ctx context.Context, name, from, to string, o drainOpt
 	if err == nil {
 		return res, nil
 	}
+	if mctx.Err() != nil {
+		// The source agent finishes the migration, or rolls it back, on
+		// its own when its caller goes.
+		why := "interrupted"
+		if ctx.Err() == nil {
+			why = fmt.Sprintf("no answer within %v", ceiling)
+		}
+		return nil, fmt.Errorf("%s while migrating to %s: the agents finish or roll the migration back on their own; `coat ps` shows where it ends up", why, to)
+	}
 	// Where is it now? Read with a deadline of its own: ctx may be done.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer rcancel()
