@@ -251,3 +251,83 @@ func TestDrainOn16Overlay(t *testing.T) {
 		}
 	}
 }
+
+// Ctrl-C during a drain: the drain stops starting migrations, the one
+// under way ends on its own (moved or rolled back), the drain's record is
+// gone at once (not after its lease), the exit status is non-zero.
+func TestDrainInterrupted(t *testing.T) {
+	l := newLab(t, 2)
+	for _, n := range []string{"i1", "i2", "i3"} {
+		l.runSample(n, "edge-1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	drain := exec.CommandContext(ctx, filepath.Join(binDir, "coat"), "drain", "edge-1")
+	drain.Env = append(os.Environ(), "COAT_LAB="+l.name)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain.Stdout, drain.Stderr = pw, pw
+	if err := drain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var out strings.Builder
+	buf := make([]byte, 4096)
+	for !strings.Contains(out.String(), "started") {
+		n, err := pr.Read(buf)
+		out.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("drain ended before starting a migration: %v\n%s", err, out.String())
+		}
+	}
+	if err := drain.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := pr.Read(buf)
+		out.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	err = drain.Wait()
+	t.Logf("coat drain, interrupted:\n%s", out.String())
+	var ee *exec.ExitError
+	if err == nil || !errorsAs(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("interrupted drain: %v, want exit status 1", err)
+	}
+	if !strings.Contains(out.String(), "not started: the drain was interrupted") || !strings.Contains(out.String(), "drain of edge-1 interrupted") {
+		t.Errorf("the containers not started are not reported:\n%s", out.String())
+	}
+	if hs := l.must("hosts"); strings.Contains(hs, "draining") {
+		t.Errorf("edge-1 still shown draining right after the interrupted drain:\n%s", hs)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		settled := true
+		for _, c := range l.ps() {
+			if c.Status != "running" {
+				settled = false
+			}
+		}
+		if settled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containers not settled 60s after the interrupted drain: %+v", l.ps())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if cs := l.ps(); len(cs) != 3 {
+		t.Fatalf("after the interrupted drain: %+v", cs)
+	}
+	// And a drain run again finishes the job.
+	l.must("drain", "edge-1")
+	for _, c := range l.ps() {
+		if c.Host != "edge-2" || c.Status != "running" {
+			t.Errorf("after the second drain: %+v", c)
+		}
+	}
+}

@@ -306,7 +306,11 @@ dispatch:
 			return err
 		}
 	} else {
-		say("drained %s: %d moved, %d failed\n", host, len(rep.Moved), len(rep.Failed))
+		what := "drained " + host
+		if ctx.Err() != nil {
+			what = "drain of " + host + " interrupted"
+		}
+		say("%s: %d moved, %d failed\n", what, len(rep.Moved), len(rep.Failed))
 		for _, f := range rep.Failed {
 			say("  failed %s: %s\n", f.Name, f.Error)
 		}
