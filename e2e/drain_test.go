@@ -57,7 +57,7 @@ func TestDrainFiveStreams(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- drain.Wait() }()
-	sawHost, sawPs := false, false
+	sawHost, sawPs, sawPsJSON := false, false, false
 	var derrRun error
 poll:
 	for {
@@ -76,6 +76,9 @@ poll:
 		if out, err := l.coat("ps"); err == nil && (strings.Contains(out, "(draining -> edge-") || strings.Contains(out, "migrating -> edge-")) {
 			sawPs = true
 		}
+		if out, err := l.coat("ps", "--json"); err == nil && strings.Contains(out, `"draining_to": "edge-`) {
+			sawPsJSON = true
+		}
 	}
 	if derrRun != nil {
 		t.Fatalf("coat drain edge-1: %v\nstdout: %s\nstderr: %s", derrRun, dout.String(), derr.String())
@@ -90,8 +93,8 @@ poll:
 	for _, m := range rep.Moved {
 		t.Logf("moved %s to %s, downtime %.0f ms", m.Name, m.To, m.DowntimeMS)
 	}
-	if !sawHost || !sawPs {
-		t.Errorf("during the drain: coat hosts showed edge-1 draining: %v; coat ps showed where containers go: %v", sawHost, sawPs)
+	if !sawHost || !sawPs || !sawPsJSON {
+		t.Errorf("during the drain: coat hosts showed edge-1 draining: %v; coat ps showed where containers go: %v; coat ps --json: %v", sawHost, sawPs, sawPsJSON)
 	}
 
 	// Where everything is now: nothing on edge-1, 3 and 2 on the others,

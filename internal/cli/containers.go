@@ -89,17 +89,29 @@ func newPsCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			if asJSON {
-				if cs == nil {
-					cs = []store.Container{}
-				}
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(cs)
-			}
 			drains, err := s.st.Drains(ctx)
 			if err != nil {
 				return err
+			}
+			// drainingTo is where a drain will move c, until it starts.
+			drainingTo := func(c store.Container) string {
+				if c.Status != store.StatusRunning {
+					return ""
+				}
+				return drains[c.Host].Plan[c.Name]
+			}
+			if asJSON {
+				type psOut struct {
+					store.Container
+					DrainingTo string `json:"draining_to,omitempty"`
+				}
+				list := make([]psOut, 0, len(cs))
+				for _, c := range cs {
+					list = append(list, psOut{c, drainingTo(c)})
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(list)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS")
@@ -107,7 +119,7 @@ func newPsCmd() *cobra.Command {
 				st := string(c.Status)
 				if c.MigratingTo != "" {
 					st += " -> " + c.MigratingTo
-				} else if to := drains[c.Host].Plan[c.Name]; to != "" && c.Status == store.StatusRunning {
+				} else if to := drainingTo(c); to != "" {
 					st += " (draining -> " + to + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
