@@ -49,6 +49,13 @@ func newRunCmd() *cobra.Command {
 			if _, err := s.st.Container(ctx, req.Name); err == nil {
 				return fmt.Errorf("container %q already exists: pick another name or `coat rm %s`", req.Name, req.Name)
 			}
+			drains, err := s.st.Drains(ctx)
+			if err != nil {
+				return err
+			}
+			if _, ok := drains[host]; ok {
+				return fmt.Errorf("host %s is being drained (`coat drain`): pick another host (`coat hosts` lists them)", host)
+			}
 			cl, err := s.agent(ctx, host)
 			if err != nil {
 				return err
@@ -82,13 +89,29 @@ func newPsCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			drains, err := s.st.Drains(ctx)
+			if err != nil {
+				return err
+			}
+			// drainingTo is where a drain will move c, until it starts.
+			drainingTo := func(c store.Container) string {
+				if c.Status != store.StatusRunning {
+					return ""
+				}
+				return drains[c.Host].Plan[c.Name]
+			}
 			if asJSON {
-				if cs == nil {
-					cs = []store.Container{}
+				type psOut struct {
+					store.Container
+					DrainingTo string `json:"draining_to,omitempty"`
+				}
+				list := make([]psOut, 0, len(cs))
+				for _, c := range cs {
+					list = append(list, psOut{c, drainingTo(c)})
 				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(cs)
+				return enc.Encode(list)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS")
@@ -96,6 +119,8 @@ func newPsCmd() *cobra.Command {
 				st := string(c.Status)
 				if c.MigratingTo != "" {
 					st += " -> " + c.MigratingTo
+				} else if to := drainingTo(c); to != "" {
+					st += " (draining -> " + to + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
 			}

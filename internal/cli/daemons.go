@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -43,8 +44,8 @@ func newAgentCmd() *cobra.Command {
 			if pkiDir == "" {
 				pkiDir = fc.PKIDir
 			}
-			if cfg.Name == "" || underlay == "" || subnet == "" || pkiDir == "" {
-				return fmt.Errorf("--name, --underlay-ip, --subnet and --pki-dir are required")
+			if cfg.Name == "" || underlay == "" || pkiDir == "" {
+				return fmt.Errorf("--name, --underlay-ip and --pki-dir are required")
 			}
 			if err := names.Host(cfg.Name); err != nil {
 				return fmt.Errorf("--name: %w", err)
@@ -62,11 +63,12 @@ func newAgentCmd() *cobra.Command {
 			if cfg.UnderlayIP = net.ParseIP(underlay); cfg.UnderlayIP == nil {
 				return fmt.Errorf("--underlay-ip %q is not an IP address", underlay)
 			}
-			_, sn, err := net.ParseCIDR(subnet)
-			if err != nil {
-				return fmt.Errorf("--subnet: %w", err)
+			var sn *net.IPNet
+			if subnet != "" {
+				if sn, err = store.ParseOverlayCIDR(subnet); err != nil {
+					return fmt.Errorf("--subnet: %w", err)
+				}
 			}
-			cfg.Subnet = sn
 			for _, p := range peers {
 				ip := net.ParseIP(p)
 				if ip == nil {
@@ -97,11 +99,18 @@ func newAgentCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("connect to etcd: %w", err)
 			}
-			st := store.NewEtcd(cli, "/coat/", sn)
+			st := store.NewEtcd(cli, "/coat/", nil)
 			defer st.Close()
 			if err := st.RequireAuth(ctx); err != nil {
 				return fmt.Errorf("%w: set it up with `coat init --pki-dir %s --etcd-endpoints %s` (as admin) before starting agents", err, pkiDir, endpoints)
 			}
+			if cfg.Subnet, err = agentSubnet(ctx, st, sn, pkiDir, endpoints); err != nil {
+				return err
+			}
+			if err := store.CheckUnderlay(cfg.Subnet, []net.IP{cfg.UnderlayIP}); err != nil {
+				return fmt.Errorf("--underlay-ip: %w", err)
+			}
+			st = store.NewEtcd(cli, "/coat/", cfg.Subnet)
 			a, err := agent.New(cfg, st, logger(os.Stderr).With("host", cfg.Name))
 			if err != nil {
 				return err
@@ -115,7 +124,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "", "API address (default UNDERLAY-IP:7443)")
 	f.StringVar(&underlay, "underlay-ip", "", "this host's underlay IP (the VXLAN endpoint)")
 	f.StringVar(&cfg.UnderlayDev, "underlay-dev", "eth0", "underlay link")
-	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24")
+	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24 (default: the cluster's, recorded by `coat init --overlay-cidr`; if both are set they must agree)")
 	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
 	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
 	f.Var(&rateFlag{&cfg.LinkRate}, "link-rate", "the rate of this host's underlay link, e.g. 100mbit (what --strategy auto weighs; default: unknown, taken as fast)")
@@ -124,6 +133,24 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS, config key etcd_endpoints); none: the agent runs an embedded etcd on 127.0.0.1:2379")
 	f.StringVar(&pkiDir, "pki-dir", os.Getenv("COAT_PKI_DIR"), "PKI directory with ca.crt and NAME.crt/key (env COAT_PKI_DIR)")
 	return cmd
+}
+
+// agentSubnet decides an agent's overlay subnet: the cluster's, recorded
+// in etcd by `coat init --overlay-cidr`, or --subnet (flag) when the
+// cluster has none; both set must agree.
+func agentSubnet(ctx context.Context, st *store.Etcd, flag *net.IPNet, pkiDir, endpoints string) (*net.IPNet, error) {
+	cluster, err := st.OverlayCIDR(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound) && flag == nil:
+		return nil, fmt.Errorf("no overlay subnet: record the cluster's with `coat init --pki-dir %s --etcd-endpoints %s --overlay-cidr CIDR` (as admin), or give --subnet", pkiDir, endpoints)
+	case errors.Is(err, store.ErrNotFound):
+		return flag, nil
+	case err != nil:
+		return nil, err
+	case flag != nil && flag.String() != cluster.String():
+		return nil, fmt.Errorf("--subnet %s differs from the cluster's overlay CIDR %s (recorded by `coat init --overlay-cidr`): drop --subnet, or give %s", flag, cluster, cluster)
+	}
+	return cluster, nil
 }
 
 func newEtcdCmd() *cobra.Command {
@@ -185,10 +212,10 @@ func newEtcdCmd() *cobra.Command {
 }
 
 func newInitCmd() *cobra.Command {
-	var dir string
+	var dir, overlayCIDR string
 	var hosts, etcds, admins, revoke []string
 	cmd := &cobra.Command{
-		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--revoke NAME]... [--etcd-endpoints URLS]",
+		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--revoke NAME]... [--etcd-endpoints URLS] [--overlay-cidr CIDR]",
 		Short: "Create the cluster CA and certificates (the CLI's admin one, a host's per --issue), revoke certificates, and set etcd's access control up",
 		Long: `Create the cluster CA and certificates: the CLI's (role admin), one per
 --issue for an agent (role host, bound to its name and underlay IP), one
@@ -200,9 +227,46 @@ etcd, where NAME's user goes and every agent refuses them.
 
 With etcd endpoints, init also gives etcd a user per certificate in DIR
 (admins: root; hosts: their own keys) and turns its authentication on. Run
-it again after issuing or revoking.`,
+it again after issuing or revoking.
+
+--overlay-cidr CIDR records the cluster's overlay subnet in etcd (it
+needs etcd endpoints): the containers' addresses come from it and agents
+started without --subnet use it. IPv4, a prefix from /8 to /27 (e.g.
+10.96.0.0/16), not over any host's underlay address (those of --issue
+and of the registered hosts). It can be changed only while no container
+holds an address; restart the agents after a change.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Checked before anything is written.
+			var overlay *net.IPNet
+			var underlay []net.IP
+			if cmd.Flags().Changed("overlay-cidr") {
+				var err error
+				if overlay, err = store.ParseOverlayCIDR(overlayCIDR); err != nil {
+					return fmt.Errorf("--overlay-cidr: %w", err)
+				}
+				for _, n := range hosts {
+					if _, ipStr, ok := strings.Cut(n, "="); ok {
+						underlay = append(underlay, net.ParseIP(ipStr))
+					}
+				}
+				if err := store.CheckUnderlay(overlay, underlay); err != nil {
+					return fmt.Errorf("--overlay-cidr: %w", err)
+				}
+			}
+			fc, err := loadFileConfig()
+			if err != nil {
+				return err
+			}
+			eps := g.endpoints
+			for _, v := range []string{os.Getenv("COAT_ETCD_ENDPOINTS"), fc.EtcdEndpoints} {
+				if eps == "" {
+					eps = v
+				}
+			}
+			if overlay != nil && eps == "" {
+				return fmt.Errorf("--overlay-cidr is recorded in etcd: give --etcd-endpoints (or COAT_ETCD_ENDPOINTS) and run it again")
+			}
 			if err := pki.EnsureCA(dir); err != nil {
 				return err
 			}
@@ -249,16 +313,6 @@ it again after issuing or revoking.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s (serials %s)\n", r.Name, strings.Join(r.Serials, ", "))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster PKI in %s\n", dir)
-			fc, err := loadFileConfig()
-			if err != nil {
-				return err
-			}
-			eps := g.endpoints
-			for _, v := range []string{os.Getenv("COAT_ETCD_ENDPOINTS"), fc.EtcdEndpoints} {
-				if eps == "" {
-					eps = v
-				}
-			}
 			if eps == "" {
 				if len(revoke) > 0 {
 					return fmt.Errorf("revoked in %s only: give --etcd-endpoints (or COAT_ETCD_ENDPOINTS) and run it again so that etcd and the agents refuse it too", dir)
@@ -273,6 +327,12 @@ it again after issuing or revoking.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "etcd access control set up at %s\n", eps)
+			if overlay != nil {
+				if err := store.SetOverlayCIDRFromPKI(cmd.Context(), strings.Split(eps, ","), dir, admin, overlay, underlay); err != nil {
+					return fmt.Errorf("--overlay-cidr: %w", err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "overlay CIDR %s recorded: agents started without --subnet use it\n", overlay)
+			}
 			return nil
 		},
 	}
@@ -280,6 +340,7 @@ it again after issuing or revoking.`,
 	cmd.Flags().StringArrayVar(&hosts, "issue", nil, "issue a host certificate NAME=UNDERLAY-IP for an agent (repeatable)")
 	cmd.Flags().StringArrayVar(&etcds, "issue-etcd", nil, "issue a certificate NAME=IP for an etcd member (repeatable)")
 	cmd.Flags().StringArrayVar(&admins, "issue-admin", nil, "issue another admin certificate NAME (repeatable; use it with --cert-name)")
+	cmd.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "record the cluster's overlay subnet in etcd, e.g. 10.96.0.0/16 (IPv4, /8 to /27)")
 	cmd.Flags().StringArrayVar(&revoke, "revoke", nil, "revoke NAME's certificates (repeatable); the name cannot be issued again")
 	return cmd
 }

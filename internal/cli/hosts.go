@@ -27,20 +27,34 @@ func newHostsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			drains, err := s.st.Drains(ctx)
+			if err != nil {
+				return err
+			}
 			if asJSON {
-				if hosts == nil {
-					hosts = []store.Host{}
+				type hostOut struct {
+					store.Host
+					Draining bool `json:"draining,omitempty"`
 				}
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(hosts)
+				hs := make([]hostOut, 0, len(hosts))
+				for _, h := range hosts {
+					_, d := drains[h.Name]
+					hs = append(hs, hostOut{h, d})
+				}
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(hs)
 			}
 			count := map[string]int{}
 			for _, c := range cs {
 				count[c.Host]++
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tUNDERLAY\tAPI\tCONTAINERS\tUP")
+			fmt.Fprintln(tw, "NAME\tUNDERLAY\tAPI\tCONTAINERS\tUP\tSTATE")
 			for _, h := range hosts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", h.Name, h.UnderlayIP, h.API, count[h.Name], time.Since(h.Started).Round(time.Second))
+				state := "ready"
+				if _, ok := drains[h.Name]; ok {
+					state = "draining"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", h.Name, h.UnderlayIP, h.API, count[h.Name], time.Since(h.Started).Round(time.Second), state)
 			}
 			return tw.Flush()
 		}),

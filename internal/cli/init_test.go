@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,5 +54,35 @@ func TestInit(t *testing.T) {
 	rs, err := pki.Revocations(dir)
 	if err != nil || len(rs) != 1 || rs[0].Name != "edge-1" {
 		t.Errorf("revocations: %+v %v", rs, err)
+	}
+}
+
+// coat init --overlay-cidr: bad values, an underlay inside the range, and
+// no etcd to record it in are refused before anything is written.
+func TestInitOverlayCIDRBadInput(t *testing.T) {
+	isolate(t)
+	dir := filepath.Join(t.TempDir(), "pki")
+	cfg := writeConfig(t, "{}")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--overlay-cidr", "10.96.0.0/30"}, "between /8 and /27"},
+		{[]string{"--overlay-cidr", "10.96.1.0/16"}, "did you mean 10.96.0.0/16"},
+		{[]string{"--overlay-cidr", "fd00::/64"}, "only IPv4"},
+		{[]string{"--overlay-cidr", ""}, "want an IPv4 network"},
+		{[]string{"--overlay-cidr", "10.201.0.0/16", "--issue", "edge-1=10.201.0.11"}, "contains the underlay address 10.201.0.11"},
+		{[]string{"--overlay-cidr", "10.96.0.0/16"}, "give --etcd-endpoints"},
+	} {
+		var code int
+		out := captureStderr(t, func() {
+			code = Main(context.Background(), append([]string{"init", "--config", cfg, "--pki-dir", dir}, tc.args...))
+		})
+		if code == 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("init %v: exit %d, stderr %q, want a failure saying %q", tc.args, code, out, tc.want)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("init %v wrote %s (%v)", tc.args, dir, err)
+		}
 	}
 }

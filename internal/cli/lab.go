@@ -21,14 +21,18 @@ import (
 func newLabCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "A whole edge on this machine: hosts and a client as network namespaces"}
 	var hosts, members int
+	var overlayCIDR string
 	var lf linkFlags
 	up := &cobra.Command{
-		Use:   "up [--hosts N] [--etcd-members 1|3] [--link-rate RATE] [--link-delay D] [--link-loss P] [--link NODE=rate=R,delay=D,loss=P]...",
+		Use:   "up [--hosts N] [--etcd-members 1|3] [--overlay-cidr CIDR] [--link-rate RATE] [--link-delay D] [--link-loss P] [--link NODE=rate=R,delay=D,loss=P]...",
 		Short: "Build the lab (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t := time.Now()
-			o := lab.Options{Name: g.lab, Hosts: hosts, Self: self(), Log: logger(os.Stderr)}
+			o := lab.Options{Name: g.lab, Hosts: hosts, OverlayCIDR: overlayCIDR, Self: self(), Log: logger(os.Stderr)}
+			if cmd.Flags().Changed("overlay-cidr") && overlayCIDR == "" {
+				return fmt.Errorf("--overlay-cidr: give an IPv4 network such as 10.96.0.0/16")
+			}
 			if cmd.Flags().Changed("etcd-members") {
 				if err := lab.ValidEtcdMembers(members, hosts); err != nil {
 					return err
@@ -66,6 +70,7 @@ func newLabCmd() *cobra.Command {
 		},
 	}
 	up.Flags().IntVar(&hosts, "hosts", 2, "number of edge hosts")
+	up.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "the containers' subnet, e.g. 10.96.0.0/16 (IPv4, /8 to /27; default 10.202.INDEX.0/24); recorded in the lab's etcd as `coat init --overlay-cidr` does")
 	up.Flags().IntVar(&members, "etcd-members", 1, "etcd members: 1 (in the root namespace) or 3 (member i in edge-i's namespace; needs --hosts >= 3); a lab that is up keeps its count when not given")
 	lf.register(up)
 	down := &cobra.Command{

@@ -159,13 +159,50 @@ func (s *State) UnderlayIP(node string) net.IP {
 	return net.IPv4(10, 201, byte(s.Index), byte(host)).To4()
 }
 
-// OverlaySubnet is the containers' subnet.
+// OverlaySubnet is the containers' subnet: the one lab up was given
+// (--overlay-cidr), or 10.202.INDEX.0/24.
 func (s *State) OverlaySubnet() *net.IPNet {
+	if s.Overlay != "" {
+		if _, sn, err := net.ParseCIDR(s.Overlay); err == nil && sn.IP.To4() != nil {
+			sn.IP = sn.IP.To4()
+			return sn
+		}
+	}
+	return s.DefaultOverlay()
+}
+
+// DefaultOverlay is a lab's overlay subnet when none is given: a /24 of
+// its own, 10.202.INDEX.0/24.
+func (s *State) DefaultOverlay() *net.IPNet {
 	return &net.IPNet{IP: net.IPv4(10, 202, byte(s.Index), 0).To4(), Mask: net.CIDRMask(24, 32)}
 }
 
-// ClientOverlayIP is the client node's address on the overlay.
-func (s *State) ClientOverlayIP() net.IP { return net.IPv4(10, 202, byte(s.Index), 250).To4() }
+// UnderlaySubnet is the lab's underlay, 10.201.INDEX.0/24.
+func (s *State) UnderlaySubnet() *net.IPNet {
+	return &net.IPNet{IP: net.IPv4(10, 201, byte(s.Index), 0).To4(), Mask: net.CIDRMask(24, 32)}
+}
+
+// CheckOverlay checks an overlay subnet for this lab: it must not overlap
+// the lab's underlay.
+func (s *State) CheckOverlay(sn *net.IPNet) error {
+	u := s.UnderlaySubnet()
+	if sn.Contains(u.IP) || u.Contains(sn.IP) {
+		return fmt.Errorf("overlay CIDR %s overlaps the lab's underlay %s: pick another range, e.g. 10.96.0.0/16", sn, u)
+	}
+	return nil
+}
+
+// ClientOverlayIP is the client node's address on the overlay: the sixth
+// from the top (.250 of a /24), among the last ten that are never
+// allocated to containers.
+func (s *State) ClientOverlayIP() net.IP {
+	sn := s.OverlaySubnet()
+	ones, bits := sn.Mask.Size()
+	v4 := sn.IP.To4()
+	n := uint32(v4[0])<<24 | uint32(v4[1])<<16 | uint32(v4[2])<<8 | uint32(v4[3])
+	n += uint32(1)<<(bits-ones) - 6
+	return net.IPv4(byte(n>>24), byte(n>>16), byte(n>>8), byte(n)).To4()
+}
 
 // ValidEtcdMembers checks an etcd member count for a lab of hosts edge hosts.
 func ValidEtcdMembers(n, hosts int) error {

@@ -257,3 +257,29 @@ func TestSaveAndPKIDir(t *testing.T) {
 		t.Errorf("logPath = %q, want %q", got, want)
 	}
 }
+
+// A lab given a bigger overlay: the client sits among the last ten
+// addresses, which are never allocated; an overlay over the underlay is
+// refused.
+func TestOverlayCIDR(t *testing.T) {
+	s := &State{Index: 3, Overlay: "10.96.0.0/16"}
+	if got := s.OverlaySubnet().String(); got != "10.96.0.0/16" {
+		t.Fatalf("OverlaySubnet = %s", got)
+	}
+	if got := s.ClientOverlayIP().String(); got != "10.96.255.250" {
+		t.Fatalf("ClientOverlayIP = %s, want 10.96.255.250", got)
+	}
+	if got := (&State{Index: 3}).OverlaySubnet().String(); got != "10.202.3.0/24" {
+		t.Fatalf("default OverlaySubnet = %s", got)
+	}
+	for _, bad := range []string{"10.201.3.0/24", "10.201.0.0/16", "10.201.3.128/25", "10.0.0.0/8"} {
+		_, sn, _ := net.ParseCIDR(bad)
+		if err := s.CheckOverlay(sn); err == nil {
+			t.Errorf("overlay %s over the underlay 10.201.3.0/24 accepted", bad)
+		}
+	}
+	_, sn, _ := net.ParseCIDR("10.201.4.0/24") // another lab's underlay, not ours
+	if err := s.CheckOverlay(sn); err != nil {
+		t.Errorf("overlay %s: %v", sn, err)
+	}
+}

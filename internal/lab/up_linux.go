@@ -41,8 +41,11 @@ type Options struct {
 	// Links are every node's link; nil keeps what the lab has (plain
 	// links for a new lab).
 	Links map[string]linkspec.Link
-	Self  string // the coat binary
-	Log   *slog.Logger
+	// OverlayCIDR is the containers' subnet (IPv4, /8 to /27); "" keeps
+	// what the lab has (10.202.INDEX.0/24 for a new lab).
+	OverlayCIDR string
+	Self        string // the coat binary
+	Log         *slog.Logger
 }
 
 // Up builds the lab, or completes one that is partly there.
@@ -84,6 +87,19 @@ func Up(ctx context.Context, o Options) (*State, error) {
 			}
 		}
 	}
+	if o.OverlayCIDR != "" {
+		sn, err := store.ParseOverlayCIDR(o.OverlayCIDR)
+		if err != nil {
+			return nil, fmt.Errorf("--overlay-cidr: %w", err)
+		}
+		if err := s.CheckOverlay(sn); err != nil {
+			return nil, fmt.Errorf("--overlay-cidr: %w", err)
+		}
+		if s.Hosts != 0 && s.OverlaySubnet().String() != sn.String() {
+			return nil, fmt.Errorf("lab %q is up with the overlay %s: run `coat lab down` first to change it to %s", o.Name, s.OverlaySubnet(), sn)
+		}
+		s.Overlay = sn.String()
+	}
 	s.Hosts = o.Hosts
 	s.EtcdMembers = members
 	if s.Pids == nil {
@@ -108,6 +124,9 @@ func Up(ctx context.Context, o Options) (*State, error) {
 		{"client overlay", s.ensureClientOverlay},
 		{"etcd", func() error { return s.ensureEtcd(ctx, o.Self) }},
 		{"etcd access control", func() error { return s.ensureEtcdAuth(ctx) }},
+		{"overlay CIDR", func() error {
+			return store.SetOverlayCIDRFromPKI(ctx, strings.Split(s.EtcdURL, ","), s.PKIDir(), "cli", s.OverlaySubnet(), nil)
+		}},
 		{"agents", func() error { return s.ensureAgents(ctx, o.Self) }},
 	}
 	for _, st := range steps {
@@ -252,7 +271,7 @@ func (s *State) ensureClientOverlay() error {
 	defer h.Close()
 	cfg := overlay.Config{
 		VNI: VNI, Port: 4789, LocalIP: s.UnderlayIP(ClientNode), UnderlayDev: "eth0",
-		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: net.CIDRMask(24, 32)},
+		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: s.OverlaySubnet().Mask},
 	}
 	if err := h.Ensure(cfg); err != nil {
 		return err

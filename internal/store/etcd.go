@@ -147,19 +147,23 @@ func (s *Etcd) CreateContainer(ctx context.Context, c Container) (Container, err
 		}
 		return s.claim(ctx, c)
 	}
-	resp, err := s.cli.Get(ctx, s.prefix+"ips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	// One read of the claimed addresses, then a claim of the lowest free
+	// one per transaction; a claim lost to a concurrent create moves on
+	// to the next free address. A /16 costs two round trips, not 65,000.
+	first, last, ok := ipRange(s.subnet)
+	if !ok {
+		return Container{}, fmt.Errorf("subnet %s: %w", s.subnet, ErrNoFreeIP)
+	}
+	taken, err := s.takenIPs(ctx)
 	if err != nil {
-		return Container{}, fmt.Errorf("list ips: %w", err)
+		return Container{}, err
 	}
-	taken := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		taken[strings.TrimPrefix(string(kv.Key), s.prefix+"ips/")] = true
-	}
-	for _, ip := range Allocatable(s.subnet) {
-		if taken[ip.String()] {
+	for n := first; n <= last; n++ {
+		ip := u32ToIP(n).String()
+		if taken[ip] {
 			continue
 		}
-		c.IP = ip.String()
+		c.IP = ip
 		out, err := s.claim(ctx, c)
 		if errors.Is(err, ErrIPTaken) {
 			continue // lost a race for this address; try the next

@@ -158,19 +158,16 @@ func MACFor(ip net.IP) net.HardwareAddr {
 
 // Allocatable lists the addresses of subnet that containers may get: all
 // but the network, broadcast, the first ten (gateways, lab nodes) and the
-// last ten (the lab's client node).
+// last ten (the lab's client node). It builds the whole list: allocation
+// itself walks the range without one (see CreateContainer).
 func Allocatable(subnet *net.IPNet) []net.IP {
-	ones, bits := subnet.Mask.Size()
-	if bits != 32 || ones > 28 {
+	first, last, ok := ipRange(subnet)
+	if !ok {
 		return nil
 	}
-	size := 1 << (bits - ones)
-	base := subnet.IP.To4()
-	var out []net.IP
-	for i := 10; i < size-11; i++ {
-		n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-		n += uint32(i)
-		out = append(out, net.IPv4(byte(n>>24), byte(n>>16), byte(n>>8), byte(n)).To4())
+	out := make([]net.IP, 0, last-first+1)
+	for n := first; n <= last; n++ {
+		out = append(out, u32ToIP(n))
 	}
 	return out
 }
