@@ -80,6 +80,8 @@ type Agent struct {
 	// prepared: the revision of each incoming container's record at
 	// prepare (the commit swaps it directly, without reading it again).
 	prepared map[string]int64
+	// groups: group moves being restored here (group.go).
+	groups map[string]*incomingGroup
 }
 
 // enter counts a request of an incoming migration of name as under way

@@ -223,6 +223,9 @@ func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
 	}
 	t := time.Now()
 	if err := a.restoreIncoming(r.Context(), c, req); err != nil {
+		if req.Group != "" {
+			a.failGroup(req.Group, fmt.Errorf("%s: %w", name, err))
+		}
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, errUndecided) {
 			// Dropped (the source rolled back first), or held for the
 			// recovery loop to decide: no abort will come for it.
@@ -273,7 +276,19 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 		a.log.Error("test hook: exiting after the restore, before the commit", "container", c.Name)
 		os.Exit(3)
 	}
-	if !req.Lazy {
+	switch {
+	case req.Group != "":
+		a.mu.Lock()
+		rev := a.prepared[c.Name]
+		delete(a.prepared, c.Name)
+		a.mu.Unlock()
+		if req.Revision > 0 {
+			rev = req.Revision
+		}
+		if err := a.commitInGroup(ctx, req, c, rev); err != nil {
+			return err
+		}
+	case !req.Lazy:
 		// The commit point: nothing gets in before the record says the
 		// container runs here (a post-copy commits on the source, once
 		// every page is here).
@@ -414,6 +429,10 @@ func corruptImage(dir string) error {
 func (a *Agent) handleAbort(w http.ResponseWriter, r *http.Request) {
 	defer a.enter(r.PathValue("name"))()
 	name := r.PathValue("name")
+	if id := r.URL.Query().Get("group"); id != "" {
+		// A member of a group move failed: the whole group does.
+		a.failGroup(id, fmt.Errorf("%s failed on its source", name))
+	}
 	a.abortFetch(name)
 	if _, err := a.incomingContainer(name); err == nil {
 		a.abortIncoming(r.Context(), name)

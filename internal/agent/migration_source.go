@@ -35,6 +35,10 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
+	if len(req.Group) > 0 {
+		a.migrateGroup(w, r, req)
+		return
+	}
 	out, err := a.newOutgoing(r.Context(), r.PathValue("name"), req)
 	if err != nil {
 		httpError(w, err)
@@ -64,22 +68,27 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		send(api.Progress{Error: err.Error()})
 		return
 	}
+	send(api.Progress{Done: true, Result: out.result(rep)})
+}
+
+// result is what a finished migration reports.
+func (o *outgoing) result(rep migrate.Report) *api.MigrateResult {
 	mode := "coat"
 	switch {
-	case req.Reference:
+	case o.req.Reference:
 		mode = "reference"
-	case req.NoTCP:
+	case o.req.NoTCP:
 		mode = "traditional"
 	}
-	send(api.Progress{Done: true, Result: &api.MigrateResult{
-		Name: out.c.Name, From: a.cfg.Name, To: out.dest.Name, Mode: mode, Held: out.hold(),
+	return &api.MigrateResult{
+		Name: o.c.Name, From: o.a.cfg.Name, To: o.dest.Name, Mode: mode, Held: o.hold(),
 		CheckpointMS: api.Ms(rep.Checkpoint), TransferMS: api.Ms(rep.Transfer), RestoreMS: api.Ms(rep.Restore),
 		TotalMS: api.Ms(rep.Total), DowntimeMS: api.Ms(rep.Downtime),
-		Bytes: rep.Bytes + out.pageBytes, ImageBytes: out.imageBytes + out.pageBytes, RootfsBytes: out.rootfsBytes,
-		Strategy: string(out.strategy), StrategyReason: out.why, MemoryBytes: out.memory,
-		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: out.onDemand,
-		TimeoutMS: api.Ms(out.budget.Timeout), FreezeBudgetMS: api.Ms(out.budget.Freeze), ReplyLost: rep.ReplyLost,
-	}})
+		Bytes: rep.Bytes + o.pageBytes, ImageBytes: o.imageBytes + o.pageBytes, RootfsBytes: o.rootfsBytes,
+		Strategy: string(o.strategy), StrategyReason: o.why, MemoryBytes: o.memory,
+		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: o.onDemand,
+		TimeoutMS: api.Ms(o.budget.Timeout), FreezeBudgetMS: api.Ms(o.budget.Freeze), ReplyLost: rep.ReplyLost,
+	}
 }
 
 // outgoing implements migrate.Steps on the source agent.
@@ -109,6 +118,8 @@ type outgoing struct {
 	// switchedRev is the record's revision after markSwitched (0: not
 	// recorded); the destination commits against it.
 	switchedRev int64
+	// group: the group move this migration belongs to (nil: alone).
+	group *groupSync
 	budget      migrate.Budget
 	// Post-copy: the dump that serves the memory, its loopback address,
 	// and the tunnel that lets the destination reach it.
@@ -206,6 +217,20 @@ func linkRate(self linkspec.Rate, dest store.Host) float64 {
 		return r
 	}
 	return d
+}
+
+func (o *outgoing) groupID() string {
+	if o.group == nil {
+		return ""
+	}
+	return o.group.id
+}
+
+func (o *outgoing) groupSize() int {
+	if o.group == nil {
+		return 0
+	}
+	return o.group.n
 }
 
 // hold says whether the destination holds the clients' packets.
@@ -317,6 +342,12 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 	started := false
 	if o.hold() {
 		opts.AfterFreeze = func() error {
+			if o.group != nil {
+				// No member is dumped before all are frozen.
+				if err := o.group.waitFrozen(); err != nil {
+					return err
+				}
+			}
 			started = true
 			go func() {
 				defer close(marked)
@@ -490,7 +521,8 @@ func (o *outgoing) Restore(ctx context.Context) error {
 	defer cancel()
 	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("restore"),
 		api.RestoreRequest{Name: o.c.Name, NoTCP: o.req.NoTCP, FailRestore: o.req.FailRestore, Slow: o.req.Slow, Replay: o.replay,
-			Lazy: o.strategy == migrate.PostCopy, CrashBeforeCommit: o.req.DestCrashBeforeCommit, Revision: o.switchedRev}, nil)
+			Lazy: o.strategy == migrate.PostCopy, CrashBeforeCommit: o.req.DestCrashBeforeCommit, Revision: o.switchedRev,
+			Group: o.groupID(), GroupSize: o.groupSize()}, nil)
 	if err == nil && o.req.LoseRestoreReply && testHooks() {
 		err = errors.New("test hook: the destination's answer to the restore is lost")
 	}
@@ -547,7 +579,11 @@ func (o *outgoing) cleanup() {
 func (o *outgoing) Abort(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	err := o.peer.JSON(ctx, http.MethodPost, o.incoming("abort"), nil, nil)
+	path := o.incoming("abort")
+	if o.group != nil {
+		path += "?group=" + url.QueryEscape(o.group.id) // the destination fails the whole group
+	}
+	err := o.peer.JSON(ctx, http.MethodPost, path, nil, nil)
 	var se *api.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusNotFound {
 		return nil

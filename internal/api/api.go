@@ -61,6 +61,11 @@ type MigrateRequest struct {
 	// container's memory). When either runs out the migration rolls back.
 	TimeoutMS      int64 `json:"timeout_ms,omitempty"`
 	FreezeBudgetMS int64 `json:"freeze_budget_ms,omitempty"`
+	// Group names every container of a group move (the one in the path
+	// among them, all on the same host): they are frozen together, and
+	// the destination restores them all before it commits them in one
+	// transaction and lets them run together; one failing fails all.
+	Group []string `json:"group,omitempty"`
 	// LoseRestoreReply drops the destination's answer to the restore
 	// (test hook, COAT_TEST_HOOKS=1): the source must learn the outcome
 	// from the record.
@@ -105,10 +110,14 @@ type MigrateResult struct {
 // Progress is one line of a migration's streamed reply: a phase that
 // started or ended, then either Result or Error.
 type Progress struct {
+	// Name is the container a group move's line is about.
+	Name       string         `json:"name,omitempty"`
 	Phase      string         `json:"phase,omitempty"`
 	DurationMS float64        `json:"duration_ms,omitempty"`
 	Done       bool           `json:"done,omitempty"`
 	Result     *MigrateResult `json:"result,omitempty"`
+	// Results: a group move's, one per container.
+	Results []MigrateResult `json:"results,omitempty"`
 	Error      string         `json:"error,omitempty"`
 }
 
@@ -142,6 +151,10 @@ type RestoreRequest struct {
 	// after its freeze, oldest first: the destination queues them before
 	// its own (see internal/overlay's replay).
 	Replay [][]byte `json:"replay,omitempty"`
+	// Group and GroupSize: this restore belongs to a group move of
+	// GroupSize containers (see MigrateRequest.Group).
+	Group     string `json:"group,omitempty"`
+	GroupSize int    `json:"group_size,omitempty"`
 	// CrashBeforeCommit: see MigrateRequest.DestCrashBeforeCommit.
 	CrashBeforeCommit bool `json:"crash_before_commit,omitempty"`
 	// Revision is the container record's revision after the source
@@ -293,6 +306,38 @@ func (c *Client) Migrate(ctx context.Context, name string, r MigrateRequest, onP
 		}
 		if p.Result != nil {
 			return p.Result, nil
+		}
+		if onProgress != nil {
+			onProgress(p)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("migration stream: %w", err)
+	}
+	return nil, errors.New("migration stream ended without a result: check the source agent's log")
+}
+
+// MigrateGroup moves the containers of r.Group together; name is the one
+// whose path the request goes to (any of them).
+func (c *Client) MigrateGroup(ctx context.Context, name string, r MigrateRequest, onProgress func(Progress)) ([]MigrateResult, error) {
+	b, _ := json.Marshal(r)
+	rc, err := c.Stream(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/migrate", bytes.NewReader(b), "application/json")
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var p Progress
+		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
+		}
+		if p.Error != "" {
+			return nil, errors.New(p.Error)
+		}
+		if p.Done {
+			return p.Results, nil
 		}
 		if onProgress != nil {
 			onProgress(p)

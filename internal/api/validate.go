@@ -74,7 +74,25 @@ func (r *RunRequest) Validate() error {
 }
 
 // Validate checks the destination host's name.
-func (r *MigrateRequest) Validate() error { return names.Host(r.To) }
+func (r *MigrateRequest) Validate() error {
+	if err := names.Host(r.To); err != nil {
+		return err
+	}
+	if len(r.Group) > 16 {
+		return fmt.Errorf("a group move takes at most 16 containers, not %d", len(r.Group))
+	}
+	seen := map[string]bool{}
+	for _, n := range r.Group {
+		if err := names.Container(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return fmt.Errorf("container %s is named twice in the group", n)
+		}
+		seen[n] = true
+	}
+	return nil
+}
 
 // Validate accepts any PrepareRequest: it names nothing (the destination
 // reads the container from the store).

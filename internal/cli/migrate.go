@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/coat-project/coat/internal/migrate"
@@ -19,11 +20,20 @@ func newMigrateCmd() *cobra.Command {
 	var asJSON bool
 	var timeout, freeze time.Duration
 	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST [--strategy auto|stop-and-copy|post-copy|pre-copy] [--timeout D] [--freeze-budget D] [--json] [--no-tcp]",
-		Short: "Live-migrate a container to another host, keeping its TCP connections",
-		Args:  cobra.ExactArgs(1),
+		Use:   "migrate NAME [NAME...] --to HOST [--strategy auto|stop-and-copy|post-copy|pre-copy] [--timeout D] [--freeze-budget D] [--json] [--no-tcp]",
+		Short: "Live-migrate a container (or a group of containers of one host, together) to another host, keeping its TCP connections",
+		Long: `Live-migrate a container to another host, keeping its TCP connections.
+
+With several names, the containers (all on one host) move as a group with
+one freeze window: none is dumped before all are frozen, the destination
+restores them all, commits them in one transaction and lets them run
+together; if one fails, all roll back. A group moves stop-and-copy.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
+			if len(args) > 1 {
+				req.Group = args
+			}
 			if req.To == "" {
 				return fmt.Errorf("--to is required: `coat hosts` lists the hosts")
 			}
@@ -55,6 +65,9 @@ func newMigrateCmd() *cobra.Command {
 			}
 			if _, err := s.agent(ctx, req.To); err != nil {
 				return err
+			}
+			if len(req.Group) > 0 {
+				return migrateGroup(cmd, s, req, c, cl, asJSON)
 			}
 			if c.Host == req.To {
 				return fmt.Errorf("container %s already runs on %s: pick another host", name, req.To)
@@ -114,4 +127,60 @@ func newMigrateCmd() *cobra.Command {
 	f.BoolVar(&req.DestCrashBeforeCommit, "dest-crash-before-commit", false, "test hook: the destination's agent exits after its restore, before the commit (agents need COAT_TEST_HOOKS=1)")
 	_ = f.MarkHidden("dest-crash-before-commit")
 	return cmd
+}
+
+// migrateGroup moves req.Group together (see the command's help).
+func migrateGroup(cmd *cobra.Command, s *session, req api.MigrateRequest, first store.Container, cl *api.Client, asJSON bool) error {
+	ctx := cmd.Context()
+	if req.Strategy != "" && req.Strategy != "auto" && req.Strategy != string(migrate.StopAndCopy) {
+		return fmt.Errorf("a group moves stop-and-copy (its members are released together): drop --strategy %s", req.Strategy)
+	}
+	if req.NoTCP || req.NoHold {
+		return fmt.Errorf("a group move takes no --no-tcp or --no-hold")
+	}
+	seen := map[string]bool{}
+	for _, n := range req.Group {
+		if err := names.Container(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return fmt.Errorf("container %s is named twice", n)
+		}
+		seen[n] = true
+		c, err := s.st.Container(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%s: %w (`coat ps` lists the containers)", n, err)
+		}
+		if c.Host != first.Host {
+			return fmt.Errorf("a group moves from one host: %s runs on %s, %s on %s (move them separately, or first bring them to one host)", first.Name, first.Host, n, c.Host)
+		}
+		if c.Host == req.To {
+			return fmt.Errorf("container %s already runs on %s: pick another host", n, req.To)
+		}
+		if c.Status != store.StatusRunning {
+			return fmt.Errorf("container %s is %s; only running containers can move", n, c.Status)
+		}
+	}
+	out := cmd.OutOrStdout()
+	if !asJSON {
+		fmt.Fprintf(out, "migrating %s together: %s -> %s\n", strings.Join(req.Group, ", "), first.Host, req.To)
+	}
+	res, err := cl.MigrateGroup(ctx, first.Name, req, func(p api.Progress) {
+		if !asJSON {
+			fmt.Fprintf(out, "  %-12s %-13s %8.1f ms\n", p.Name, p.Phase, p.DurationMS)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", strings.Join(req.Group, ", "), err)
+	}
+	if asJSON {
+		return json.NewEncoder(out).Encode(struct {
+			Group []api.MigrateResult `json:"group"`
+		}{res})
+	}
+	for _, r := range res {
+		fmt.Fprintf(out, "%s: downtime %.1f ms, checkpoint %.1f ms, transfer %.1f ms, restore %.1f ms, %d bytes\n",
+			r.Name, r.DowntimeMS, r.CheckpointMS, r.TransferMS, r.RestoreMS, r.Bytes)
+	}
+	return nil
 }

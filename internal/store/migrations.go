@@ -129,6 +129,26 @@ func (s *Etcd) FinishMigration(ctx context.Context, c Container) (Container, err
 	return s.putIfUnchanged(ctx, c, "finish migration of", clientv3.OpDelete(s.migKey(c.Name)))
 }
 
+// FinishMigrations implements Store: a group's commit point.
+func (s *Etcd) FinishMigrations(ctx context.Context, cs []Container) error {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for _, c := range cs {
+		b, _ := json.Marshal(c)
+		key := s.ctrKey(c.Name)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", c.Revision))
+		ops = append(ops, clientv3.OpPut(key, string(b)), clientv3.OpDelete(s.migKey(c.Name)))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("finish the migration of %d containers: %w", len(cs), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("a container of the group changed: %w", ErrConflict)
+	}
+	return nil
+}
+
 // Migration reads the record of name's migration (ErrNotFound if none).
 func (s *Etcd) Migration(ctx context.Context, name string) (Migration, error) {
 	resp, err := s.cli.Get(ctx, s.migKey(name))

@@ -131,6 +131,10 @@ type Store interface {
 	// FinishMigration writes the container's final record and deletes
 	// its migration record in one transaction.
 	FinishMigration(ctx context.Context, c Container) (Container, error)
+	// FinishMigrations is FinishMigration for several containers in one
+	// transaction: all records are written (each still at its Revision)
+	// or none (ErrConflict).
+	FinishMigrations(ctx context.Context, cs []Container) error
 
 	// DeclareGone records that the operator declared host name gone: the
 	// other hosts drop their forwarding to it. A host that registers
