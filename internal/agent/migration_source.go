@@ -119,8 +119,8 @@ type outgoing struct {
 	// recorded); the destination commits against it.
 	switchedRev int64
 	// group: the group move this migration belongs to (nil: alone).
-	group *groupSync
-	budget      migrate.Budget
+	group  *groupSync
+	budget migrate.Budget
 	// Post-copy: the dump that serves the memory, its loopback address,
 	// and the tunnel that lets the destination reach it.
 	lazy      *runtime.LazyDump

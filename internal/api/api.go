@@ -118,7 +118,7 @@ type Progress struct {
 	Result     *MigrateResult `json:"result,omitempty"`
 	// Results: a group move's, one per container.
 	Results []MigrateResult `json:"results,omitempty"`
-	Error      string         `json:"error,omitempty"`
+	Error   string          `json:"error,omitempty"`
 }
 
 // PrepareRequest tells the destination to get ready for the container
