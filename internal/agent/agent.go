@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/metrics"
 	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
@@ -52,6 +53,8 @@ type Config struct {
 	// HostGoneAfter is how long forwarding to a host whose record vanished
 	// is kept (vteps.go); 0 is defaultHostGoneAfter.
 	HostGoneAfter time.Duration
+	// MetricsAddr is where /metrics is served (ip:port); empty: nowhere.
+	MetricsAddr string
 }
 
 // Agent is a running agent.
@@ -77,6 +80,8 @@ type Agent struct {
 	revoked authz.Revoked
 	// incoming: requests of incoming migrations being served, by name.
 	incoming map[string]int
+	// metrics: nil without a metrics address (its methods are nil-safe).
+	metrics *metrics.Metrics
 }
 
 // enter counts a request of an incoming migration of name as under way
@@ -146,6 +151,9 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if note != "" {
 		log.Info(note)
 	}
+	if cfg.MetricsAddr != "" {
+		a.metrics = metrics.New(cfg.Name)
+	}
 	a.emptyTrash() // left by an agent that died before it was done
 	return a, nil
 }
@@ -173,6 +181,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
 	ln := tls.NewListener(tln, stls)
+	if a.metrics != nil {
+		done, err := a.metrics.Serve(ctx, a.cfg.MetricsAddr)
+		if err != nil {
+			tln.Close()
+			return err
+		}
+		a.wg.Add(2)
+		go func() {
+			defer a.wg.Done()
+			if err := <-done; err != nil {
+				a.log.Error("metrics server stopped", "addr", a.cfg.MetricsAddr, "err", err)
+			}
+		}()
+		go func() { defer a.wg.Done(); a.sampleStore(ctx) }()
+		a.log.Info("serving metrics", "addr", "http://"+a.cfg.MetricsAddr+"/metrics")
+	}
 	a.wg.Add(4)
 	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()
 	go func() {

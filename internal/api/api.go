@@ -105,11 +105,22 @@ type MigrateResult struct {
 // Progress is one line of a migration's streamed reply: a phase that
 // started or ended, then either Result or Error.
 type Progress struct {
-	Phase      string         `json:"phase,omitempty"`
-	DurationMS float64        `json:"duration_ms,omitempty"`
-	Done       bool           `json:"done,omitempty"`
-	Result     *MigrateResult `json:"result,omitempty"`
-	Error      string         `json:"error,omitempty"`
+	Phase      string  `json:"phase,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	// A line without a phase is a tick, sent every second once a
+	// migration has taken one: the phase under way (Current), the bytes
+	// streamed to the destination so far and the bytes expected (the
+	// container's memory: an estimate of its image), and the time since
+	// the migration started.
+	Current       string  `json:"current,omitempty"`
+	BytesMoved    int64   `json:"bytes_moved,omitempty"`
+	BytesExpected int64   `json:"bytes_expected,omitempty"`
+	ElapsedMS     float64 `json:"elapsed_ms,omitempty"`
+	// Migration is the migration's id, as in the agents' logs.
+	Migration string         `json:"migration,omitempty"`
+	Done      bool           `json:"done,omitempty"`
+	Result    *MigrateResult `json:"result,omitempty"`
+	Error     string         `json:"error,omitempty"`
 }
 
 // PrepareRequest tells the destination to get ready for the container

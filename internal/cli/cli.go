@@ -259,11 +259,25 @@ func (s *session) container(ctx context.Context, name string) (store.Container, 
 }
 
 func logger(w io.Writer) *slog.Logger {
+	l, _ := newLogger(w, "text")
+	return l
+}
+
+// newLogger is a structured logger on w in format text (key=value) or
+// json (one object a line); COAT_LOG_LEVEL=debug adds debug records.
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 	level := slog.LevelInfo
 	if os.Getenv("COAT_LOG_LEVEL") == "debug" {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	o := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 func self() string {
