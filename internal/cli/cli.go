@@ -74,7 +74,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file (env COAT_CONFIG; default /etc/coat/coat.json if present)")
 	root.AddCommand(
 		newRunCmd(), newPsCmd(), newLogsCmd(), newRmCmd(), newImageCmd(), newMigrateCmd(),
-		newHostsCmd(), newDoctorCmd(), newLabCmd(), newChaosCmd(), newAgentCmd(), newEtcdCmd(), newInitCmd(), newBenchCmd(),
+		newHostsCmd(), newEventsCmd(), newDoctorCmd(), newLabCmd(), newChaosCmd(), newAgentCmd(), newEtcdCmd(), newInitCmd(), newBenchCmd(),
 	)
 	return root
 }
