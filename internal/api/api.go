@@ -259,6 +259,32 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 // tail returned (an agent returns at most the last MiB).
 const LogSkippedHeader = "X-Coat-Log-Skipped"
 
+// LogStartHeader of a logs reply is the offset in the container's output
+// of the first byte returned.
+const LogStartHeader = "X-Coat-Log-Start"
+
+// LogChunk is a part of a container's output: from offset Start, with
+// Skipped bytes before it (from the offset asked for) not returned.
+type LogChunk struct {
+	Body           io.ReadCloser
+	Start, Skipped int64
+}
+
+// LogsFrom returns the container's output from byte offset from (at most
+// a MiB of it; less if more than a MiB came since), for following it.
+func (c *Client) LogsFrom(ctx context.Context, name string, from int64) (LogChunk, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"/logs?from="+strconv.FormatInt(from, 10), nil, "")
+	if err != nil {
+		return LogChunk{}, err
+	}
+	ch := LogChunk{Body: resp.Body, Start: from}
+	if v := resp.Header.Get(LogStartHeader); v != "" {
+		ch.Start, _ = strconv.ParseInt(v, 10, 64)
+	}
+	ch.Skipped, _ = strconv.ParseInt(resp.Header.Get(LogSkippedHeader), 10, 64)
+	return ch, nil
+}
+
 // Logs returns the tail of the container's output (at most the last MiB)
 // and how many bytes came before it.
 func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, int64, error) {
