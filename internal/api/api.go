@@ -271,9 +271,14 @@ type LogChunk struct {
 }
 
 // LogsFrom returns the container's output from byte offset from (at most
-// a MiB of it; less if more than a MiB came since), for following it.
+// a MiB of it; less if more than a MiB came since), for following it; a
+// negative from is its tail, as Logs.
 func (c *Client) LogsFrom(ctx context.Context, name string, from int64) (LogChunk, error) {
-	resp, err := c.do(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"/logs?from="+strconv.FormatInt(from, 10), nil, "")
+	path := "/v1/containers/" + url.PathEscape(name) + "/logs"
+	if from >= 0 {
+		path += "?from=" + strconv.FormatInt(from, 10)
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil, "")
 	if err != nil {
 		return LogChunk{}, err
 	}
