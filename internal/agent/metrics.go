@@ -71,6 +71,7 @@ func (a *Agent) ticks(o *outgoing, start time.Time, send func(api.Progress)) (st
 		defer wg.Done()
 		t := time.NewTicker(tickEvery)
 		defer t.Stop()
+		var pages int64
 		for {
 			select {
 			case <-done:
@@ -78,7 +79,12 @@ func (a *Agent) ticks(o *outgoing, start time.Time, send func(api.Progress)) (st
 			case <-t.C:
 			}
 			cur, _ := o.current.Load().(string)
-			send(api.Progress{Current: cur, BytesMoved: o.sent.Load(), BytesExpected: o.memory,
+			// Post-copy's pages go through the page server's tunnel
+			// (whose count goes with it at the end: keep the most seen).
+			if n := a.tunnelMoved(o.c.Name, "lazy"); n > pages {
+				pages = n
+			}
+			send(api.Progress{Current: cur, BytesMoved: o.sent.Load() + pages, BytesExpected: o.memory,
 				ElapsedMS: api.Ms(time.Since(start)), Migration: o.id})
 		}
 	}()
