@@ -257,3 +257,14 @@ func TestSaveAndPKIDir(t *testing.T) {
 		t.Errorf("logPath = %q, want %q", got, want)
 	}
 }
+
+func TestMetricsAddr(t *testing.T) {
+	s := &State{}
+	if got := s.metricsAddr(); got != "127.0.0.1:9100" {
+		t.Errorf("a lab's agents serve metrics at %q, want 127.0.0.1:9100 (on by default)", got)
+	}
+	s.NoMetrics = true // coat lab up --metrics=false
+	if got := s.metricsAddr(); got != "" {
+		t.Errorf("with --metrics=false: %q, want none", got)
+	}
+}
