@@ -182,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	ln := tls.NewListener(tln, stls)
 	if a.metrics != nil {
-		done, err := a.metrics.Serve(ctx, a.cfg.MetricsAddr)
+		done, err := a.metrics.Serve(ctx, a.cfg.MetricsAddr, slog.NewLogLogger(a.log.With("server", "metrics").Handler(), slog.LevelWarn))
 		if err != nil {
 			tln.Close()
 			return err
@@ -207,14 +207,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() { defer a.wg.Done(); a.forward(ctx) }()
 	go func() { defer a.wg.Done(); a.recoverLoop(ctx) }()
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	// net/http's own messages (failed handshakes...) go through the
+	// agent's logger too, so that --log-format json holds for every line.
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	a.log.Info("agent serving", "host", a.cfg.Name, "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
+	a.log.Info("agent serving", "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
 	err = srv.Serve(ln)
 	a.wg.Wait()
 	a.rt.UnmountMemDirs()

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -191,8 +192,9 @@ func (m *Metrics) Handler() http.Handler {
 
 // Serve listens on addr and serves /metrics (and nothing else) there until
 // ctx ends. A failure to listen is returned at once; the channel gets the
-// server's end (nil after ctx ended).
-func (m *Metrics) Serve(ctx context.Context, addr string) (<-chan error, error) {
+// server's end (nil after ctx ended). errLog (nil: the log package's)
+// gets the server's own messages.
+func (m *Metrics) Serve(ctx context.Context, addr string, errLog *log.Logger) (<-chan error, error) {
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen %s: %w (pick a free address with --metrics-addr, or leave it empty to serve no metrics)", addr, err)
@@ -200,7 +202,7 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (<-chan error, error) 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, ErrorLog: errLog}
 	done := make(chan error, 1)
 	go func() {
 		<-ctx.Done()

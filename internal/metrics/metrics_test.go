@@ -92,7 +92,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := New("edge-1")
 	m.ObserveMigration(Migration{Outcome: OutcomeCommitted, Strategy: "stop-and-copy", Downtime: time.Millisecond})
-	done, err := m.Serve(ctx, "127.0.0.1:0")
+	done, err := m.Serve(ctx, "127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestServe(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Serve(context.Background(), "not-an-address"); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+	if _, err := m.Serve(context.Background(), "not-an-address", nil); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
 		t.Errorf("bad address: %v, want an error that names --metrics-addr", err)
 	}
 }
