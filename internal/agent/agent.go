@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/metrics"
 	"github.com/coat-project/coat/internal/migrate"
 
 	"github.com/coat-project/coat/internal/api"
@@ -52,6 +53,8 @@ type Config struct {
 	// HostGoneAfter is how long forwarding to a host whose record vanished
 	// is kept (vteps.go); 0 is defaultHostGoneAfter.
 	HostGoneAfter time.Duration
+	// MetricsAddr is where /metrics is served (ip:port); empty: nowhere.
+	MetricsAddr string
 }
 
 // Agent is a running agent.
@@ -82,6 +85,8 @@ type Agent struct {
 	prepared map[string]int64
 	// groups: group moves being restored here (group.go).
 	groups map[string]*incomingGroup
+	// metrics: nil without a metrics address (its methods are nil-safe).
+	metrics *metrics.Metrics
 }
 
 // enter counts a request of an incoming migration of name as under way
@@ -151,6 +156,9 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if note != "" {
 		log.Info(note)
 	}
+	if cfg.MetricsAddr != "" {
+		a.metrics = metrics.New(cfg.Name)
+	}
 	a.emptyTrash() // left by an agent that died before it was done
 	return a, nil
 }
@@ -178,6 +186,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
 	ln := tls.NewListener(tln, stls)
+	if a.metrics != nil {
+		done, err := a.metrics.Serve(ctx, a.cfg.MetricsAddr, slog.NewLogLogger(a.log.With("server", "metrics").Handler(), slog.LevelWarn))
+		if err != nil {
+			tln.Close()
+			return err
+		}
+		a.wg.Add(2)
+		go func() {
+			defer a.wg.Done()
+			if err := <-done; err != nil {
+				a.log.Error("metrics server stopped", "addr", a.cfg.MetricsAddr, "err", err)
+			}
+		}()
+		go func() { defer a.wg.Done(); a.sampleStore(ctx) }()
+		a.log.Info("serving metrics", "addr", "http://"+a.cfg.MetricsAddr+"/metrics")
+	}
 	a.wg.Add(4)
 	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()
 	go func() {
@@ -188,14 +212,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() { defer a.wg.Done(); a.forward(ctx) }()
 	go func() { defer a.wg.Done(); a.recoverLoop(ctx) }()
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	// net/http's own messages (failed handshakes...) go through the
+	// agent's logger too, so that --log-format json holds for every line.
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	a.log.Info("agent serving", "host", a.cfg.Name, "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
+	a.log.Info("agent serving", "listen", a.cfg.Listen, "underlay", a.cfg.UnderlayIP)
 	err = srv.Serve(ln)
 	a.wg.Wait()
 	a.rt.UnmountMemDirs()

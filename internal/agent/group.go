@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/metrics"
 	"github.com/coat-project/coat/internal/migrate"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -127,6 +128,11 @@ func (a *Agent) migrateGroup(w http.ResponseWriter, r *http.Request, req api.Mig
 				a.log.Info("migration phase", "container", o.c.Name, "group", g.id, "phase", p, "duration", d)
 				send(api.Progress{Name: o.c.Name, Phase: string(p), DurationMS: api.Ms(d)})
 			}, o.budget)
+			mg := metrics.Migration{Outcome: outcome(rep, err), Strategy: string(o.strategy), Held: len(o.replay)}
+			if err == nil {
+				mg.Downtime, mg.Bytes = rep.Downtime, rep.Bytes
+			}
+			a.metrics.ObserveMigration(mg)
 			if err != nil {
 				g.fail(fmt.Errorf("%s: %w", o.c.Name, err))
 				errs[i] = fmt.Errorf("%s: %w", o.c.Name, err)

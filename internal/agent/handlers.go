@@ -222,7 +222,16 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 // log is opened without following links (see runtime.OpenLog).
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	l, err := a.rt.OpenLog(name)
+	from := int64(-1) // the tail
+	if v := r.URL.Query().Get("from"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			httpError(w, badRequest("from=%q: want a byte offset (0 or more)", v))
+			return
+		}
+		from = n
+	}
+	l, err := a.rt.OpenLogAt(name, from)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, serr := a.st.Container(r.Context(), name); serr != nil {
 			httpError(w, serr)
@@ -238,6 +247,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	defer l.Close()
 	w.Header().Set("Content-Type", "text/plain")
 	w.Header().Set(api.LogSkippedHeader, strconv.FormatInt(l.Skipped, 10))
+	w.Header().Set(api.LogStartHeader, strconv.FormatInt(l.Start, 10))
 	_, _ = io.Copy(w, l.Tail())
 }
 

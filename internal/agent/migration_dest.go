@@ -254,6 +254,8 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	}()
 	if err := a.ov.Inject(vethName(c.Name), req.Replay); err != nil {
 		a.log.Warn("replay held frames", "container", c.Name, "err", err)
+	} else {
+		a.metrics.Replayed(len(req.Replay))
 	}
 	if err := a.rt.Prepare(a.spec(c)); err != nil {
 		return err

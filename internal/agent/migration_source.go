@@ -11,10 +11,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/metrics"
 	"github.com/coat-project/coat/internal/migrate"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
@@ -47,7 +50,10 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
+	var sendMu sync.Mutex // ticks come from their own goroutine
 	send := func(p api.Progress) {
+		sendMu.Lock()
+		defer sendMu.Unlock()
 		_ = json.NewEncoder(w).Encode(p)
 		if flusher != nil {
 			flusher.Flush()
@@ -55,19 +61,35 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	}
 	// The migration must finish (or roll back) even if the caller goes.
 	ctx := context.WithoutCancel(r.Context())
+	log := a.log.With("migration", out.id, "container", out.c.Name, "from", a.cfg.Name, "to", out.dest.Name)
+	log.Info("migration started", "strategy", out.strategy, "why", out.why, "memory_bytes", out.memory)
+	start := time.Now()
+	out.current.Store("locking")
+	stopTicks := a.ticks(out, start, send)
 	rep, err := migrate.RunBudget(ctx, out, func(p migrate.Phase, d time.Duration) {
-		a.log.Info("migration phase", "container", out.c.Name, "phase", p, "duration", d)
-		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d)})
+		log.Info("migration phase", "phase", p, "duration_ms", api.Ms(d))
+		a.metrics.ObservePhase(string(p), d)
+		out.current.Store(nextPhase(p, out.strategy))
+		send(api.Progress{Phase: string(p), DurationMS: api.Ms(d), Migration: out.id})
 		if req.CrashAfter == string(p) && testHooks() {
-			a.log.Error("test hook: exiting mid-migration", "container", out.c.Name, "after", p)
+			log.Error("test hook: exiting mid-migration", "after", p)
 			os.Exit(3)
 		}
 	}, out.budget)
+	stopTicks()
+	oc := outcome(rep, err)
+	mg := metrics.Migration{Outcome: oc, Strategy: string(out.strategy), Held: len(out.replay)}
+	if err == nil {
+		mg.Downtime, mg.Bytes = rep.Downtime, rep.Bytes+out.pageBytes
+	}
+	a.metrics.ObserveMigration(mg)
 	if err != nil {
-		a.log.Error("migration failed", "container", out.c.Name, "to", out.dest.Name, "err", err)
+		log.Error("migration ended", "outcome", oc, "phase", rep.Phase, "err", err)
 		send(api.Progress{Error: err.Error()})
 		return
 	}
+	log.Info("migration ended", "outcome", oc, "downtime_ms", api.Ms(rep.Downtime), "total_ms", api.Ms(time.Since(start)),
+		"bytes", rep.Bytes+out.pageBytes, "held_frames", len(out.replay))
 	send(api.Progress{Done: true, Result: out.result(rep)})
 }
 
@@ -128,6 +150,11 @@ type outgoing struct {
 	untunnel  func()
 	pageBytes int64
 	onDemand  int
+	// id names the migration in the logs and its progress lines.
+	id string
+	// current is the phase under way; sent the bytes streamed so far.
+	current atomic.Value
+	sent    atomic.Int64
 }
 
 // newOutgoing checks a migration request before anything changes.
@@ -199,7 +226,7 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 	}
 	id := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
 	return &outgoing{
-		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req,
+		a: a, c: c, dest: dest, peer: a.peerClient(dest), req: req, id: id,
 		ckptDir:  filepath.Join(a.cfg.StateDir, "checkpoints", id),
 		workDir:  filepath.Join(a.cfg.StateDir, "criu-logs", id),
 		strategy: strategy, why: why, memory: mem, budget: budget,
@@ -642,6 +669,8 @@ func (o *outgoing) Resume(ctx context.Context) error {
 	// What the source held (and took for the destination) goes in here.
 	if err := o.a.ov.Inject(vethName(o.c.Name), o.replay); err != nil {
 		o.a.log.Warn("replay held frames", "container", o.c.Name, "err", err)
+	} else {
+		o.a.metrics.Replayed(len(o.replay))
 	}
 	o.cleanup()
 	if epErr != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/metrics"
 	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
@@ -113,6 +114,7 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 			}
 		}
 		a.log.Info("recovered migration: committed on destination", "container", m.Name, "from", m.From)
+		a.metrics.Recover(metrics.OutcomeCommitted)
 		return nil
 	}
 	// Source: roll back, unless the destination committed first.
@@ -151,6 +153,7 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 		}
 	}
 	a.log.Info("recovered migration: rolled back on source", "container", m.Name, "to", m.To, "phase", m.Phase)
+	a.metrics.Recover(metrics.OutcomeRolledBack)
 	return nil
 }
 

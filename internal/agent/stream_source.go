@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -38,7 +39,7 @@ func (o *outgoing) startStream(ctx context.Context) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(o.packStream(pw, zip)) }()
 	go func() {
-		rc, err := o.peer.Stream(ctx, http.MethodPut, path, pr, "application/x-tar")
+		rc, err := o.peer.Stream(ctx, http.MethodPut, path, &countingReader{r: pr, n: &o.sent}, "application/x-tar")
 		pr.CloseWithError(errors.New("transfer ended"))
 		if err == nil {
 			rc.Close()
@@ -78,4 +79,16 @@ func (o *outgoing) packStream(w io.Writer, zip bool) error {
 		return zw.Close()
 	}
 	return nil
+}
+
+// countingReader counts the bytes read through it (what was streamed).
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -111,11 +111,22 @@ type MigrateResult struct {
 // started or ended, then either Result or Error.
 type Progress struct {
 	// Name is the container a group move's line is about.
-	Name       string         `json:"name,omitempty"`
-	Phase      string         `json:"phase,omitempty"`
-	DurationMS float64        `json:"duration_ms,omitempty"`
-	Done       bool           `json:"done,omitempty"`
-	Result     *MigrateResult `json:"result,omitempty"`
+	Name       string  `json:"name,omitempty"`
+	Phase      string  `json:"phase,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	// A line without a phase is a tick, sent every second once a
+	// migration has taken one: the phase under way (Current), the bytes
+	// streamed to the destination so far and the bytes expected (the
+	// container's memory: an estimate of its image), and the time since
+	// the migration started.
+	Current       string  `json:"current,omitempty"`
+	BytesMoved    int64   `json:"bytes_moved,omitempty"`
+	BytesExpected int64   `json:"bytes_expected,omitempty"`
+	ElapsedMS     float64 `json:"elapsed_ms,omitempty"`
+	// Migration is the migration's id, as in the agents' logs.
+	Migration string         `json:"migration,omitempty"`
+	Done      bool           `json:"done,omitempty"`
+	Result    *MigrateResult `json:"result,omitempty"`
 	// Results: a group move's, one per container.
 	Results []MigrateResult `json:"results,omitempty"`
 	Error   string          `json:"error,omitempty"`
@@ -264,6 +275,37 @@ func (c *Client) Remove(ctx context.Context, name string) error {
 // LogSkippedHeader of a logs reply counts the bytes of output before the
 // tail returned (an agent returns at most the last MiB).
 const LogSkippedHeader = "X-Coat-Log-Skipped"
+
+// LogStartHeader of a logs reply is the offset in the container's output
+// of the first byte returned.
+const LogStartHeader = "X-Coat-Log-Start"
+
+// LogChunk is a part of a container's output: from offset Start, with
+// Skipped bytes before it (from the offset asked for) not returned.
+type LogChunk struct {
+	Body           io.ReadCloser
+	Start, Skipped int64
+}
+
+// LogsFrom returns the container's output from byte offset from (at most
+// a MiB of it; less if more than a MiB came since), for following it; a
+// negative from is its tail, as Logs.
+func (c *Client) LogsFrom(ctx context.Context, name string, from int64) (LogChunk, error) {
+	path := "/v1/containers/" + url.PathEscape(name) + "/logs"
+	if from >= 0 {
+		path += "?from=" + strconv.FormatInt(from, 10)
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil, "")
+	if err != nil {
+		return LogChunk{}, err
+	}
+	ch := LogChunk{Body: resp.Body, Start: from}
+	if v := resp.Header.Get(LogStartHeader); v != "" {
+		ch.Start, _ = strconv.ParseInt(v, 10, 64)
+	}
+	ch.Skipped, _ = strconv.ParseInt(resp.Header.Get(LogSkippedHeader), 10, 64)
+	return ch, nil
+}
 
 // Logs returns the tail of the container's output (at most the last MiB)
 // and how many bytes came before it.

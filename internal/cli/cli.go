@@ -74,7 +74,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file (env COAT_CONFIG; default /etc/coat/coat.json if present)")
 	root.AddCommand(
 		newRunCmd(), newPsCmd(), newLogsCmd(), newRmCmd(), newImageCmd(), newMigrateCmd(), newDrainCmd(),
-		newHostsCmd(), newDoctorCmd(), newLabCmd(), newChaosCmd(), newAgentCmd(), newEtcdCmd(), newInitCmd(), newBenchCmd(),
+		newHostsCmd(), newEventsCmd(), newDoctorCmd(), newLabCmd(), newChaosCmd(), newAgentCmd(), newEtcdCmd(), newInitCmd(), newBenchCmd(),
 	)
 	return root
 }
@@ -259,11 +259,25 @@ func (s *session) container(ctx context.Context, name string) (store.Container, 
 }
 
 func logger(w io.Writer) *slog.Logger {
+	l, _ := newLogger(w, "text")
+	return l
+}
+
+// newLogger is a structured logger on w in format text (key=value) or
+// json (one object a line); COAT_LOG_LEVEL=debug adds debug records.
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 	level := slog.LevelInfo
 	if os.Getenv("COAT_LOG_LEVEL") == "debug" {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	o := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 func self() string {

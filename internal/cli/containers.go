@@ -4,10 +4,12 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -132,15 +134,21 @@ func newPsCmd() *cobra.Command {
 }
 
 func newLogsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "logs NAME",
-		Short: "Print a container's output (its last MiB)",
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs [-f] NAME",
+		Short: "Print a container's output (its last MiB); -f follows it",
 		Long: "Print a container's output: its stdout and stderr, at most the last 1 MiB\n" +
 			"(a note on stderr says how much came before). A log file the container\n" +
-			"replaced with a symlink or anything but a regular file is not read.",
+			"replaced with a symlink or anything but a regular file is not read.\n\n" +
+			"With -f, go on printing what it writes, wherever it migrates, until\n" +
+			"Ctrl-C or until the container is removed.",
 		Args: containerArg,
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			name := args[0]
+			if follow {
+				return followLogs(ctx, s, name, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			_, cl, err := s.container(ctx, name)
 			if err != nil {
 				return err
@@ -157,6 +165,91 @@ func newLogsCmd() *cobra.Command {
 			return err
 		}),
 	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until Ctrl-C or until the container is removed")
+	return cmd
+}
+
+// Following a log: each poll reads what came since the last (at most a
+// MiB) from the agent the record names now, within logPollTimeout.
+const (
+	logPollEvery   = 300 * time.Millisecond
+	logPollTimeout = 10 * time.Second
+	// logGiveUp: a container whose agent does not answer for this long
+	// (nor does the store) ends the follow with an error.
+	logGiveUp = time.Minute
+)
+
+// followLogs prints the container's output (its last MiB first) and what
+// it writes after, until ctx ends (nil) or the container is removed.
+func followLogs(ctx context.Context, s *session, name string, out, errw io.Writer) error {
+	from := int64(-1) // the tail first
+	var failing time.Time
+	var lastErr error
+	for {
+		n, err := pollLog(ctx, s, name, &from, out, errw)
+		switch {
+		case ctx.Err() != nil:
+			return nil // Ctrl-C
+		case errors.Is(err, store.ErrNotFound):
+			fmt.Fprintf(errw, "coat logs: container %s was removed\n", name)
+			return nil
+		case err != nil:
+			// An agent restarting, or a migration's switch: try again.
+			if failing.IsZero() {
+				failing = time.Now()
+			}
+			if lastErr == nil || err.Error() != lastErr.Error() {
+				fmt.Fprintf(errw, "coat logs: %v (retrying)\n", err)
+			}
+			lastErr = err
+			if time.Since(failing) > logGiveUp {
+				return fmt.Errorf("follow %s: no answer for %v: %w (check `coat ps` and `coat hosts`)", name, logGiveUp, err)
+			}
+		default:
+			failing, lastErr = time.Time{}, nil
+		}
+		if n > 0 && err == nil {
+			continue // more may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(logPollEvery):
+		}
+	}
+}
+
+// pollLog copies the container's output from *from to out and moves *from
+// past it; it returns how many bytes it copied. A container no longer in
+// the store is store.ErrNotFound.
+func pollLog(ctx context.Context, s *session, name string, from *int64, out, errw io.Writer) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, logPollTimeout)
+	defer cancel()
+	c, err := s.st.Container(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	cl, err := s.agent(ctx, c.Host)
+	if err != nil {
+		return 0, err
+	}
+	ch, err := cl.LogsFrom(ctx, name, *from)
+	if err != nil {
+		return 0, err
+	}
+	defer ch.Body.Close()
+	if ch.Skipped > 0 {
+		if *from < 0 {
+			fmt.Fprintf(errw, "coat logs: the first %d bytes are not shown: only the last MiB is\n", ch.Skipped)
+		} else {
+			fmt.Fprintf(errw, "coat logs: %d bytes are not shown: more than a MiB came at once\n", ch.Skipped)
+		}
+	}
+	n, err := io.Copy(out, ch.Body)
+	if *from < 0 || ch.Start != *from || n > 0 {
+		*from = ch.Start + n
+	}
+	return n, err
 }
 
 func newRmCmd() *cobra.Command {

@@ -25,13 +25,17 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var cfg agent.Config
-	var underlay, subnet, endpoints, pkiDir string
+	var underlay, subnet, endpoints, pkiDir, logFormat string
 	var peers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the agent of this edge host (in the host's network namespace)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(os.Stderr, logFormat)
+			if err != nil {
+				return err
+			}
 			// Flags (whose defaults are the COAT_* variables), then the
 			// config file.
 			fc, err := loadFileConfig()
@@ -49,6 +53,11 @@ func newAgentCmd() *cobra.Command {
 			}
 			if err := names.Host(cfg.Name); err != nil {
 				return fmt.Errorf("--name: %w", err)
+			}
+			if cfg.MetricsAddr != "" {
+				if _, _, err := net.SplitHostPort(cfg.MetricsAddr); err != nil {
+					return fmt.Errorf("--metrics-addr %q: want IP:PORT, e.g. 127.0.0.1:9100 (loopback keeps it on this host)", cfg.MetricsAddr)
+				}
 			}
 			if endpoints == "" {
 				// A single-machine install: run etcd inside the agent,
@@ -111,7 +120,7 @@ func newAgentCmd() *cobra.Command {
 				return fmt.Errorf("--underlay-ip: %w", err)
 			}
 			st = store.NewEtcd(cli, "/coat/", cfg.Subnet)
-			a, err := agent.New(cfg, st, logger(os.Stderr).With("host", cfg.Name))
+			a, err := agent.New(cfg, st, log.With("host", cfg.Name))
 			if err != nil {
 				return err
 			}
@@ -132,6 +141,8 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup parent of the containers (default /coat/NAME)")
 	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS, config key etcd_endpoints); none: the agent runs an embedded etcd on 127.0.0.1:2379")
 	f.StringVar(&pkiDir, "pki-dir", os.Getenv("COAT_PKI_DIR"), "PKI directory with ca.crt and NAME.crt/key (env COAT_PKI_DIR)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: no metrics; nothing else is served there)")
+	f.StringVar(&logFormat, "log-format", envOr("COAT_LOG_FORMAT", "text"), "log format on stderr: text or json (one JSON object a line; env COAT_LOG_FORMAT)")
 	return cmd
 }
 

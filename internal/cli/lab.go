@@ -23,8 +23,9 @@ func newLabCmd() *cobra.Command {
 	var hosts, members int
 	var overlayCIDR string
 	var lf linkFlags
+	var metricsOn bool
 	up := &cobra.Command{
-		Use:   "up [--hosts N] [--etcd-members 1|3] [--overlay-cidr CIDR] [--link-rate RATE] [--link-delay D] [--link-loss P] [--link NODE=rate=R,delay=D,loss=P]...",
+		Use:   "up [--hosts N] [--etcd-members 1|3] [--overlay-cidr CIDR] [--metrics=true|false] [--link-rate RATE] [--link-delay D] [--link-loss P] [--link NODE=rate=R,delay=D,loss=P]...",
 		Short: "Build the lab (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -44,6 +45,9 @@ func newLabCmd() *cobra.Command {
 				return err
 			}
 			o.Links = links
+			if cmd.Flags().Changed("metrics") {
+				o.Metrics = &metricsOn
+			}
 			st, err := lab.Up(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -66,12 +70,16 @@ func newLabCmd() *cobra.Command {
 			if len(shaped) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "links: %s\n", strings.Join(shaped, "; "))
 			}
+			if !st.NoMetrics {
+				fmt.Fprintf(cmd.OutOrStdout(), "metrics: http://%s/metrics in each edge host's namespace (`coat lab exec edge-1 -- curl -s http://%s/metrics`)\n", lab.MetricsAddr, lab.MetricsAddr)
+			}
 			return nil
 		},
 	}
 	up.Flags().IntVar(&hosts, "hosts", 2, "number of edge hosts")
 	up.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "the containers' subnet, e.g. 10.96.0.0/16 (IPv4, /8 to /27; default 10.202.INDEX.0/24); recorded in the lab's etcd as `coat init --overlay-cidr` does")
 	up.Flags().IntVar(&members, "etcd-members", 1, "etcd members: 1 (in the root namespace) or 3 (member i in edge-i's namespace; needs --hosts >= 3); a lab that is up keeps its count when not given")
+	up.Flags().BoolVar(&metricsOn, "metrics", true, "agents serve Prometheus metrics on http://"+lab.MetricsAddr+"/metrics inside their own host's namespace (no extra process; --metrics=false: none); a lab that is up keeps its setting when not given")
 	lf.register(up)
 	down := &cobra.Command{
 		Use:   "down",

@@ -3,6 +3,8 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -79,8 +81,15 @@ together; if one fails, all roll back. A group moves stop-and-copy.`,
 			if !asJSON {
 				fmt.Fprintf(out, "migrating %s: %s -> %s\n", name, c.Host, req.To)
 			}
+			ticks := !asJSON && isTerminal(out)
 			res, err := cl.Migrate(ctx, name, req, func(p api.Progress) {
-				if !asJSON {
+				switch {
+				case asJSON:
+				case p.Phase == "": // a tick: the migration has taken a second
+					if ticks {
+						fmt.Fprintln(out, progressLine(p))
+					}
+				default:
 					fmt.Fprintf(out, "  %-13s %8.1f ms\n", p.Phase, p.DurationMS)
 				}
 			})
@@ -183,4 +192,43 @@ func migrateGroup(cmd *cobra.Command, s *session, req api.MigrateRequest, first 
 			r.Name, r.DowntimeMS, r.CheckpointMS, r.TransferMS, r.RestoreMS, r.Bytes)
 	}
 	return nil
+}
+
+// progressLine is how a migration's tick is shown: the phase under way,
+// the bytes streamed of the bytes expected, and the time so far.
+func progressLine(p api.Progress) string {
+	moved := humanBytes(p.BytesMoved)
+	if p.BytesExpected > 0 {
+		pct := 100 * float64(p.BytesMoved) / float64(p.BytesExpected)
+		moved = fmt.Sprintf("%s of ~%s (%.0f%%)", moved, humanBytes(p.BytesExpected), pct)
+	}
+	cur := p.Current
+	if cur == "" {
+		cur = "migrating"
+	}
+	return fmt.Sprintf("  ... %-13s %s moved, %.1f s", cur, moved, p.ElapsedMS/1000)
+}
+
+// humanBytes is n in B, KiB, MiB or GiB.
+func humanBytes(n int64) string {
+	const k = 1024
+	switch {
+	case n < k:
+		return fmt.Sprintf("%d B", n)
+	case n < k*k:
+		return fmt.Sprintf("%.1f KiB", float64(n)/k)
+	case n < k*k*k:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(k*k))
+	}
+	return fmt.Sprintf("%.2f GiB", float64(n)/(k*k*k))
+}
+
+// isTerminal says whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -60,6 +60,22 @@ type State struct {
 	// Links are the nodes' emulated underlay links; a node not named has
 	// a plain one.
 	Links map[string]linkspec.Link `json:"links,omitempty"`
+
+	// NoMetrics: the agents serve no metrics (`coat lab up --metrics=false`).
+	NoMetrics bool `json:"no_metrics,omitempty"`
+}
+
+// MetricsAddr is where each lab agent serves /metrics, on the loopback of
+// its own host's namespace (each namespace has its own, so every agent
+// has the same address and nothing is reachable from outside it).
+const MetricsAddr = "127.0.0.1:9100"
+
+// metricsAddr is the agents' --metrics-addr ("": none).
+func (s *State) metricsAddr() string {
+	if s.NoMetrics {
+		return ""
+	}
+	return MetricsAddr
 }
 
 var labNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)

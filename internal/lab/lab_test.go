@@ -283,3 +283,14 @@ func TestOverlayCIDR(t *testing.T) {
 		t.Errorf("overlay %s: %v", sn, err)
 	}
 }
+
+func TestMetricsAddr(t *testing.T) {
+	s := &State{}
+	if got := s.metricsAddr(); got != "127.0.0.1:9100" {
+		t.Errorf("a lab's agents serve metrics at %q, want 127.0.0.1:9100 (on by default)", got)
+	}
+	s.NoMetrics = true // coat lab up --metrics=false
+	if got := s.metricsAddr(); got != "" {
+		t.Errorf("with --metrics=false: %q, want none", got)
+	}
+}

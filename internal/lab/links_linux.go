@@ -327,3 +327,15 @@ func agentRate(pid int) linkspec.Rate {
 	}
 	return 0
 }
+
+// agentMetrics is the --metrics-addr the agent pid was started with ("":
+// none).
+func agentMetrics(pid int) string {
+	args := cmdline(pid)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--metrics-addr" {
+			return args[i+1]
+		}
+	}
+	return ""
+}

@@ -46,6 +46,10 @@ type Options struct {
 	OverlayCIDR string
 	Self        string // the coat binary
 	Log         *slog.Logger
+	// Metrics, when not nil, turns the agents' metrics on (each serves
+	// MetricsAddr in its own namespace) or off; nil keeps what the lab
+	// has (on for a new lab).
+	Metrics *bool
 }
 
 // Up builds the lab, or completes one that is partly there.
@@ -102,6 +106,9 @@ func Up(ctx context.Context, o Options) (*State, error) {
 	}
 	s.Hosts = o.Hosts
 	s.EtcdMembers = members
+	if o.Metrics != nil {
+		s.NoMetrics = !*o.Metrics
+	}
 	if s.Pids == nil {
 		s.Pids = map[string]int{}
 	}
@@ -471,7 +478,7 @@ func (s *State) ensureAgents(ctx context.Context, self string) error {
 		node := EdgeName(i)
 		rate := s.Link(node).Rate
 		if alive(s.Pids[node]) {
-			if runs(s.Pids[node], self) && agentRate(s.Pids[node]) == rate {
+			if runs(s.Pids[node], self) && agentRate(s.Pids[node]) == rate && agentMetrics(s.Pids[node]) == s.metricsAddr() {
 				continue
 			}
 			// An agent of an older build, or told another link rate:
@@ -494,6 +501,9 @@ func (s *State) ensureAgents(ctx context.Context, self string) error {
 		}
 		if rate > 0 {
 			argv = append(argv, "--link-rate", rate.String())
+		}
+		if addr := s.metricsAddr(); addr != "" {
+			argv = append(argv, "--metrics-addr", addr)
 		}
 		pid, err := s.start(node, node, argv)
 		if err != nil {

@@ -25,8 +25,8 @@ var ErrLogNotFile = errors.New("not a regular file")
 type Log struct {
 	f *os.File
 	// Size is the file's size when opened; Skipped the bytes before the
-	// tail, which are not returned.
-	Size, Skipped int64
+	// tail, which are not returned; Start the offset the tail starts at.
+	Size, Skipped, Start int64
 }
 
 // Close closes the file.
@@ -40,7 +40,15 @@ func (l *Log) Tail() io.Reader { return io.LimitReader(l.f, LogTail) }
 // without following a symlink at any step below the upper layer (the
 // container owns everything there), and refuses anything but a regular
 // file. A missing log is fs.ErrNotExist.
-func (r *Runtime) OpenLog(name string) (*Log, error) {
+func (r *Runtime) OpenLog(name string) (*Log, error) { return r.OpenLogAt(name, -1) }
+
+// OpenLogAt is OpenLog positioned at byte from of the output (from < 0:
+// at its last LogTail bytes), for a reader that follows it: still no more
+// than LogTail bytes are read from there, and from more than LogTail
+// bytes behind the end moves up to the last LogTail (Skipped counts the
+// bytes passed over). A from beyond the end (the log is a new one) starts
+// over at 0.
+func (r *Runtime) OpenLogAt(name string, from int64) (*Log, error) {
 	if err := names.Container(name); err != nil {
 		return nil, err
 	}
@@ -75,9 +83,16 @@ func (r *Runtime) OpenLog(name string) (*Log, error) {
 		return nil, logErr(name, LogPath, unix.EINVAL)
 	}
 	l := &Log{f: f, Size: st.Size()}
-	if l.Size > LogTail {
-		l.Skipped = l.Size - LogTail
-		if _, err := f.Seek(l.Skipped, io.SeekStart); err != nil {
+	if from < 0 || from > l.Size {
+		from = 0
+	}
+	l.Start = from
+	if l.Size-from > LogTail {
+		l.Start = l.Size - LogTail
+		l.Skipped = l.Start - from
+	}
+	if l.Start > 0 {
+		if _, err := f.Seek(l.Start, io.SeekStart); err != nil {
 			f.Close()
 			return nil, err
 		}

@@ -98,3 +98,46 @@ func TestOpenLogRefusesLinks(t *testing.T) {
 		})
 	}
 }
+
+func TestOpenLogAt(t *testing.T) {
+	r := testRuntime(t)
+	if err := os.MkdirAll(filepath.Join(r.UpperDir("web"), ".coat"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	read := func(from int64) (string, int64, int64) {
+		t.Helper()
+		l, err := r.OpenLogAt("web", from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		b, err := io.ReadAll(l.Tail())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b), l.Start, l.Skipped
+	}
+	if err := os.WriteFile(r.LogFile("web"), []byte("one\ntwo\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A follower that read "one\n" gets what came after it.
+	if got, start, skipped := read(4); got != "two\n" || start != 4 || skipped != 0 {
+		t.Errorf("from 4: %q at %d, skipped %d", got, start, skipped)
+	}
+	if got, start, _ := read(8); got != "" || start != 8 {
+		t.Errorf("from the end: %q at %d", got, start)
+	}
+	// Past the end: a new log, read from its start.
+	if got, start, _ := read(100); got != "one\ntwo\n" || start != 0 {
+		t.Errorf("from past the end: %q at %d", got, start)
+	}
+	// More than a MiB behind: the last MiB, and the rest counted.
+	big := append([]byte("one\ntwo\n"), bytes.Repeat([]byte("b"), LogTail+10)...)
+	if err := os.WriteFile(r.LogFile("web"), big, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, start, skipped := read(4)
+	if len(got) != LogTail || start != int64(len(big)-LogTail) || skipped != start-4 {
+		t.Errorf("far behind: %d bytes at %d, skipped %d", len(got), start, skipped)
+	}
+}
