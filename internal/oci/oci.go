@@ -18,6 +18,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -237,18 +238,31 @@ func (c Changes) String() string {
 	return strings.Join(s, "; ")
 }
 
+// Flat is what Flatten reports.
+type Flat struct {
+	Changes
+	Size int64 // bytes of file content
+	// Users and Groups are the image's /etc/passwd (name -> "uid:gid")
+	// and /etc/group (name -> "gid").
+	Users, Groups map[string]string
+}
+
+// maxIDFile bounds the /etc/passwd or /etc/group read for user names.
+const maxIDFile = 1 << 20
+
 // Flatten writes img's filesystem (its layers applied in order, with
 // whiteouts) to w as the agents' import stream: every entry under
 // "rootfs/". It fails, having written a stream that must not be used, if
-// a layer does not match its digest.
-func Flatten(img v1.Image, w io.Writer) (Changes, error) {
-	var ch Changes
+// a layer cannot be read (call Verify first: see the package comment).
+func Flatten(img v1.Image, w io.Writer) (Flat, error) {
+	var fl Flat
+	ch := &fl.Changes
 	rc := mutate.Extract(img)
 	defer rc.Close()
 	tr := tar.NewReader(rc)
 	tw := tar.NewWriter(w)
 	if err := tw.WriteHeader(&tar.Header{Name: "rootfs/", Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
-		return ch, err
+		return fl, err
 	}
 	for {
 		hdr, err := tr.Next()
@@ -256,7 +270,7 @@ func Flatten(img v1.Image, w io.Writer) (Changes, error) {
 			break
 		}
 		if err != nil {
-			return ch, fmt.Errorf("read the image's layers: %w", err)
+			return fl, fmt.Errorf("read the image's layers: %w", err)
 		}
 		name := strings.TrimPrefix(filepath.Clean("/"+hdr.Name), "/")
 		if name == "" {
@@ -300,15 +314,29 @@ func Flatten(img v1.Image, w io.Writer) (Changes, error) {
 			out.Size = 0
 		}
 		if err := tw.WriteHeader(out); err != nil {
-			return ch, err
+			return fl, err
 		}
 		if out.Size > 0 {
-			if _, err := io.Copy(tw, tr); err != nil {
-				return ch, fmt.Errorf("read the image's layers: %w", err)
+			var src io.Reader = tr
+			var idFile bytes.Buffer
+			if (name == "etc/passwd" || name == "etc/group") && out.Size <= maxIDFile {
+				src = io.TeeReader(tr, &idFile)
+			}
+			n, err := io.Copy(tw, src)
+			fl.Size += n
+			if err != nil {
+				return fl, fmt.Errorf("read the image's layers: %w", err)
+			}
+			switch {
+			case idFile.Len() == 0:
+			case name == "etc/passwd":
+				fl.Users = ParsePasswd(idFile.Bytes())
+			default:
+				fl.Groups = ParseGroup(idFile.Bytes())
 			}
 		}
 	}
-	return ch, tw.Close()
+	return fl, tw.Close()
 }
 
 // Verify reads every layer of img and checks it against the digest its

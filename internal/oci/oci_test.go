@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -144,6 +145,9 @@ func checkFlat(t *testing.T, img v1.Image) {
 	}
 	if ch.SetID != 1 || ch.Devices != 1 {
 		t.Errorf("changes = %+v, want 1 setid, 1 device", ch)
+	}
+	if ch.Users["app"] != "1000:1000" || ch.Users["root"] != "0:0" {
+		t.Errorf("users = %v, want app 1000:1000 and root 0:0 from etc/passwd", ch.Users)
 	}
 	if s := ch.String(); !strings.Contains(s, "setuid/setgid bits cleared on 1 files") {
 		t.Errorf("changes say %q", s)
@@ -320,4 +324,55 @@ func tarDir(t *testing.T, dir, file string) {
 		t.Fatal(err)
 	}
 	tw.Close()
+}
+
+// corrupting serves a registry whose blob with the given digest comes
+// back with one byte changed.
+type corrupting struct {
+	h      http.Handler
+	digest string
+}
+
+func (c corrupting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+c.digest) {
+		c.h.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	c.h.ServeHTTP(rec, r)
+	b := rec.Body.Bytes()
+	if len(b) > 0 {
+		b[len(b)/2] ^= 0xff
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	w.Write(b)
+}
+
+// A registry that serves a layer not matching its digest: the pull fails
+// before anything is flattened.
+func TestPullDigestMismatchRefused(t *testing.T) {
+	img := testImage(t)
+	ls, _ := img.Layers()
+	d, _ := ls[1].Digest()
+	s := httptest.NewServer(corrupting{registry.New(registry.Logger(log.New(io.Discard, "", 0))), d.String()})
+	t.Cleanup(s.Close)
+	ref := strings.TrimPrefix(s.URL, "http://") + "/lab/app:1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	pulled, err := Pull(ctx(t), ref, true, platform())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Cache(pulled, t.TempDir())
+	if err == nil {
+		err = Verify(pulled)
+	}
+	if err == nil || !strings.Contains(err.Error(), d.Hex) {
+		t.Errorf("pull of a corrupt layer: err = %v, want an error naming %s", err, d)
+	}
 }

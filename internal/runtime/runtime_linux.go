@@ -69,6 +69,9 @@ type Spec struct {
 	Image string
 	Args  []string
 	Env   []string
+	Cwd   string // working directory; "" is /
+	UID   uint32
+	GID   uint32
 	NetNS string // path of the network namespace
 }
 
