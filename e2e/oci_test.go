@@ -153,6 +153,28 @@ func TestOCIPullRunMigrate(t *testing.T) {
 		t.Errorf("failed pulls left images:\n%s", out)
 	}
 
+	// The lab's own images are listed too.
+	if out := l.must("image", "ls"); !strings.Contains(out, "sample") {
+		t.Errorf("image ls lacks the lab's sample image:\n%s", out)
+	}
+
+	// A docker-archive, loaded under a name of its own.
+	archive := filepath.Join(t.TempDir(), "sample.tar")
+	tag, err := name.NewTag("lab/saved:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(archive, tag, sampleOCIImage(t)); err != nil {
+		t.Fatal(err)
+	}
+	if out := l.must("image", "load", "--name", "lab/loaded:2", archive); !strings.Contains(out, "image lab/loaded:2 imported on edge-2") {
+		t.Errorf("image load output:\n%s", out)
+	}
+	if ls := l.must("image", "ls"); !strings.Contains(ls, "lab/loaded:2") || !strings.Contains(ls, archive) {
+		t.Errorf("image ls lacks the loaded image:\n%s", ls)
+	}
+	l.must("image", "rm", "lab/loaded:2")
+
 	out := l.must("image", "pull", "--insecure", ref)
 	for _, h := range []string{"edge-1", "edge-2"} {
 		if !strings.Contains(out, "image "+ref+" imported on "+h) {
