@@ -23,6 +23,7 @@ import (
 // imageSubcommands are `coat image pull`, `load`, `ls` and `rm`.
 func imageSubcommands() []*cobra.Command {
 	var insecure bool
+	var timeout time.Duration
 	pull := &cobra.Command{
 		Use:   "pull [--insecure] REF",
 		Short: "Pull an image from an OCI registry onto every host",
@@ -42,14 +43,19 @@ func imageSubcommands() []*cobra.Command {
 			if _, err := hostList(ctx, s); err != nil {
 				return err
 			}
-			img, err := oci.Pull(ctx, ref, insecure, v1.Platform{OS: "linux", Architecture: goruntime.GOARCH})
+			// The download's deadline (each request also has its own:
+			// oci.PullTimeout); the hosts' imports have theirs.
+			dl, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			img, err := oci.Pull(dl, ref, insecure, v1.Platform{OS: "linux", Architecture: goruntime.GOARCH})
 			if err != nil {
 				return err
 			}
-			return importOCI(ctx, cmd, s, img, im.String(), ref, true)
+			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true)
 		}),
 	}
 	pull.Flags().BoolVar(&insecure, "insecure", false, "allow a plain-HTTP (or self-signed) registry")
+	pull.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "give up the download after this long")
 
 	var as string
 	load := &cobra.Command{
@@ -95,7 +101,7 @@ func imageSubcommands() []*cobra.Command {
 				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
 			}
 			abs, _ := filepath.Abs(file)
-			return importOCI(ctx, cmd, s, img, im.String(), abs, false)
+			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false)
 		}),
 	}
 	load.Flags().StringVar(&as, "name", "", "name to give the image (default: the name in the archive)")
@@ -195,7 +201,7 @@ func hostList(ctx context.Context, s *session) ([]store.Host, error) {
 // into a temporary file (download says img is remote: it is copied once
 // to a local cache first), and only then imports it on every host and
 // records its configuration: a corrupt image changes nothing.
-func importOCI(ctx context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download bool) error {
+func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download bool) error {
 	out := cmd.OutOrStdout()
 	tmp, err := os.MkdirTemp("", "coat-image-")
 	if err != nil {
@@ -204,6 +210,9 @@ func importOCI(ctx context.Context, cmd *cobra.Command, s *session, img v1.Image
 	defer os.RemoveAll(tmp)
 	if download {
 		if img, err = oci.Cache(img, filepath.Join(tmp, "layout")); err != nil {
+			if dl.Err() != nil {
+				return fmt.Errorf("pull %s: not done within --timeout: %w", source, err)
+			}
 			return fmt.Errorf("pull %s: %w", source, err)
 		}
 	}
