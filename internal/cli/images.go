@@ -124,7 +124,11 @@ func imageSubcommands() []*cobra.Command {
 				} else if len(d) > 19 {
 					d = d[:19]
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Name, d, humanSize(im.Size), im.Source, im.Created.Format(time.RFC3339))
+				size := "-" // imported from a directory: not measured
+				if im.Size > 0 {
+					size = humanSize(im.Size)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Name, d, size, im.Source, im.Created.Format(time.RFC3339))
 			}
 			return tw.Flush()
 		}),
