@@ -305,5 +305,5 @@ func (a *Agent) endpoint(c store.Container) (overlay.Endpoint, error) {
 }
 
 func (a *Agent) spec(c store.Container) runtime.Spec {
-	return runtime.Spec{Name: c.Name, Image: c.Image, Args: c.Args, Env: c.Env, NetNS: a.netnsPath(c.Name)}
+	return runtime.Spec{Name: c.Name, Image: c.Image, Args: c.Args, Env: c.Env, Cwd: c.Cwd, UID: c.UID, GID: c.GID, NetNS: a.netnsPath(c.Name)}
 }

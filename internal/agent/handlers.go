@@ -34,6 +34,7 @@ func (a *Agent) routes() http.Handler {
 	admin("GET /v1/containers/{name}/logs", named(a.handleLogs))
 	admin("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
 	admin("PUT /v1/images/{name}", a.handleImport)
+	admin("DELETE /v1/images/{name}", a.handleImageRemove)
 	incoming(preparePattern, named(a.handlePrepare))
 	incoming("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
 	incoming("PUT /v1/incoming/{name}/data", named(a.handleData))
@@ -120,7 +121,7 @@ func (a *Agent) run(ctx context.Context, req api.RunRequest) (store.Container, e
 		return store.Container{}, badRequest("%v", err)
 	}
 	if !a.rt.HasImage(req.Image) {
-		return store.Container{}, badRequest("unknown image %q on host %s: import it first with `coat image import %s DIR`", req.Image, a.cfg.Name, req.Image)
+		return store.Container{}, badRequest("unknown image %q on host %s: get it first with `coat image pull`, `coat image load` or `coat image import`", req.Image, a.cfg.Name)
 	}
 	if req.IP != "" {
 		if err := store.InSubnet(a.cfg.Subnet, net.ParseIP(req.IP)); err != nil {
@@ -129,7 +130,7 @@ func (a *Agent) run(ctx context.Context, req api.RunRequest) (store.Container, e
 	}
 	c, err := a.st.CreateContainer(ctx, store.Container{
 		Name: req.Name, Host: a.cfg.Name, Image: req.Image, IP: req.IP,
-		Args: req.Args, Env: req.Env, Status: store.StatusCreated, Created: now(),
+		Args: req.Args, Env: req.Env, Cwd: req.Cwd, UID: req.UID, GID: req.GID, Status: store.StatusCreated, Created: now(),
 	})
 	if err != nil {
 		return store.Container{}, err
@@ -292,6 +293,44 @@ func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
 		_ = os.RemoveAll(old)
 	}
 	a.log.Info("image imported", "image", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleImageRemove deletes an image from this host, unless a container
+// record names it (on any host: it may migrate here). Removing an image
+// the host does not have succeeds.
+func (a *Agent) handleImageRemove(w http.ResponseWriter, r *http.Request) {
+	im, err := names.ParseImage(r.PathValue("name"))
+	if err != nil {
+		httpError(w, badRequest("%v", err))
+		return
+	}
+	name, key := im.String(), im.Key()
+	cs, err := a.st.Containers(r.Context())
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	for _, c := range cs {
+		if c.Image == name {
+			httpError(w, fmt.Errorf("image %s is used by container %s (on %s): remove the container first (`coat rm %s`): %w", name, c.Name, c.Host, c.Name, errBusy))
+			return
+		}
+	}
+	base := filepath.Join(a.cfg.StateDir, "images")
+	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", key, now().UnixNano()))
+	if err := os.Rename(filepath.Join(base, key), old); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		httpError(w, err)
+		return
+	}
+	if !lowerInUse(filepath.Join(old, "rootfs")) {
+		_ = os.RemoveAll(old)
+	}
+	a.log.Info("image removed", "image", name)
 	w.WriteHeader(http.StatusNoContent)
 }
 

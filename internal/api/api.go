@@ -27,6 +27,11 @@ type RunRequest struct {
 	IP    string   `json:"ip,omitempty"`
 	Env   []string `json:"env,omitempty"`
 	Args  []string `json:"args"`
+	// Cwd is the working directory ("" is /); UID and GID the process's
+	// user and group (0 is root).
+	Cwd string `json:"cwd,omitempty"`
+	UID uint32 `json:"uid,omitempty"`
+	GID uint32 `json:"gid,omitempty"`
 }
 
 // MigrateRequest asks a container's agent to move it.
@@ -325,6 +330,12 @@ func (c *Client) ImportImage(ctx context.Context, name string, tarStream io.Read
 		return err
 	}
 	return rc.Close()
+}
+
+// RemoveImage deletes an image from the agent's host; refused (409)
+// while a container uses it.
+func (c *Client) RemoveImage(ctx context.Context, name string) error {
+	return c.JSON(ctx, http.MethodDelete, "/v1/images/"+url.PathEscape(name), nil, nil)
 }
 
 // Migrate starts a migration on the container's current agent and calls

@@ -67,6 +67,9 @@ func (r *RunRequest) Validate() error {
 			return fmt.Errorf("--env %q: want KEY=VALUE (no NUL bytes)", e)
 		}
 	}
+	if r.Cwd != "" && (!strings.HasPrefix(r.Cwd, "/") || strings.IndexByte(r.Cwd, 0) >= 0) {
+		return fmt.Errorf("working directory %q: want an absolute path, e.g. /srv", r.Cwd)
+	}
 	if r.IP != "" && net.ParseIP(r.IP).To4() == nil {
 		return fmt.Errorf("invalid ip %q: want an IPv4 address, e.g. 10.202.0.20, or none to get one allocated", r.IP)
 	}

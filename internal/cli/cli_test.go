@@ -256,8 +256,12 @@ func TestRunValidatesBeforeConnecting(t *testing.T) {
 		want string
 	}{
 		{[]string{"run", "--name", "Bad_Name", "--host", "h", "--image", "i", "--", "x"}, `invalid name "Bad_Name"`},
-		{[]string{"run", "--name", "ok", "--host", "h", "--image", "i"}, "no command"},
-		{[]string{"run", "--name", "ok", "--image", "i", "--", "x"}, "--host, --name and --image are required"},
+		{[]string{"run", "--name", "ok", "--host", "h"}, "no image: give one"},
+		{[]string{"run", "--name", "ok", "--image", "i", "--", "x"}, "--host and --name are required"},
+		{[]string{"run", "--name", "ok", "--host", "h", "--workdir", "srv", "i"}, `working directory "srv": want an absolute path`},
+		{[]string{"image", "pull", "../a"}, `invalid image "../a"`},
+		{[]string{"image", "load", "--name", "A", "f.tar"}, `invalid image "A"`},
+		{[]string{"image", "rm", "a:b:c"}, `invalid image "a:b:c"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "i", "--env", "NOEQUALS", "--", "x"}, `--env "NOEQUALS"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "../containers/a", "--", "x"}, `invalid image "../containers/a"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "/var/lib", "--", "x"}, "no leading '/'"},

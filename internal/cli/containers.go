@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -21,25 +22,48 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var req api.RunRequest
-	var host string
+	var host, workdir, user string
 	cmd := &cobra.Command{
-		Use:   "run --host H --name N [--ip IP] --image IMG [--env K=V]... -- CMD [ARGS...]",
+		Use:   "run --host H --name N [--ip IP] [--env K=V]... [--workdir DIR] [--user U] IMAGE [CMD [ARGS...]]",
 		Short: "Run a container on a host",
+		Long: "Run a container on a host, as `podman run` does: an image pulled or loaded\n" +
+			"(`coat image pull`, `coat image load`) runs its Entrypoint and Cmd, with its\n" +
+			"Env, WorkingDir and User; a CMD given replaces the image's Cmd (after its\n" +
+			"Entrypoint), --env adds to or replaces its Env, --workdir and --user\n" +
+			"(name, uid, name:group or uid:gid) replace its WorkingDir and User.\n" +
+			"An image imported from a directory (`coat image import`) has no\n" +
+			"configuration: give its command. The older form `--image IMG -- CMD`\n" +
+			"works too. Options go before IMAGE: what follows it is the command.",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.Image == "" {
+				if len(args) == 0 {
+					return fmt.Errorf("no image: give one, e.g. `coat run --host edge-1 --name web sample /bin/coat-sample server`")
+				}
+				req.Image, args = args[0], args[1:]
+			}
 			req.Args = args
-			if host == "" || req.Name == "" || req.Image == "" {
-				return fmt.Errorf("--host, --name and --image are required")
+			if host == "" || req.Name == "" {
+				return fmt.Errorf("--host and --name are required")
 			}
-			if len(args) == 0 {
-				return fmt.Errorf("no command: put the container's command after `--`")
+			im, err := names.ParseImage(req.Image)
+			if err != nil {
+				return err
 			}
+			req.Image = im.String()
 			if err := names.Container(req.Name); err != nil {
 				return err
 			}
 			if err := names.Host(host); err != nil {
 				return err
 			}
-			if err := req.Validate(); err != nil {
+			// What can be checked without the image's record is, before
+			// anything connects.
+			pre := req
+			pre.Cwd = workdir
+			if len(pre.Args) == 0 {
+				pre.Args = []string{"(from the image)"}
+			}
+			if err := pre.Validate(); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
@@ -48,6 +72,12 @@ func newRunCmd() *cobra.Command {
 				return err
 			}
 			defer s.Close()
+			if err := runConfig(ctx, s, &req, workdir, user); err != nil {
+				return err
+			}
+			if err := req.Validate(); err != nil {
+				return err
+			}
 			if _, err := s.st.Container(ctx, req.Name); err == nil {
 				return fmt.Errorf("container %q already exists: pick another name or `coat rm %s`", req.Name, req.Name)
 			}
@@ -74,8 +104,11 @@ func newRunCmd() *cobra.Command {
 	f.StringVar(&host, "host", "", "host to run on")
 	f.StringVar(&req.Name, "name", "", "container name")
 	f.StringVar(&req.IP, "ip", "", "overlay IP (allocated if not given)")
-	f.StringVar(&req.Image, "image", "", "image name")
-	f.StringArrayVar(&req.Env, "env", nil, "environment variable KEY=VALUE (repeatable)")
+	f.StringVar(&req.Image, "image", "", "image name (or give it as the first argument)")
+	f.StringArrayVar(&req.Env, "env", nil, "environment variable KEY=VALUE (repeatable; replaces the image's of that KEY)")
+	f.StringVar(&workdir, "workdir", "", "working directory (default: the image's, or /)")
+	f.StringVar(&user, "user", "", "user: name, uid, name:group or uid:gid (default: the image's, or root)")
+	f.SetInterspersed(false)
 	return cmd
 }
 
@@ -305,9 +338,11 @@ func newImageCmd() *cobra.Command {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "image %s imported on %s\n", name, h.Name)
 			}
-			return nil
+			abs, _ := filepath.Abs(dir)
+			return s.st.PutImage(ctx, store.Image{Name: name, Source: abs, Created: time.Now().UTC()})
 		},
 	})
+	img.AddCommand(imageSubcommands()...)
 	return img
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/coat-project/coat/internal/images"
 	"github.com/coat-project/coat/internal/lab"
 	"github.com/coat-project/coat/internal/linkspec"
+	"github.com/coat-project/coat/internal/store"
 )
 
 func newLabCmd() *cobra.Command {
@@ -191,6 +192,9 @@ func labImages(cmd *cobra.Command, st *lab.State) error {
 			if err := importTo(cmd, cl, name, dir); err != nil {
 				return fmt.Errorf("import %s on %s: %w", name, lab.EdgeName(i), err)
 			}
+		}
+		if err := s.st.PutImage(cmd.Context(), store.Image{Name: name, Source: dir, Created: time.Now().UTC()}); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -9,7 +9,8 @@
 //   - Image names are references, name[:tag] (no digests yet): the name is
 //     one or more '/'-separated components of lowercase letters and
 //     digits, joined inside a component by single '.', '_' or '-' (so never
-//     "." or ".."), the tag 1-128 letters, digits, '_', '.' and '-' not
+//     "." or ".."), the first of several may end with a registry's :PORT
+//     (127.0.0.1:5000/app), the tag 1-128 letters, digits, '_', '.' and '-' not
 //     starting with '.' or '-'. "NAME:latest" is the same image as "NAME".
 //     An image is never stored under its name as given but under its Key,
 //     a single path element that cannot be empty, ".", ".." or hidden.
@@ -52,6 +53,7 @@ const MaxImage = 200
 var (
 	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
 	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	portRE      = regexp.MustCompile(`^(.+):[0-9]{1,5}$`)
 )
 
 // Image is a parsed image reference.
@@ -70,13 +72,14 @@ func (im Image) String() string {
 
 // Key is the image's directory name on disk: the canonical reference with
 // '/' written as '+' and ':' as '@' (neither can appear in a reference, so
-// two images never share a key). It is one path element that never starts
+// two images never share a key: an '@' before the first '+' is a port's,
+// after the last '+' a tag's). It is one path element that never starts
 // with '.' (see the package comment).
 func (im Image) Key() string {
 	return strings.NewReplacer("/", "+", ":", "@").Replace(im.String())
 }
 
-const imageRule = "an image name is NAME[:TAG]: NAME is lowercase letters and digits, separated by single '.', '_' or '-', in '/'-separated parts (e.g. sample, lab/redis), TAG is letters, digits, '_', '.' and '-' (e.g. 1.2)"
+const imageRule = "an image name is NAME[:TAG]: NAME is lowercase letters and digits, separated by single '.', '_' or '-', in '/'-separated parts, the first of which may be a registry with a port (e.g. sample, lab/redis, docker.io/library/busybox, 127.0.0.1:5000/app), TAG is letters, digits, '_', '.' and '-' (e.g. 1.2)"
 
 // ParseImage parses an image reference. The error says what is allowed.
 func ParseImage(s string) (Image, error) {
@@ -102,7 +105,14 @@ func ParseImage(s string) (Image, error) {
 			return bad(fmt.Sprintf("bad tag %q", tag))
 		}
 	}
-	for _, c := range strings.Split(name, "/") {
+	parts := strings.Split(name, "/")
+	for i, c := range parts {
+		if i == 0 && len(parts) > 1 {
+			// A registry host may have a port: 127.0.0.1:5000/app.
+			if m := portRE.FindStringSubmatch(c); m != nil {
+				c = m[1]
+			}
+		}
 		if c == "" {
 			return bad("empty part between '/'")
 		}

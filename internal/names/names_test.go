@@ -37,6 +37,9 @@ func TestParseImage(t *testing.T) {
 		{"my_app.v2-x", "my_app.v2-x", "my_app.v2-x"},
 		{"a__b", "a__b", "a__b"},
 		{"a:V1_rc", "a:V1_rc", "a@V1_rc"},
+		{"127.0.0.1:5000/lab/app:1.0", "127.0.0.1:5000/lab/app:1.0", "127.0.0.1@5000+lab+app@1.0"},
+		{"localhost:5000/app", "localhost:5000/app", "localhost@5000+app"},
+		{"docker.io/library/busybox:1.36", "docker.io/library/busybox:1.36", "docker.io+library+busybox@1.36"},
 	} {
 		im, err := ParseImage(tc.in)
 		if err != nil {
@@ -50,7 +53,7 @@ func TestParseImage(t *testing.T) {
 	for _, in := range []string{
 		"", "..", ".", "../containers/a", "/etc", "a/../b", "a//b", "a/", "/a", "A", "Sample",
 		"a b", "a..b", ".a", "a.", "-a", "a-", "a:", "a:.x", "a:-x", "a@sha256:00", "a\\b",
-		"a:b/c", "a:b:c", "a\x00", strings.Repeat("a", 201), "a:" + strings.Repeat("t", 129), "a___b",
+		"a:b/c", "a:b:c", "a/b:5000/c", ":5000/a", "a:123456/b", "a\x00", strings.Repeat("a", 201), "a:" + strings.Repeat("t", 129), "a___b",
 	} {
 		im, err := ParseImage(in)
 		if err == nil {
@@ -66,7 +69,7 @@ func TestParseImage(t *testing.T) {
 // FuzzParseImage: whatever is accepted has a canonical form that parses to
 // itself and a key that is a single, visible path element.
 func FuzzParseImage(f *testing.F) {
-	for _, s := range []string{"sample", "lab/redis:7.0", "../containers/a", "a:latest", "a/./b", "a@x", "x:Y", "a/b/c:d.e"} {
+	for _, s := range []string{"sample", "lab/redis:7.0", "../containers/a", "a:latest", "a/./b", "a@x", "x:Y", "a/b/c:d.e", "h:5000/a:1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -21,6 +21,7 @@ func TestCriuHint(t *testing.T) {
 		{"(00.066883)      1: unix: bind id 0x4 ino 1248716 addr /tmp/pair.sock\n(00.066893)      1: Error (criu/sk-unix.c:1651): unix: Can't bind id 0x4 ino 1248716 addr /tmp/pair.sock: Address already in use\n", inTheWay},
 		{"(00.010000) Error (criu/sk-unix.c:1651): unix: Can't bind id 0x4 ino 1 addr /tmp/x.sock: Permission denied\n", ""},
 		{"(00.010000) Error (criu/sk-inet.c:200): inet: Something else\n", ""},
+		{"(00.016920) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted\n", "run the container as root (`coat run --user 0`)"},
 		{"(00.004275) unix: \tCollected: ino 1210364 peer_ino 0 family    1 type    1 state 10 name /tmp/redis.sock\n", ""},
 	} {
 		log := filepath.Join(t.TempDir(), "dump.log")

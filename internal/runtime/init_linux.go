@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +23,10 @@ func IsInit() bool { return len(os.Args) > 0 && os.Args[0] == InitPath }
 // on error, with the exit code to use.
 func RunInit() int {
 	args := os.Args[1:]
+	var user string
+	if len(args) > 0 && strings.HasPrefix(args[0], userFlag) {
+		user, args = strings.TrimPrefix(args[0], userFlag), args[1:]
+	}
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "coat init: no command")
 		return 127
@@ -55,6 +61,12 @@ func RunInit() int {
 			return 126
 		}
 	}
+	if user != "" {
+		if err := becomeUser(user); err != nil {
+			fmt.Fprintln(os.Stderr, "coat init:", err)
+			return 126
+		}
+	}
 	path, err := exec.LookPath(args[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "coat init: %s: %v\n", args[0], err)
@@ -63,4 +75,28 @@ func RunInit() int {
 	err = unix.Exec(path, args, os.Environ())
 	fmt.Fprintf(os.Stderr, "coat init: exec %s: %v\n", path, err)
 	return 126
+}
+
+// becomeUser switches every thread to uid:gid with no supplementary
+// groups (and so drops the capabilities, as for any non-root user).
+func becomeUser(user string) error {
+	us, gs, _ := strings.Cut(user, ":")
+	uid, err := strconv.Atoi(us)
+	if err != nil {
+		return fmt.Errorf("bad user %q", user)
+	}
+	gid, err := strconv.Atoi(gs)
+	if err != nil {
+		return fmt.Errorf("bad user %q", user)
+	}
+	if err := unix.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := unix.Setgid(gid); err != nil {
+		return fmt.Errorf("setgid %d: %w", gid, err)
+	}
+	if err := unix.Setuid(uid); err != nil {
+		return fmt.Errorf("setuid %d: %w", uid, err)
+	}
+	return nil
 }

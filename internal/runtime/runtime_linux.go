@@ -69,6 +69,9 @@ type Spec struct {
 	Image string
 	Args  []string
 	Env   []string
+	Cwd   string // working directory; "" is /
+	UID   uint32
+	GID   uint32
 	NetNS string // path of the network namespace
 }
 
@@ -277,6 +280,11 @@ func criuHint(log string) string {
 			strings.Contains(line, "External socket is used") {
 			return "; a UNIX socket of the container is connected to a process outside it (e.g. a client on the host " +
 				"using a socket file in its rootfs), and that connection cannot move: close it and migrate again"
+		}
+		if strings.Contains(line, "Can't get rlimit") && strings.HasSuffix(line, "Operation not permitted") {
+			return "; the container runs as a non-root user and CRIU lacks CAP_SYS_RESOURCE on this host " +
+				"(it cannot read another user's resource limits): run the container as root (`coat run --user 0`) " +
+				"to migrate it here, or run the agent with CAP_SYS_RESOURCE"
 		}
 		if _, after, ok := strings.Cut(line, "unix: Can't bind id "); ok && strings.HasSuffix(line, "Address already in use") {
 			path := after

@@ -1,7 +1,9 @@
 package runtime
 
 import (
+	"fmt"
 	"path/filepath"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -26,7 +28,12 @@ var defaultCaps = []string{
 func (r *Runtime) spec(s Spec) *specs.Spec {
 	// CRIU cannot dump MPTCP sockets, which Go >= 1.24 listeners use by
 	// default; the container's own --env can override this.
-	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env...)
+	// A later KEY replaces an earlier one (a process sees only the first).
+	env := mergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env)
+	cwd := s.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
 	caps := append([]string(nil), defaultCaps...)
 	return &specs.Spec{
 		Version:  specs.Version,
@@ -36,9 +43,9 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 		},
 		Root: &specs.Root{Path: r.rootfs(s.Name)},
 		Process: &specs.Process{
-			Args:            append([]string{InitPath}, s.Args...),
+			Args:            initArgs(s),
 			Env:             env,
-			Cwd:             "/",
+			Cwd:             cwd,
 			NoNewPrivileges: true,
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
@@ -82,4 +89,38 @@ func (r *Runtime) initPath() string {
 		return r.Init
 	}
 	return r.Self
+}
+
+// mergeEnv joins lists of KEY=VALUE; a later KEY replaces an earlier one
+// in place.
+func mergeEnv(lists ...[]string) []string {
+	var out []string
+	at := map[string]int{}
+	for _, l := range lists {
+		for _, kv := range l {
+			k, _, _ := strings.Cut(kv, "=")
+			if i, ok := at[k]; ok {
+				out[i] = kv
+				continue
+			}
+			at[k] = len(out)
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// userFlag, the init's first argument if any, names the uid:gid the init
+// switches to before it execs the command: the init itself runs as root,
+// to make the container's log file and /dev/shm.
+const userFlag = "--coat-user="
+
+// initArgs is the container process's argv: the init, the user to become
+// (if not root), then the command.
+func initArgs(s Spec) []string {
+	args := []string{InitPath}
+	if s.UID != 0 || s.GID != 0 {
+		args = append(args, fmt.Sprintf("%s%d:%d", userFlag, s.UID, s.GID))
+	}
+	return append(args, s.Args...)
 }

@@ -126,6 +126,22 @@ func TestPrepareMissingImage(t *testing.T) {
 	}
 }
 
+func TestSpecCwdAndUser(t *testing.T) {
+	r := &Runtime{StateDir: "/state", Self: "/opt/coat"}
+	p := r.spec(Spec{Name: "web", Args: []string{"/bin/app"}, Cwd: "/srv", UID: 1000, GID: 50}).Process
+	if p.Cwd != "/srv" {
+		t.Errorf("Cwd = %q, want /srv", p.Cwd)
+	}
+	// The init runs as root (it makes the log file and /dev/shm), then
+	// becomes the user before it execs the command.
+	if want := []string{InitPath, "--coat-user=1000:50", "/bin/app"}; !slices.Equal(p.Args, want) {
+		t.Errorf("Args = %q, want %q", p.Args, want)
+	}
+	if p.User.UID != 0 || p.User.GID != 0 {
+		t.Errorf("User = %+v, want root for the init", p.User)
+	}
+}
+
 func TestSpec(t *testing.T) {
 	r := &Runtime{StateDir: "/state", Self: "/opt/coat", CgroupParent: "/coat/edge-2"}
 	s := Spec{
@@ -214,22 +230,20 @@ func TestSpec(t *testing.T) {
 	if i := idx("PATH="); i < 0 || !strings.Contains(p.Env[i], "/usr/bin") {
 		t.Errorf("Env has no usable PATH: %q", p.Env)
 	}
-	def := slices.Index(p.Env, "GODEBUG=multipathtcp=0")
-	if def < 0 {
-		t.Fatalf("Env lacks GODEBUG=multipathtcp=0: %q", p.Env)
+	// The user's env replaces a default of the same name in place (a
+	// process sees only the first value of a variable), and adds the rest
+	// after the defaults, in order.
+	if slices.Contains(p.Env, "GODEBUG=multipathtcp=0") {
+		t.Errorf("Env keeps the default GODEBUG the user replaced: %q", p.Env)
 	}
-	// The user's env comes after the defaults, so it overrides them (the
-	// last value of a variable wins for the exec'd command).
-	foo := slices.Index(p.Env, "FOO=bar")
-	user := slices.Index(p.Env, "GODEBUG=multipathtcp=1")
-	if foo < 0 || user < 0 {
-		t.Fatalf("Env lacks the user's variables: %q", p.Env)
+	if got := slices.Index(p.Env, "GODEBUG=multipathtcp=1"); got != 2 {
+		t.Errorf("user's GODEBUG at %d, want 2 (in place of the default): %q", got, p.Env)
 	}
-	if user < def || foo < idx("PATH=") {
-		t.Errorf("user env must come after the defaults: %q", p.Env)
+	if p.Env[len(p.Env)-1] != "FOO=bar" || len(p.Env) != 4 {
+		t.Errorf("Env = %q, want the three defaults (GODEBUG replaced) then FOO=bar", p.Env)
 	}
-	if !slices.Equal(p.Env[len(p.Env)-2:], s.Env) {
-		t.Errorf("Env does not end with the user's env in order: %q", p.Env)
+	if d := r.spec(Spec{Name: "web"}).Process.Env; !slices.Contains(d, "GODEBUG=multipathtcp=0") {
+		t.Errorf("default Env lacks GODEBUG=multipathtcp=0: %q", d)
 	}
 
 	// Capabilities: the three sets agree, no CAP_SYS_ADMIN.

@@ -67,6 +67,9 @@ type Container struct {
 	MAC     string    `json:"mac"`
 	Args    []string  `json:"args"`
 	Env     []string  `json:"env,omitempty"`
+	Cwd     string    `json:"cwd,omitempty"` // working directory; "" is /
+	UID     uint32    `json:"uid,omitempty"`
+	GID     uint32    `json:"gid,omitempty"`
 	Status  Status    `json:"status"`
 	Error   string    `json:"error,omitempty"`
 	Created time.Time `json:"created"`

@@ -1,0 +1,311 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/oci"
+	"github.com/coat-project/coat/internal/store"
+)
+
+// imageSubcommands are `coat image pull`, `load`, `ls` and `rm`.
+func imageSubcommands() []*cobra.Command {
+	var insecure bool
+	var timeout time.Duration
+	pull := &cobra.Command{
+		Use:   "pull [--insecure] REF",
+		Short: "Pull an image from an OCI registry onto every host",
+		Long: "Pull an image from any OCI registry (credentials from the Docker and Podman\n" +
+			"auth files, as `docker login`/`podman login` write them), check every layer\n" +
+			"against its digest, flatten it and import it on every host, with its\n" +
+			"configuration (Entrypoint, Cmd, Env, WorkingDir, User) for `coat run`.\n" +
+			"Setuid/setgid bits are cleared and device nodes left out (containers run\n" +
+			"with no_new_privs and get their own /dev). --insecure allows plain HTTP.",
+		Args: imageArg,
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			ref := args[0]
+			im, err := names.ParseImage(ref)
+			if err != nil {
+				return err
+			}
+			if _, err := hostList(ctx, s); err != nil {
+				return err
+			}
+			// The download's deadline (each request also has its own:
+			// oci.PullTimeout); the hosts' imports have theirs.
+			dl, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			img, err := oci.Pull(dl, ref, insecure, v1.Platform{OS: "linux", Architecture: goruntime.GOARCH})
+			if err != nil {
+				return err
+			}
+			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true)
+		}),
+	}
+	pull.Flags().BoolVar(&insecure, "insecure", false, "allow a plain-HTTP (or self-signed) registry")
+	pull.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "give up the download after this long")
+
+	var as string
+	load := &cobra.Command{
+		Use:   "load [--name NAME] FILE",
+		Short: "Load an image archive (docker save, podman save) onto every host",
+		Long: "Load a docker-archive (`docker save`, `podman save`) or an oci-archive\n" +
+			"(`podman save --format oci-archive`) holding one image, check its layers\n" +
+			"against their digests and import it on every host, as `coat image pull`\n" +
+			"does. The image keeps the name in the archive, or takes --name.",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return err
+			}
+			if as != "" {
+				_, err := names.ParseImage(as)
+				return err
+			}
+			return nil
+		},
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			file := args[0]
+			if as != "" {
+				if _, err := names.ParseImage(as); err != nil {
+					return err
+				}
+			}
+			if _, err := hostList(ctx, s); err != nil {
+				return err
+			}
+			img, ref, cleanup, err := oci.Load(file)
+			defer cleanup()
+			if err != nil {
+				return err
+			}
+			if as != "" {
+				ref = as
+			}
+			if ref == "" {
+				return fmt.Errorf("%s does not name its image: give one with --name NAME", file)
+			}
+			im, err := names.ParseImage(ref)
+			if err != nil {
+				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
+			}
+			abs, _ := filepath.Abs(file)
+			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false)
+		}),
+	}
+	load.Flags().StringVar(&as, "name", "", "name to give the image (default: the name in the archive)")
+
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the images pulled, loaded or imported",
+		Args:  cobra.NoArgs,
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, _ []string) error {
+			ims, err := s.st.Images(ctx)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tSOURCE\tCREATED")
+			for _, im := range ims {
+				d := im.Digest
+				if d == "" {
+					d = "-"
+				} else if len(d) > 19 {
+					d = d[:19]
+				}
+				size := "-" // imported from a directory: not measured
+				if im.Size > 0 {
+					size = humanSize(im.Size)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Name, d, size, im.Source, im.Created.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		}),
+	}
+
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove an image from every host (refused while a container uses it)",
+		Args:  imageArg,
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			im, err := names.ParseImage(args[0])
+			if err != nil {
+				return err
+			}
+			name := im.String()
+			cs, err := s.st.Containers(ctx)
+			if err != nil {
+				return err
+			}
+			var users []string
+			for _, c := range cs {
+				if c.Image == name {
+					users = append(users, c.Name)
+				}
+			}
+			if len(users) > 0 {
+				return fmt.Errorf("image %s is used by container(s) %s: remove them first (`coat rm NAME`)", name, strings.Join(users, ", "))
+			}
+			hosts, err := hostList(ctx, s)
+			if err != nil {
+				return err
+			}
+			for _, h := range hosts {
+				cl, err := s.agent(ctx, h.Name)
+				if err != nil {
+					return err
+				}
+				if err := cl.RemoveImage(ctx, name); err != nil {
+					return fmt.Errorf("remove image %s on %s: %w", name, h.Name, err)
+				}
+			}
+			if err := s.st.DeleteImage(ctx, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "image %s removed\n", name)
+			return nil
+		}),
+	}
+	return []*cobra.Command{pull, load, ls, rm}
+}
+
+// imageArg checks the one argument of a command on an image, before
+// anything connects.
+func imageArg(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	_, err := names.ParseImage(args[0])
+	return err
+}
+
+func hostList(ctx context.Context, s *session) ([]store.Host, error) {
+	hosts, err := s.st.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("no hosts: start agents first (`coat lab up`)")
+	}
+	return hosts, nil
+}
+
+// importOCI checks img's layers against their digests and flattens it
+// into a temporary file (download says img is remote: it is copied once
+// to a local cache first), and only then imports it on every host and
+// records its configuration: a corrupt image changes nothing.
+func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download bool) error {
+	out := cmd.OutOrStdout()
+	tmp, err := os.MkdirTemp("", "coat-image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if download {
+		if img, err = oci.Cache(img, filepath.Join(tmp, "layout")); err != nil {
+			if dl.Err() != nil {
+				return fmt.Errorf("pull %s: not done within --timeout: %w", source, err)
+			}
+			return fmt.Errorf("pull %s: %w", source, err)
+		}
+	}
+	if err := oci.Verify(img); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	cfg, err := oci.ConfigOf(img)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	flatPath := filepath.Join(tmp, "rootfs.tar")
+	f, err := os.Create(flatPath)
+	if err != nil {
+		return err
+	}
+	flat, err := oci.Flatten(img, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	if note := flat.Changes.String(); note != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "coat image: %s: %s\n", name, note)
+	}
+	hosts, err := hostList(ctx, s)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		cl, err := s.agent(ctx, h.Name)
+		if err != nil {
+			return err
+		}
+		if err := sendFile(ctx, cl, name, flatPath); err != nil {
+			return fmt.Errorf("import %s to %s: %w", name, h.Name, err)
+		}
+		fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
+	}
+	rec := store.Image{
+		Name: name, Source: source, Digest: digest.String(), Size: flat.Size,
+		Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User,
+		Users: flat.Users, Groups: flat.Groups, Created: time.Now().UTC(),
+	}
+	return s.st.PutImage(ctx, rec)
+}
+
+func sendFile(ctx context.Context, cl *api.Client, name, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return cl.ImportImage(ctx, name, f)
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// runConfig fills req's command, environment, working directory and user
+// from its image's record (if it was pulled or loaded) and the command
+// line, as `podman run` does. An image imported from a directory has no
+// configuration: the command must be given, and --user be numeric.
+func runConfig(ctx context.Context, s *session, req *api.RunRequest, workdir, user string) error {
+	rec, err := s.st.Image(ctx, req.Image)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	c := oci.Config{Entrypoint: rec.Entrypoint, Cmd: rec.Cmd, Env: rec.Env, WorkingDir: rec.WorkingDir, User: rec.User}
+	r, err := oci.RunOf(c, rec.Users, rec.Groups, oci.Overrides{Args: req.Args, Env: req.Env, Workdir: workdir, User: user})
+	if err != nil {
+		return fmt.Errorf("image %s: %w", req.Image, err)
+	}
+	req.Args, req.Env, req.Cwd, req.UID, req.GID = r.Args, r.Env, r.Cwd, r.UID, r.GID
+	if req.Cwd == "/" {
+		req.Cwd = ""
+	}
+	return nil
+}
