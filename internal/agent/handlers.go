@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/authz"
@@ -198,7 +199,7 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 		httpError(w, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name))
 		return
 	}
-	if c.Status == store.StatusMigrating || !a.lock(name) {
+	if c.Status == store.StatusMigrating || !a.lockWait(name, 5*time.Second) {
 		httpError(w, fmt.Errorf("container %s is migrating; try again when it is done: %w", name, errBusy))
 		return
 	}

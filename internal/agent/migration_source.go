@@ -272,7 +272,8 @@ func (o *outgoing) incoming(op string) string {
 // the migration. If this agent dies, the lease expires and whoever finds
 // the record finishes or rolls it back (recover.go).
 func (o *outgoing) Lock(ctx context.Context) error {
-	if !o.a.lock(o.c.Name) {
+	// The recovery pass takes each name for a moment: wait that out.
+	if !o.a.lockWait(o.c.Name, 5*time.Second) {
 		return fmt.Errorf("container %s: an operation is under way: %w", o.c.Name, errBusy)
 	}
 	lk, err := o.a.st.LockContainer(ctx, o.c.Name, o.a.cfg.Name, lockTTL)

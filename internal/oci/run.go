@@ -119,7 +119,7 @@ func RunOf(c Config, users, groups map[string]string, o Overrides) (Run, error) 
 	}
 	args := append(append([]string(nil), c.Entrypoint...), cmd...)
 	if len(args) == 0 {
-		return Run{}, fmt.Errorf("the image has no Entrypoint or Cmd: give the command after the image name")
+		return Run{}, fmt.Errorf("no command: the image has no Entrypoint or Cmd: give the command after the image name")
 	}
 	r := Run{Args: args, Env: MergeEnv(c.Env, o.Env), Cwd: c.WorkingDir}
 	if o.Workdir != "" {
