@@ -341,42 +341,30 @@ func (c *Client) RemoveImage(ctx context.Context, name string) error {
 // Migrate starts a migration on the container's current agent and calls
 // onProgress for each phase; it returns the final result.
 func (c *Client) Migrate(ctx context.Context, name string, r MigrateRequest, onProgress func(Progress)) (*MigrateResult, error) {
-	b, _ := json.Marshal(r)
-	rc, err := c.Stream(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/migrate", bytes.NewReader(b), "application/json")
+	p, err := c.migrate(ctx, name, r, onProgress, func(p Progress) bool { return p.Result != nil })
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
-	sc := bufio.NewScanner(rc)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var p Progress
-		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
-			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
-		}
-		if p.Error != "" {
-			return nil, errors.New(p.Error)
-		}
-		if p.Result != nil {
-			return p.Result, nil
-		}
-		if onProgress != nil {
-			onProgress(p)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("migration stream: %w", err)
-	}
-	return nil, errors.New("migration stream ended without a result: check the source agent's log")
+	return p.Result, nil
 }
 
 // MigrateGroup moves the containers of r.Group together; name is the one
 // whose path the request goes to (any of them).
 func (c *Client) MigrateGroup(ctx context.Context, name string, r MigrateRequest, onProgress func(Progress)) ([]MigrateResult, error) {
+	p, err := c.migrate(ctx, name, r, onProgress, func(p Progress) bool { return p.Done })
+	if err != nil {
+		return nil, err
+	}
+	return p.Results, nil
+}
+
+// migrate posts a migration and reads its progress stream: every line
+// goes to onProgress until an error or the line last says it is the last.
+func (c *Client) migrate(ctx context.Context, name string, r MigrateRequest, onProgress func(Progress), last func(Progress) bool) (Progress, error) {
 	b, _ := json.Marshal(r)
 	rc, err := c.Stream(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/migrate", bytes.NewReader(b), "application/json")
 	if err != nil {
-		return nil, err
+		return Progress{}, err
 	}
 	defer rc.Close()
 	sc := bufio.NewScanner(rc)
@@ -384,22 +372,22 @@ func (c *Client) MigrateGroup(ctx context.Context, name string, r MigrateRequest
 	for sc.Scan() {
 		var p Progress
 		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
-			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
+			return Progress{}, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
 		}
 		if p.Error != "" {
-			return nil, errors.New(p.Error)
+			return Progress{}, errors.New(p.Error)
 		}
-		if p.Done {
-			return p.Results, nil
+		if last(p) {
+			return p, nil
 		}
 		if onProgress != nil {
 			onProgress(p)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("migration stream: %w", err)
+		return Progress{}, fmt.Errorf("migration stream: %w", err)
 	}
-	return nil, errors.New("migration stream ended without a result: check the source agent's log")
+	return Progress{}, errors.New("migration stream ended without a result: check the source agent's log")
 }
 
 // Ms converts a duration to float milliseconds.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/coat-project/coat/internal/runtime"
 )
 
 // ParsePasswd reads an /etc/passwd: user name -> "uid:gid".
@@ -121,7 +123,7 @@ func RunOf(c Config, users, groups map[string]string, o Overrides) (Run, error) 
 	if len(args) == 0 {
 		return Run{}, fmt.Errorf("no command: the image has no Entrypoint or Cmd: give the command after the image name")
 	}
-	r := Run{Args: args, Env: MergeEnv(c.Env, o.Env), Cwd: c.WorkingDir}
+	r := Run{Args: args, Env: runtime.MergeEnv(c.Env, o.Env), Cwd: c.WorkingDir}
 	if o.Workdir != "" {
 		r.Cwd = o.Workdir
 	}
@@ -138,23 +140,4 @@ func RunOf(c Config, users, groups map[string]string, o Overrides) (Run, error) 
 	var err error
 	r.UID, r.GID, err = ResolveUser(user, users, groups)
 	return r, err
-}
-
-// MergeEnv is lists of KEY=VALUE joined so that a later KEY replaces an
-// earlier one in place (a process's getenv sees only the first).
-func MergeEnv(lists ...[]string) []string {
-	var out []string
-	at := map[string]int{}
-	for _, l := range lists {
-		for _, kv := range l {
-			k, _, _ := strings.Cut(kv, "=")
-			if i, ok := at[k]; ok {
-				out[i] = kv
-				continue
-			}
-			at[k] = len(out)
-			out = append(out, kv)
-		}
-	}
-	return out
 }

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/coat-project/coat/internal/runtime"
 )
 
 func TestRunOf(t *testing.T) {
@@ -46,7 +48,7 @@ func TestRunOf(t *testing.T) {
 }
 
 func TestMergeEnv(t *testing.T) {
-	got := MergeEnv([]string{"PATH=/a", "HOME=/root"}, []string{"PATH=/b", "X"}, []string{"HOME=/h"})
+	got := runtime.MergeEnv([]string{"PATH=/a", "HOME=/root"}, []string{"PATH=/b", "X"}, []string{"HOME=/h"})
 	want := []string{"PATH=/b", "HOME=/h", "X"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("MergeEnv = %v, want %v", got, want)

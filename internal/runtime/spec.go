@@ -29,7 +29,7 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 	// CRIU cannot dump MPTCP sockets, which Go >= 1.24 listeners use by
 	// default; the container's own --env can override this.
 	// A later KEY replaces an earlier one (a process sees only the first).
-	env := mergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env)
+	env := MergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env)
 	cwd := s.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -91,9 +91,10 @@ func (r *Runtime) initPath() string {
 	return r.Self
 }
 
-// mergeEnv joins lists of KEY=VALUE; a later KEY replaces an earlier one
-// in place.
-func mergeEnv(lists ...[]string) []string {
+// MergeEnv joins lists of KEY=VALUE; a later KEY replaces an earlier one
+// in place (a process's getenv sees only the first). The image's config
+// and the user's --env are merged with it too (internal/oci).
+func MergeEnv(lists ...[]string) []string {
 	var out []string
 	at := map[string]int{}
 	for _, l := range lists {
