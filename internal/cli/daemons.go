@@ -133,7 +133,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "", "API address (default UNDERLAY-IP:7443)")
 	f.StringVar(&underlay, "underlay-ip", "", "this host's underlay IP (the VXLAN endpoint)")
 	f.StringVar(&cfg.UnderlayDev, "underlay-dev", "eth0", "underlay link")
-	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24 (default: the cluster's, recorded by `coat init --overlay-cidr`; if both are set they must agree)")
+	f.StringVar(&subnet, "subnet", "", "overlay subnet, e.g. 10.202.0.0/24 (default: the cluster's, recorded by coat init --overlay-cidr; if both are set they must agree)")
 	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
 	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
 	f.Var(&rateFlag{&cfg.LinkRate}, "link-rate", "the rate of this host's underlay link, e.g. 100mbit (what --strategy auto weighs; default: unknown, taken as fast)")

@@ -78,7 +78,7 @@ func newLabCmd() *cobra.Command {
 		},
 	}
 	up.Flags().IntVar(&hosts, "hosts", 2, "number of edge hosts")
-	up.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "the containers' subnet, e.g. 10.96.0.0/16 (IPv4, /8 to /27; default 10.202.INDEX.0/24); recorded in the lab's etcd as `coat init --overlay-cidr` does")
+	up.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "the containers' subnet, e.g. 10.96.0.0/16 (IPv4, /8 to /27; default 10.202.INDEX.0/24); recorded in the lab's etcd as coat init --overlay-cidr does")
 	up.Flags().IntVar(&members, "etcd-members", 1, "etcd members: 1 (in the root namespace) or 3 (member i in edge-i's namespace; needs --hosts >= 3); a lab that is up keeps its count when not given")
 	up.Flags().BoolVar(&metricsOn, "metrics", true, "agents serve Prometheus metrics on http://"+lab.MetricsAddr+"/metrics inside their own host's namespace (no extra process; --metrics=false: none); a lab that is up keeps its setting when not given")
 	lf.register(up)
