@@ -12,7 +12,9 @@ import (
 // Every byte arrives, and since every host's forwarding follows the
 // container at its freeze (not at the commit), the stream's longest gap
 // stays near the downtime instead of falling into TCP's back-off (seen
-// before: 1.0 s of stall for 0.24 s of downtime).
+// before: 1.0 s of stall for 0.24 s of downtime; then, 1 run in 5 under
+// load, 0.9 s for 0.3 s: the frames lost to the source's bridge once the
+// destination's gratuitous ARP had moved the MAC, see overlay.pinMAC).
 func TestEastWest(t *testing.T) {
 	l := newLab(t, 3)
 	srv := l.runSample("ews", "edge-2")
@@ -38,8 +40,10 @@ func TestEastWest(t *testing.T) {
 		t.Fatalf("east-west stream across two migrations: %+v", report)
 	}
 	// A bound, not a benchmark: TCP's back-off (the first retransmission
-	// 200 ms+ after the loss, then doubling) is what this rules out.
-	if limit := max(r1.DowntimeMS, r2.DowntimeMS) + 400; report.MaxGapMS > limit {
-		t.Errorf("longest gap %.0f ms, over the worst downtime + 400 ms (%.0f ms): peers on other hosts did not follow the freeze", report.MaxGapMS, limit)
+	// 200 ms+ after a loss, then doubling) is what this rules out. The
+	// issue's target is the downtime + 50 ms; measured here under the load
+	// of a parallel e2e test, six runs: gap - downtime = -11..+1 ms.
+	if limit := max(r1.DowntimeMS, r2.DowntimeMS) + 150; report.MaxGapMS > limit {
+		t.Errorf("longest gap %.0f ms (at %.1f s), over the worst downtime + 150 ms (%.0f ms): frames were lost around a freeze", report.MaxGapMS, report.GapAt, limit)
 	}
 }

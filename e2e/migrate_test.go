@@ -16,6 +16,7 @@ import (
 type streamReport struct {
 	Sent, Received, Errors int64
 	MaxGapMS               float64 `json:"max_gap_ms"`
+	GapAt                  float64 `json:"gap_at"` // seconds from the start to that gap
 	ConnectionError        string  `json:"connection_error"`
 }
 

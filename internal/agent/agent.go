@@ -74,6 +74,9 @@ type Agent struct {
 	fetching map[string]*fetch
 	// seen: every host's last known VTEP (vteps.go).
 	seen map[string]seenHost
+	// known: the VTEPs of the last vteps() call, so that a watch event
+	// (a switch at a freeze) is applied without reading etcd first.
+	known map[string]net.IP
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
 	// revoked: certificates refused (authz.go follows the store).

@@ -74,6 +74,7 @@ func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
 		a.seen = map[string]seenHost{}
 	}
 	out := mergeVTEPs(hosts, a.seen, time.Now(), goneAfter, gone)
+	a.known = out
 	a.mu.Unlock()
 	peers := append([]net.IP(nil), a.cfg.ExtraPeers...)
 	for name, ip := range out {
@@ -99,12 +100,23 @@ func (a *Agent) apply(ctx context.Context, ev store.Event) {
 		}
 		return
 	}
-	vteps, err := a.vteps(ctx)
-	if err != nil {
-		a.log.Warn("hosts", "err", err)
-		return
+	// The VTEPs known from the last resync (at most 3 s old) serve: a
+	// switch at a freeze is applied within the watch's latency, not after
+	// two more reads from etcd (frames sent to the source after it took
+	// what it held are lost, and cost their senders a retransmission
+	// timeout). Only a host not seen yet is looked up.
+	a.mu.Lock()
+	ip := a.known[to]
+	a.mu.Unlock()
+	if ip == nil {
+		vteps, err := a.vteps(ctx)
+		if err != nil {
+			a.log.Warn("hosts", "err", err)
+			return
+		}
+		ip = vteps[to]
 	}
-	if ip := vteps[to]; ip != nil {
+	if ip != nil {
 		if err := a.ov.SetRemoteMAC(mac, ip); err != nil {
 			a.log.Warn("fdb set", "mac", mac, "err", err)
 		}

@@ -635,7 +635,7 @@ func (o *outgoing) Resume(ctx context.Context) error {
 	if o.took {
 		err := epErr
 		if err == nil {
-			err = overlay.RestoreAddr(ep.NetNS, ep.Addr)
+			err = o.a.restoreAddr(ep)
 		}
 		if err != nil {
 			return fmt.Errorf("put the address back: %w", err)

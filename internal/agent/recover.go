@@ -182,7 +182,7 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 	// The coordinator may have taken the held frames, and the address with
 	// them, before it died.
 	if ep, err := a.endpoint(c); err == nil {
-		if err := overlay.RestoreAddr(ep.NetNS, ep.Addr); err != nil {
+		if err := a.restoreAddr(ep); err != nil {
 			return fmt.Errorf("put the address back: %w", err)
 		}
 	}
@@ -342,7 +342,7 @@ func (a *Agent) reattach(c store.Container) error {
 	if err != nil {
 		return err
 	}
-	if err := overlay.RestoreAddr(ep.NetNS, ep.Addr); err != nil {
+	if err := a.restoreAddr(ep); err != nil {
 		return fmt.Errorf("put the address back: %w", err)
 	}
 	if err := a.reopen(c.Name); err != nil {
@@ -373,4 +373,13 @@ func (a *Agent) checkpointImages(name string) []string {
 		}
 	}
 	return out
+}
+
+// restoreAddr undoes what taking the held frames did to a container that
+// stays here: its address back on eth0, its MAC pinned to its port.
+func (a *Agent) restoreAddr(ep overlay.Endpoint) error {
+	if err := overlay.RestoreAddr(ep.NetNS, ep.Addr); err != nil {
+		return err
+	}
+	return a.ov.PinMAC(ep.HostVeth, ep.MAC)
 }

@@ -3,12 +3,14 @@
 package overlay
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // AttachEndpoint connects a container netns to the bridge. It equals:
@@ -61,6 +63,9 @@ func (h *Host) AttachEndpoint(ep Endpoint, up bool) error {
 	}
 	if err := h.ensurePort(host, br, ep.MTU, up); err != nil {
 		return fmt.Errorf("endpoint %s: host side: %w", ep.HostVeth, err)
+	}
+	if err := h.pinMAC(host, ep.MAC); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.HostVeth, err)
 	}
 	if up {
 		return waitOperUp(h.nl, ep.HostVeth)
@@ -211,6 +216,63 @@ func ensureOnlyAddr(nl *netlink.Handle, link netlink.Link, want net.IPNet) error
 	}
 	if err := nl.AddrReplace(link, &netlink.Addr{IPNet: &want}); err != nil {
 		return fmt.Errorf("set addr %s: %w", &want, err)
+	}
+	return nil
+}
+
+// pinMAC binds the container's MAC to its veth port in the bridge with a
+// static, sticky entry ("bridge fdb replace MAC dev HOSTVETH master static
+// sticky"): learning never moves it. Without it, the gratuitous ARP the
+// destination sends for the container at a migration's freeze taught the
+// source's bridge that the MAC now lives behind vxlan0, and every frame a
+// peer still sent to the source in the few milliseconds before its
+// forwarding followed came in on vxlan0 for vxlan0 and was dropped, instead
+// of being held and replayed: each such loss cost its sender a
+// retransmission timeout (seen: a 0.9 s stall for 0.3 s of downtime). The
+// source unpins it when it takes what it held (TakeHeld), the container's
+// frames then going to the destination; PinMAC puts it back on a rollback.
+// The entry goes with the port when the veth is deleted.
+func (h *Host) pinMAC(port netlink.Link, mac net.HardwareAddr) error {
+	err := h.nl.NeighSet(pinEntry(port, mac))
+	if err != nil {
+		return fmt.Errorf("pin %s to %s in the bridge: %w", mac, port.Attrs().Name, err)
+	}
+	return nil
+}
+
+func pinEntry(port netlink.Link, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    port.Attrs().Index,
+		Family:       unix.AF_BRIDGE,
+		HardwareAddr: mac,
+		State:        netlink.NUD_NOARP,
+		Flags:        netlink.NTF_MASTER | netlink.NTF_STICKY,
+	}
+}
+
+// PinMAC binds mac to hostVeth in the bridge (see pinMAC).
+func (h *Host) PinMAC(hostVeth string, mac net.HardwareAddr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("pin %s: %w", mac, err)
+	}
+	return h.pinMAC(link, mac)
+}
+
+// UnpinMAC removes PinMAC's entry; an absent one is not an error. The
+// bridge then floods the MAC's frames (over vxlan0 too) until it learns
+// where the MAC went.
+func (h *Host) UnpinMAC(hostVeth string, mac net.HardwareAddr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	link, err := h.nl.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("unpin %s: %w", mac, err)
+	}
+	if err := h.nl.NeighDel(pinEntry(link, mac)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unpin %s from %s: %w", mac, hostVeth, err)
 	}
 	return nil
 }

@@ -33,7 +33,8 @@ const maxReplay = 4 << 20
 // TakeHeld releases the frames held on hostVeth into the container's
 // emptied namespace at nsPath, after removing eth0's IPv4 addresses there,
 // and returns the frames bound for mac (or broadcast), oldest first. The
-// link stays unheld. RestoreAddr undoes the address removal.
+// link stays unheld, and mac no longer pinned to it (see pinMAC).
+// RestoreAddr and PinMAC undo the address removal and the unpinning.
 func (h *Host) TakeHeld(hostVeth, nsPath string, mac net.HardwareAddr) ([][]byte, error) {
 	var ifindex int
 	err := withHandle(nsPath, func(nl *netlink.Handle) error {
@@ -78,6 +79,12 @@ func (h *Host) TakeHeld(hostVeth, nsPath string, mac net.HardwareAddr) ([][]byte
 		return nil, fmt.Errorf("take held frames: capture socket: %w", err)
 	}
 	defer closeAsync(fd)
+	// From now on the container's frames go on to the destination (the
+	// bridge floods them over vxlan0 until it learns where the MAC is);
+	// what the hold queued is past the bridge already.
+	if err := h.UnpinMAC(hostVeth, mac); err != nil {
+		return nil, err
+	}
 	if err := h.Release(hostVeth); err != nil {
 		return nil, err
 	}
