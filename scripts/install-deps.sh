@@ -3,6 +3,10 @@
 #
 #  * Debian 12 packages: runc 1.1.5, network tools, traffic generators, and
 #    redis-server (the bench's memory workload; its service is not started).
+#  * Podman and an OpenSSH server for the bench's podman mode (the paper
+#    artifact's own path: podman checkpoint, scp, podman restore). The bench
+#    starts its own sshd on a lab node's underlay address; the host's ssh
+#    service is stopped and disabled if this script installed it.
 #  * CRIU >= 4.2: Debian 12's criu 3.17 cannot work on kernels >= 6.13 (vDSO
 #    layout) and CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16. Debian
 #    unstable's criu 4.2 works but needs a newer libc, so its .debs and the
@@ -13,6 +17,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PKGS=(runc iproute2 nftables iptables iperf3 sockperf redis-server tcpdump busybox-static ca-certificates)
+# Installed with their recommended packages (Podman's network backend).
+PODMAN_PKGS=(podman openssh-server openssh-client)
 CRIU_MIN=4.2
 PREFIX=/opt/coat/criu
 WRAPPER=/usr/local/bin/criu
@@ -29,16 +35,34 @@ CHANGED=0                             # set to 1 when anything was installed
 # --- Debian 12 packages --------------------------------------------------------
 is_installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
 
-install_apt_pkgs() {
+install_apt_pkgs() {  # $1: --no-install-recommends or "", then the packages
+  local recommends=$1; shift
   local missing=() p
-  for p in "${APT_PKGS[@]}"; do is_installed "$p" || missing+=("$p"); done
-  if ((${#missing[@]} == 0)); then log apt-packages "present (${APT_PKGS[*]})"; return; fi
+  for p in "$@"; do is_installed "$p" || missing+=("$p"); done
+  if ((${#missing[@]} == 0)); then log apt-packages "present ($*)"; return; fi
   log apt-packages "installing: ${missing[*]}"
   apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+  apt-get install -y -qq $recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed"
   for p in "${missing[@]}"; do is_installed "$p" || die "package $p did not install"; done
   log apt-packages "installed: ${missing[*]}"; CHANGED=1
+  for p in "${missing[@]}"; do [[ $p == openssh-server ]] && SSH_NEW=1; done
+  return 0
+}
+SSH_NEW=0
+
+# Installing openssh-server starts the host's sshd on every address; the
+# bench needs only the binary (it runs its own, on one lab address), so a
+# service this script brought in is stopped and disabled.
+quiet_ssh_service() {
+  ((SSH_NEW)) || return 0
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now --quiet ssh.service ssh.socket >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/ssh ]]; then
+    /etc/init.d/ssh stop >/dev/null 2>&1 || true
+    update-rc.d ssh disable >/dev/null 2>&1 || true
+  fi
+  log openssh-server "host service stopped and disabled (the bench runs its own sshd in the lab)"
 }
 
 # Debian starts redis-server's own service on install; the lab runs redis in
@@ -190,8 +214,10 @@ install_criu() {
   log criu "installed $("$WRAPPER" --version | sed -n 's/^Version: *//p') in $PREFIX (wrapper $WRAPPER), dump/restore OK"
 }
 
-install_apt_pkgs
+install_apt_pkgs --no-install-recommends "${APT_PKGS[@]}"
+install_apt_pkgs "" "${PODMAN_PKGS[@]}"
 quiet_redis_service
+quiet_ssh_service
 install_criu
 log runc "$(runc --version | head -n1)"
 if ((CHANGED)); then echo "install-deps: done"; else echo "install-deps: everything is present"; fi

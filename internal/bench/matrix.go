@@ -77,6 +77,7 @@ type MatrixOps interface {
 // Failure is a matrix run that produced no measurement.
 type Failure struct {
 	Workload string `json:"workload"`
+	Mode     string `json:"mode,omitempty"` // the paper's workloads: the mode that failed
 	Profile  string `json:"profile"`
 	Strategy string `json:"strategy"`
 	Param    int64  `json:"param"` // memory bytes or connections

@@ -27,10 +27,11 @@ const (
 // Okabe-Ito colours (colour-blind safe).
 var (
 	modeColors = map[string]color.RGBA{
-		"coat":        {0, 114, 178, 255}, // blue
-		"coat-nohold": {230, 159, 0, 255}, // orange
-		"traditional": {213, 94, 0, 255},  // vermillion
-		"reference":   {0, 158, 115, 255}, // green
+		"coat":        {0, 114, 178, 255},  // blue
+		"coat-nohold": {230, 159, 0, 255},  // orange
+		"traditional": {213, 94, 0, 255},   // vermillion
+		"reference":   {0, 158, 115, 255},  // green
+		"podman":      {120, 94, 240, 255}, // violet
 	}
 	extraColors = []color.RGBA{{204, 121, 167, 255}, {86, 180, 233, 255}, {0, 0, 0, 255}, {240, 228, 66, 255}}
 	phaseColors = []color.RGBA{{86, 180, 233, 255}, {0, 158, 115, 255}, {230, 159, 0, 255}, {170, 170, 170, 255}}
@@ -352,7 +353,7 @@ func orderedKeys(keys []string, order []string) []string {
 
 var (
 	workloadOrder = []string{"sample", "sockperf", "iperf3"}
-	modeOrder     = []string{"coat", "coat-nohold", "traditional", "reference"}
+	modeOrder     = []string{"coat", "coat-nohold", "traditional", "reference", "podman"}
 )
 
 // byWorkloadMode groups runs, keeping input order inside a group.

@@ -109,6 +109,9 @@ type WorkloadSummary struct {
 	OverheadPct float64    `json:"overhead_pct"`
 	HasOverhead bool       `json:"has_overhead"`
 	Ratios      []RefRatio `json:"ratios,omitempty"` // empty without a reference mode
+	// PodmanRatios: each mode's medians divided by the podman mode's
+	// (the artifact's path run for real); empty without podman runs.
+	PodmanRatios []RefRatio `json:"podman_ratios,omitempty"`
 	// TimelinePlot is the file WritePlots writes for this workload, or ""
 	// when no run of it has a timeline.
 	TimelinePlot string `json:"timeline_plot,omitempty"`
@@ -220,21 +223,32 @@ func Summarize(runs []Run) Summary {
 			ws.HasOverhead = true
 			ws.OverheadPct = (coat.Total.Median - trad.Total.Median) / trad.Total.Median * 100
 		}
-		if ref := ws.group("reference"); ref != nil {
-			for _, g := range ws.Groups {
-				rr := RefRatio{Mode: g.Mode}
-				if ref.Total.Median != 0 {
-					rr.TotalRatio, rr.TotalOK = g.Total.Median/ref.Total.Median, true
-				}
-				if ref.Downtime.Median != 0 {
-					rr.DowntimeRatio, rr.DowntimeOK = g.Downtime.Median/ref.Downtime.Median, true
-				}
-				ws.Ratios = append(ws.Ratios, rr)
-			}
-		}
+		ws.Ratios = ratiosTo(ws, "reference")
+		ws.PodmanRatios = ratiosTo(ws, ModePodman)
 		s.Workloads = append(s.Workloads, ws)
 	}
 	return s
+}
+
+// ratiosTo divides every mode's medians by those of mode base (nil
+// without runs of base).
+func ratiosTo(ws WorkloadSummary, base string) []RefRatio {
+	ref := ws.group(base)
+	if ref == nil {
+		return nil
+	}
+	var out []RefRatio
+	for _, g := range ws.Groups {
+		rr := RefRatio{Mode: g.Mode}
+		if ref.Total.Median != 0 {
+			rr.TotalRatio, rr.TotalOK = g.Total.Median/ref.Total.Median, true
+		}
+		if ref.Downtime.Median != 0 {
+			rr.DowntimeRatio, rr.DowntimeOK = g.Downtime.Median/ref.Downtime.Median, true
+		}
+		out = append(out, rr)
+	}
+	return out
 }
 
 // Targets are the thresholds the report checks (see DefaultTargets).
@@ -280,8 +294,10 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 	p("# COAT benchmark report\n\n")
 	p("## Machine\n\n")
 	for _, kv := range [][2]string{{"Host", m.Host}, {"Kernel", m.Kernel}, {"CPU", m.CPU}, {"Cores", m.Cores},
-		{"Memory", m.Memory}, {"Date", m.Date}, {"Go", m.Go}, {"CRIU", m.CRIU}, {"runc", m.Runc}} {
-		p("- **%s:** %s\n", kv[0], kv[1])
+		{"Memory", m.Memory}, {"Date", m.Date}, {"Go", m.Go}, {"CRIU", m.CRIU}, {"runc", m.Runc}, {"Podman", m.Podman}} {
+		if kv[1] != "" {
+			p("- **%s:** %s\n", kv[0], kv[1])
+		}
 	}
 	p("\nCommand:\n\n```sh\n%s\n```\n", m.Command)
 
@@ -319,6 +335,12 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 		if len(ws.Ratios) > 0 {
 			p("\nRatio to the reference (the paper artifact's hand-run path: runc's stock checkpoint to a tar file, copy the file, unpack, restore; nothing held) medians:\n\n")
 			for _, r := range ws.Ratios {
+				p("- %s: total %s, downtime %s\n", r.Mode, ratio(r.TotalRatio, r.TotalOK), ratio(r.DowntimeRatio, r.DowntimeOK))
+			}
+		}
+		if len(ws.PodmanRatios) > 0 {
+			p("\nRatio to Podman (the artifact's own path, run for real in the same lab and run: `podman container checkpoint --tcp-established --export`, scp over the underlay, `podman container restore --import --tcp-established`) medians. Podman's downtime is the artifact script's: from the start of the checkpoint command to the end of the restore command (Podman freezes the container only after its own start-up, so its client's stall can be shorter):\n\n")
+			for _, r := range ws.PodmanRatios {
 				p("- %s: total %s, downtime %s\n", r.Mode, ratio(r.TotalRatio, r.TotalOK), ratio(r.DowntimeRatio, r.DowntimeOK))
 			}
 		}

@@ -221,3 +221,27 @@ func TestWritePlots(t *testing.T) {
 		t.Errorf("no runs: %v %v", names, err)
 	}
 }
+
+// The podman mode's runs give every mode a ratio to Podman, printed in
+// the report beside the reference's.
+func TestPodmanRatios(t *testing.T) {
+	runs := append(mkRuns("sample", "coat", true, 300, 300), mkRuns("sample", ModePodman, true, 1500, 1500)...)
+	s := Summarize(runs)
+	ws := s.Workloads[0]
+	if len(ws.Ratios) != 0 {
+		t.Errorf("ratios to a reference without reference runs: %+v", ws.Ratios)
+	}
+	if len(ws.PodmanRatios) != 2 || ws.PodmanRatios[0].Mode != "coat" || ws.PodmanRatios[0].TotalRatio != 0.2 ||
+		ws.PodmanRatios[0].DowntimeRatio != 0.2 || ws.PodmanRatios[1].Mode != ModePodman {
+		t.Fatalf("podman ratios %+v", ws.PodmanRatios)
+	}
+	var b bytes.Buffer
+	if err := WriteMarkdown(&b, s, Machine{Podman: "podman version 4.3.1"}, Targets{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"- **Podman:** podman version 4.3.1", "Ratio to Podman", "- coat: total 0.20×, downtime 0.20×"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -74,4 +74,6 @@ type Point struct {
 // Machine describes where a benchmark ran.
 type Machine struct {
 	Host, Kernel, CPU, Cores, Memory, Date, Go, CRIU, Runc, Command string
+	// Podman is its version, or why the podman mode did not run.
+	Podman string
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
@@ -58,8 +59,30 @@ func modeRequest(mode string) (api.MigrateRequest, error) {
 		return api.MigrateRequest{To: "edge-2", NoHold: true}, nil
 	case "coat-stock":
 		return api.MigrateRequest{To: "edge-2", Slow: true}, nil
+	case ModePodman:
+		return api.MigrateRequest{To: "edge-2"}, nil // run by PodmanOps
 	}
-	return api.MigrateRequest{}, fmt.Errorf("unknown mode %q: want coat, traditional, reference, coat-nohold or coat-stock", mode)
+	return api.MigrateRequest{}, fmt.Errorf("unknown mode %q: want coat, traditional, reference, coat-nohold, coat-stock or podman", mode)
+}
+
+// ModePodman is the paper artifact's own path, run for real with Podman:
+// `podman container checkpoint --tcp-established --export` on the source
+// host, the archive copied to the destination with scp over the lab's
+// underlay, `podman container restore --import --tcp-established` there,
+// in a network namespace on the same overlay (PodmanOps).
+const ModePodman = "podman"
+
+// PodmanOps runs a workload's container with Podman instead of an agent,
+// on the same lab hosts and overlay, and migrates it the artifact's way.
+type PodmanOps interface {
+	RunPodman(ctx context.Context, host, name, image string, args []string) (ip string, err error)
+	WaitListenPodman(ctx context.Context, name string, port int) error
+	// MigratePodman reports the phases as the artifact's script would
+	// time them: checkpoint (freeze, dump, export), transfer (scp) and
+	// restore (the namespace on the destination's bridge, import,
+	// restore); all of it is downtime.
+	MigratePodman(ctx context.Context, name, to string) (*api.MigrateResult, error)
+	RemovePodman(ctx context.Context, name string) error
 }
 
 // workload knows how to serve and how to drive one benchmark program.
@@ -103,16 +126,20 @@ var workloads = map[string]workload{
 	},
 }
 
-// Bench runs every (workload, mode) RUNS times and returns the runs.
-func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
+// Bench runs every (workload, mode) RUNS times and returns the runs, and
+// the runs that failed.
+func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, []Failure, error) {
 	for _, w := range cfg.Workloads {
 		if _, ok := workloads[w]; !ok {
-			return nil, fmt.Errorf("unknown workload %q: want sample, sockperf or iperf3", w)
+			return nil, nil, fmt.Errorf("unknown workload %q: want sample, sockperf or iperf3", w)
 		}
 	}
 	for _, m := range cfg.Modes {
 		if _, err := modeRequest(m); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if _, ok := ops.(PodmanOps); m == ModePodman && !ok {
+			return nil, nil, fmt.Errorf("mode %s: this bench cannot run Podman", m)
 		}
 	}
 	total := 0
@@ -122,6 +149,7 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 		}
 	}
 	var runs []Run
+	var failures []Failure
 	done, failed := 0, 0
 	start := time.Now()
 	for _, w := range cfg.Workloads {
@@ -136,13 +164,17 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 				r, err := runOne(ctx, ops, cfg, w, m, i)
 				done++
 				if err != nil {
-					// One bad run does not void the others; too many do.
-					failed++
+					// One bad run does not void the others; too many do
+					// (Podman's failures are its own: reported, not fatal).
+					failures = append(failures, Failure{Workload: w, Mode: m, Index: i, Error: err.Error()})
+					if m != ModePodman {
+						failed++
+					}
 					if cfg.Progress != nil {
 						fmt.Fprintf(cfg.Progress, "[%3d/%d] %-8s %-12s #%-2d FAILED: %v\n", done, total, w, m, i, err)
 					}
 					if ctx.Err() != nil || failed > total/10 {
-						return runs, fmt.Errorf("%d runs failed; last: %s %s run %d: %w", failed, w, m, i, err)
+						return runs, failures, fmt.Errorf("%d runs failed; last: %s %s run %d: %w", failed, w, m, i, err)
 					}
 					continue
 				}
@@ -154,7 +186,22 @@ func Bench(ctx context.Context, ops Ops, cfg Config) ([]Run, error) {
 			}
 		}
 	}
-	return runs, nil
+	return runs, failures, nil
+}
+
+// WriteRunFailures appends the failed runs of the paper's workloads to a
+// report (nothing when none failed).
+func WriteRunFailures(w io.Writer, failures []Failure) error {
+	if len(failures) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("\n## Failed runs of the paper's workloads\n\n| workload | mode | run | error |\n|---|---|---:|---|\n")
+	for _, f := range failures {
+		fmt.Fprintf(&b, "| %s | %s | %d | %s |\n", f.Workload, f.Mode, f.Index, mdCell(f.Error))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 func (c Config) runsFor(mode string) int {
@@ -182,12 +229,25 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	w := workloads[wl]
 	name := fmt.Sprintf("bench-%s-%d", wl, time.Now().UnixNano()%1_000_000)
 	r := Run{Workload: wl, Mode: mode, Index: i}
-	ip, err := ops.Run(ctx, "edge-1", api.RunRequest{Name: name, Image: w.image, Args: w.args})
+	pod, _ := ops.(PodmanOps)
+	var ip string
+	var err error
+	if mode == ModePodman {
+		ip, err = pod.RunPodman(ctx, "edge-1", name, w.image, w.args)
+		defer func() { _ = pod.RemovePodman(context.WithoutCancel(ctx), name) }()
+	} else {
+		ip, err = ops.Run(ctx, "edge-1", api.RunRequest{Name: name, Image: w.image, Args: w.args})
+		defer func() { _ = ops.Remove(context.WithoutCancel(ctx), name) }()
+	}
 	if err != nil {
 		return r, err
 	}
-	defer func() { _ = ops.Remove(context.WithoutCancel(ctx), name) }()
-	if err := ops.WaitListen(ctx, name, w.port); err != nil {
+	if mode == ModePodman {
+		err = pod.WaitListenPodman(ctx, name, w.port)
+	} else {
+		err = ops.WaitListen(ctx, name, w.port)
+	}
+	if err != nil {
 		return r, err
 	}
 	logFile := filepath.Join(cfg.OutDir, "raw", fmt.Sprintf("%s-%s-%02d.log", wl, mode, i))
@@ -216,7 +276,12 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	migStart := time.Since(t0)
 	// A migration that hangs is a failed run, not a hung benchmark.
 	mctx, mcancel := context.WithTimeout(ctx, migrateTimeout)
-	res, err := ops.Migrate(mctx, name, req)
+	var res *api.MigrateResult
+	if mode == ModePodman {
+		res, err = pod.MigratePodman(mctx, name, req.To)
+	} else {
+		res, err = ops.Migrate(mctx, name, req)
+	}
 	mcancel()
 	migEnd := time.Since(t0)
 	if err != nil {

@@ -47,6 +47,19 @@ func newBenchCmd() *cobra.Command {
 				}
 			}
 			cfg.Modes = splitList(modes)
+			podmanNote := ""
+			if slices.Contains(cfg.Modes, bench.ModePodman) && len(cfg.Workloads) > 0 {
+				v, err := podmanAvailable()
+				switch {
+				case err != nil && cmd.Flags().Changed("modes"):
+					return fmt.Errorf("--modes %s: %w", modes, err)
+				case err != nil:
+					podmanNote = "not run: " + err.Error()
+					cfg.Modes = slices.DeleteFunc(cfg.Modes, func(m string) bool { return m == bench.ModePodman })
+				default:
+					podmanNote = v + " (runtime runc, --cgroup-manager cgroupfs)"
+				}
+			}
 			if cfg.Runs < 1 {
 				return fmt.Errorf("--runs %d: want at least 1", cfg.Runs)
 			}
@@ -84,9 +97,19 @@ func newBenchCmd() *cobra.Command {
 			}
 			started := time.Now()
 			ops := &benchOps{s: s, st: st, hosts: hosts}
+			ops.podmanBench = &podmanBench{st: st, ips: func(ctx context.Context) (map[string]bool, error) {
+				cs, err := s.st.Containers(ctx)
+				used := map[string]bool{}
+				for _, c := range cs {
+					used[c.IP] = true
+				}
+				return used, err
+			}}
+			defer ops.podmanBench.close()
 			var runs []bench.Run
+			var runFailures []bench.Failure
 			if len(cfg.Workloads) > 0 {
-				runs, err = bench.Bench(ctx, ops, cfg)
+				runs, runFailures, err = bench.Bench(ctx, ops, cfg)
 			}
 			var mruns []bench.Run
 			var failures []bench.Failure
@@ -98,9 +121,9 @@ func newBenchCmd() *cobra.Command {
 					err = errors.Join(err, fmt.Errorf("restore the lab's links: %w", lerr))
 				}
 			}
-			if len(runs)+len(mruns)+len(failures) > 0 {
+			if len(runs)+len(mruns)+len(failures)+len(runFailures) > 0 {
 				info := bench.MatrixReportInfo{MemRate: mcfg.MemRate, FreshHost: fresh}
-				if werr := writeBench(cfg, runs, mruns, failures, info, started); werr != nil {
+				if werr := writeBench(cfg, runs, mruns, runFailures, failures, info, started, podmanNote); werr != nil {
 					return errors.Join(err, werr)
 				}
 			}
@@ -114,7 +137,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&workloads, "workloads", "sample,sockperf,iperf3", "workloads, comma-separated: sample, sockperf, iperf3 (the paper's, by mode), memory and conns (by link profile and strategy)")
 	f.StringVar(&workloads, "workload", "sample,sockperf,iperf3", "the same as --workloads")
-	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock", "modes of sample, sockperf and iperf3, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile)")
+	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock,podman", "modes of sample, sockperf and iperf3, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile), podman (the paper artifact's own path with real Podman: checkpoint --export, scp, restore --import; left out, with the reason in the report, where Podman is not installed)")
 	f.IntVar(&cfg.RefRuns, "ref-runs", 10, "runs per workload for the other modes")
 	f.IntVar(&cfg.Runs, "runs", 20, "runs per workload for coat and traditional")
 	f.StringVar(&cfg.OutDir, "out", "docs/bench", "output directory (report, CSV, plots)")
@@ -199,7 +222,7 @@ func splitList(s string) []string {
 	return out
 }
 
-func writeBench(cfg bench.Config, runs, mruns []bench.Run, failures []bench.Failure, info bench.MatrixReportInfo, started time.Time) error {
+func writeBench(cfg bench.Config, runs, mruns []bench.Run, runFailures, failures []bench.Failure, info bench.MatrixReportInfo, started time.Time, podmanNote string) error {
 	f, err := os.Create(filepath.Join(cfg.OutDir, "runs.csv"))
 	if err != nil {
 		return err
@@ -213,8 +236,8 @@ func writeBench(cfg bench.Config, runs, mruns []bench.Run, failures []bench.Fail
 	if err := os.WriteFile(filepath.Join(cfg.OutDir, "runs.json"), b, 0o644); err != nil {
 		return err
 	}
-	if len(failures) > 0 || len(mruns) > 0 {
-		b, _ := json.Marshal(failures)
+	if len(failures)+len(runFailures) > 0 || len(mruns) > 0 {
+		b, _ := json.Marshal(append(slices.Clone(runFailures), failures...))
 		if err := os.WriteFile(filepath.Join(cfg.OutDir, "failures.json"), b, 0o644); err != nil {
 			return err
 		}
@@ -227,6 +250,7 @@ func writeBench(cfg bench.Config, runs, mruns []bench.Run, failures []bench.Fail
 		return fmt.Errorf("plots: %w", err)
 	}
 	m := machine(started)
+	m.Podman = podmanNote
 	m.Command = "coat " + strings.Join(os.Args[2:], " ")
 	if len(os.Args) > 1 {
 		m.Command = "coat " + strings.Join(os.Args[1:], " ")
@@ -237,6 +261,9 @@ func writeBench(cfg bench.Config, runs, mruns []bench.Run, failures []bench.Fail
 	}
 	defer md.Close()
 	if err := bench.WriteMarkdown(md, bench.Summarize(runs), m, bench.Targets{OverheadPct: 5, SampleDowntimeMS: 150, StallOverDowntimeMS: 50}); err != nil {
+		return err
+	}
+	if err := bench.WriteRunFailures(md, runFailures); err != nil {
 		return err
 	}
 	if len(mruns) == 0 && len(failures) == 0 && len(runs) > 0 {
@@ -276,6 +303,7 @@ type benchOps struct {
 	s     *session
 	st    *lab.State
 	hosts int
+	*podmanBench
 }
 
 // SetProfile gives every node of the lab the profile's link (lab up with
@@ -379,7 +407,12 @@ func (o *benchOps) WaitListen(ctx context.Context, name string, port int) error 
 	if err != nil {
 		return err
 	}
-	ns := filepath.Join(o.st.Dir, c.Host, "netns", name)
+	return waitListenIn(ctx, filepath.Join(o.st.Dir, c.Host, "netns", name), name, port)
+}
+
+// waitListenIn waits (up to 20 s) for a listening TCP socket on port in
+// the network namespace ns.
+func waitListenIn(ctx context.Context, ns, name string, port int) error {
 	want := fmt.Sprintf(":%04X ", port)
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
