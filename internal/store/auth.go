@@ -23,7 +23,8 @@ import (
 //	                          read      PREFIX (all of /coat/)
 //	                          readwrite PREFIXhosts/NAME (that key only)
 //	                          readwrite PREFIXcontainers/, ips/, locks/,
-//	                                    migrations/ (shared: see the note)
+//	                                    migrations/, follows/ (shared: see
+//	                                    the note)
 //	revoked NAME            no user, no role: etcd refuses it
 //
 // Layout under the prefix, besides etcd.go's:
@@ -98,7 +99,7 @@ func (s *Etcd) SetupAuth(ctx context.Context, p AuthPolicy) error {
 			{s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), clientv3.PermissionType(clientv3.PermRead)},
 			{s.hostKey(h), "", clientv3.PermissionType(clientv3.PermReadWrite)},
 		}
-		for _, shared := range []string{"containers/", "ips/", "locks/", "migrations/"} {
+		for _, shared := range []string{"containers/", "ips/", "locks/", "migrations/", "follows/"} {
 			k := s.prefix + shared
 			perms = append(perms, struct {
 				key, end string

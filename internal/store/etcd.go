@@ -267,6 +267,7 @@ func (s *Etcd) DeleteContainer(ctx context.Context, name string) error {
 	_, err = s.cli.Txn(ctx).Then(
 		clientv3.OpDelete(s.ctrKey(name)),
 		clientv3.OpDelete(s.ipKey(c.IP)),
+		clientv3.OpDelete(s.followKey(name)),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("delete container %s: %w", name, err)
