@@ -211,6 +211,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer a.wg.Done(); a.sampleStore(ctx) }()
 		a.log.Info("serving metrics", "addr", "http://"+a.cfg.MetricsAddr+"/metrics")
 	}
+	// The clients' forwarding is known before the first resync, which
+	// would otherwise drop what an earlier run of this agent set for them.
+	a.refreshClients(ctx)
 	a.wg.Add(5)
 	go func() { defer a.wg.Done(); a.watchClients(ctx) }()
 	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()

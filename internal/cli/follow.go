@@ -26,15 +26,20 @@ func newFollowCmd() *cobra.Command {
 			"roam`), the agent running NAME migrates it, once, to the edge host serving\n" +
 			"the client's new attachment, keeping its connections. Roams before this\n" +
 			"command do not move it. `coat unfollow NAME` ends it; `coat ps` shows it.",
-		Args: containerArg,
-		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
-			name := args[0]
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := containerArg(cmd, args); err != nil {
+				return err
+			}
 			if client == "" {
 				return errors.New("--client is required: the client device to follow, e.g. --client client (the lab's)")
 			}
 			if err := names.Host(client); err != nil {
 				return fmt.Errorf("--client: %w", err)
 			}
+			return nil
+		},
+		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
+			name := args[0]
 			ctx, cancel := context.WithTimeout(ctx, followTimeout)
 			defer cancel()
 			if _, err := s.st.Container(ctx, name); errors.Is(err, store.ErrNotFound) {
@@ -80,7 +85,7 @@ func unknownClient(ctx context.Context, s *session, client string) error {
 	if len(known) == 0 {
 		return fmt.Errorf("unknown client %q: the cluster knows no clients (a lab's client node is named client; `coat lab up` records it)", client)
 	}
-	return fmt.Errorf("unknown client %q: the known clients are %s", client, strings.Join(known, ", "))
+	return fmt.Errorf("unknown client %q: the known clients are: %s", client, strings.Join(known, ", "))
 }
 
 func newUnfollowCmd() *cobra.Command {

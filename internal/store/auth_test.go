@@ -110,6 +110,24 @@ func TestAuthHostPermissions(t *testing.T) {
 	if hs, err := e2.Hosts(ctx); err != nil || len(hs) != 2 {
 		t.Fatalf("edge-2 lists hosts: %v %v", hs, err)
 	}
+	// Follow-me: admins record clients and policies; hosts read them and
+	// claim roams.
+	if err := admin.PutClient(ctx, testClient("client", "10.0.0.100", 1)); err != nil {
+		t.Fatalf("admin records a client: %v", err)
+	}
+	if _, err := admin.SetFollow(ctx, "web", "client"); err != nil {
+		t.Fatalf("admin records a follow policy: %v", err)
+	}
+	if cls, err := e2.Clients(ctx); err != nil || len(cls) != 1 {
+		t.Fatalf("edge-2 reads the clients: %v %v", cls, err)
+	}
+	fs, err := e1.Follows(ctx)
+	if err != nil || len(fs) != 1 {
+		t.Fatalf("edge-1 reads the follow policies: %v %v", fs, err)
+	}
+	if _, err := e1.ClaimRoam(ctx, fs[0], 2); err != nil {
+		t.Fatalf("edge-1 claims a roam: %v", err)
+	}
 
 	// What it may not.
 	raw := e2.Client()
@@ -124,6 +142,7 @@ func TestAuthHostPermissions(t *testing.T) {
 		{"delete edge-1's registration", func() error { _, err := raw.Delete(ctx, "/coat/hosts/edge-1"); return err }},
 		{"register a new host", func() error { _, err := raw.Put(ctx, "/coat/hosts/edge-9", `{}`); return err }},
 		{"write a revocation", func() error { _, err := raw.Put(ctx, "/coat/revoked/edge-1", `{}`); return err }},
+		{"move a client's VTEP", func() error { return e2.PutClient(ctx, testClient("client", "10.9.9.9", 2)) }},
 		{"delete a revocation", func() error { _, err := raw.Delete(ctx, "/coat/revoked/", clientv3.WithPrefix()); return err }},
 		{"write outside /coat/", func() error { _, err := raw.Put(ctx, "/other", "x"); return err }},
 		{"add a user", func() error {
