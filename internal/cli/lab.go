@@ -272,6 +272,9 @@ type labNode struct {
 	DelayMs    float64 `json:"delay_ms,omitempty"`
 	Loss       float64 `json:"loss,omitempty"`
 	Relay      bool    `json:"relay"` // frames it sends cross the userspace relay
+	// AttachedTo: the client's, the edge host whose access network it is
+	// in (coat lab roam).
+	AttachedTo string `json:"attached_to,omitempty"`
 }
 
 func newLabShowCmd() *cobra.Command {
@@ -290,6 +293,9 @@ func newLabShowCmd() *cobra.Command {
 				l := st.Link(n)
 				nodes = append(nodes, labNode{Node: n, UnderlayIP: st.UnderlayIP(n).String(), Link: l.String(),
 					RateBps: int64(l.Rate), DelayMs: float64(l.Delay) / float64(time.Millisecond), Loss: l.Loss, Relay: l.NeedsRelay()})
+				if n == lab.ClientNode {
+					nodes[len(nodes)-1].AttachedTo = st.ClientAt
+				}
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -299,13 +305,17 @@ func newLabShowCmd() *cobra.Command {
 			}
 			fmt.Fprintf(out, "lab %s: underlay %s, overlay %s\n", st.Name, st.Underlay, st.Overlay)
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tUNDERLAY IP\tLINK\tPATH")
+			fmt.Fprintln(tw, "NODE\tUNDERLAY IP\tLINK\tPATH\tATTACHED TO")
 			for _, n := range nodes {
 				path := "kernel"
 				if n.Relay {
 					path = "relay"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Node, n.UnderlayIP, n.Link, path)
+				at := n.AttachedTo
+				if at == "" {
+					at = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Node, n.UnderlayIP, n.Link, path, at)
 			}
 			return tw.Flush()
 		},
