@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/pki"
 )
 
 // Mobile clients and follow-me. A client is a device on the overlay
@@ -35,7 +38,8 @@ import (
 // Client is a device attached to the overlay from outside the cluster.
 type Client struct {
 	Name string `json:"name"`
-	// UnderlayIP is its VTEP: the address of its current attachment.
+	// UnderlayIP is its VTEP: the address of its current attachment; ""
+	// while it is detached (allocated, or `coat client down`).
 	UnderlayIP string `json:"underlay_ip"`
 	OverlayIP  string `json:"overlay_ip"`
 	MAC        string `json:"mac"`
@@ -52,7 +56,7 @@ func (c Client) Validate() error {
 	if err := names.Host(c.Name); err != nil {
 		return fmt.Errorf("client name: %w", err)
 	}
-	if ip := net.ParseIP(c.UnderlayIP); ip == nil || ip.To4() == nil {
+	if ip := net.ParseIP(c.UnderlayIP); c.UnderlayIP != "" && (ip == nil || ip.To4() == nil) {
 		return fmt.Errorf("client %s: underlay ip %q is not an IPv4 address", c.Name, c.UnderlayIP)
 	}
 	if ip := net.ParseIP(c.OverlayIP); ip == nil || ip.To4() == nil {
@@ -114,7 +118,7 @@ func (s *Etcd) ClientRecord(ctx context.Context, name string) (Client, error) {
 	return c, nil
 }
 
-// Clients lists the client records, by name.
+// Clients lists the records of the attached clients, by name.
 func (s *Etcd) Clients(ctx context.Context) ([]Client, error) {
 	resp, err := s.cli.Get(ctx, s.prefix+"clients/", clientv3.WithPrefix())
 	if err != nil {
@@ -123,8 +127,8 @@ func (s *Etcd) Clients(ctx context.Context) ([]Client, error) {
 	out := make([]Client, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		var c Client
-		if json.Unmarshal(kv.Value, &c) != nil || c.Validate() != nil {
-			continue // not ours to follow
+		if json.Unmarshal(kv.Value, &c) != nil || c.Validate() != nil || c.UnderlayIP == "" {
+			continue // detached, or not ours to follow
 		}
 		out = append(out, c)
 	}
@@ -232,4 +236,102 @@ func (s *Etcd) ClaimRoam(ctx context.Context, f Follow, roam int64) (Follow, err
 	}
 	f.Revision = resp.Header.Revision
 	return f, nil
+}
+
+// clientOwner is what a client's overlay IP is claimed with under ips/
+// (container names have no ':').
+func clientOwner(name string) string { return "client:" + name }
+
+// AllocateClient gives client name an overlay IP from the cluster's
+// subnet as a container's is (one claim per transaction, the lowest free
+// address) and records it, detached; a client that has a record keeps
+// its address.
+func (s *Etcd) AllocateClient(ctx context.Context, name string) (Client, error) {
+	if err := names.Host(name); err != nil {
+		return Client{}, fmt.Errorf("client name: %w", err)
+	}
+	if c, err := s.ClientRecord(ctx, name); err == nil {
+		return c, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return Client{}, err
+	}
+	first, last, ok := ipRange(s.subnet)
+	if !ok {
+		return Client{}, fmt.Errorf("subnet %s: %w", s.subnet, ErrNoFreeIP)
+	}
+	taken, err := s.takenIPs(ctx)
+	if err != nil {
+		return Client{}, err
+	}
+	for n := first; n <= last; n++ {
+		ip := u32ToIP(n)
+		if taken[ip.String()] {
+			continue
+		}
+		c := Client{Name: name, OverlayIP: ip.String(), MAC: MACFor(ip).String(), Updated: time.Now().UTC()}
+		b, _ := json.Marshal(c)
+		resp, err := s.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(s.clientKey(name)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(s.ipKey(c.OverlayIP)), "=", 0),
+		).Then(
+			clientv3.OpPut(s.clientKey(name), string(b)),
+			clientv3.OpPut(s.ipKey(c.OverlayIP), clientOwner(name)),
+		).Commit()
+		if err != nil {
+			return Client{}, fmt.Errorf("allocate an overlay ip for client %s: %w", name, err)
+		}
+		if resp.Succeeded {
+			return c, nil
+		}
+		if c, err := s.ClientRecord(ctx, name); err == nil {
+			return c, nil // allocated meanwhile
+		}
+	}
+	return Client{}, fmt.Errorf("subnet %s: %w", s.subnet, ErrNoFreeIP)
+}
+
+// dropClient deletes client name's record and frees its overlay IP (a
+// revoked client); none is no error.
+func (s *Etcd) dropClient(ctx context.Context, name string) error {
+	c, err := s.ClientRecord(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(s.clientKey(name))}
+	resp, err := s.cli.Get(ctx, s.ipKey(c.OverlayIP))
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == clientOwner(name) {
+		ops = append(ops, clientv3.OpDelete(s.ipKey(c.OverlayIP)))
+	}
+	_, err = s.cli.Txn(ctx).Then(ops...).Commit()
+	return err
+}
+
+// AllocateClientFromPKI connects to etcd at endpoints as the admin
+// certificate admin of dir and allocates client name's overlay IP from
+// the cluster's recorded overlay CIDR (AllocateClient).
+func AllocateClientFromPKI(ctx context.Context, endpoints []string, dir, admin, name string) (Client, error) {
+	tc, err := pki.FilesFor(dir, admin).ClientConfig()
+	if err != nil {
+		return Client{}, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tc, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return Client{}, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	defer cli.Close()
+	s := NewEtcd(cli, "/coat/", nil)
+	sn, err := s.OverlayCIDR(ctx)
+	if err != nil {
+		return Client{}, fmt.Errorf("%w: record it first (`coat init --overlay-cidr CIDR`)", err)
+	}
+	s.subnet = sn
+	ctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
+	defer cancel()
+	return s.AllocateClient(ctx, name)
 }
