@@ -102,14 +102,7 @@ func TestRoamFollowMe(t *testing.T) {
 // clientMAC is the MAC of the lab's client on the overlay (its bridge's).
 func (l *testLab) clientMAC() string {
 	l.t.Helper()
-	b, err := exec.Command("ip", "-n", "coat-"+l.name+"-client", "-j", "link", "show", "coat0").Output()
-	var links []struct {
-		Address string `json:"address"`
-	}
-	if err != nil || json.Unmarshal(b, &links) != nil || len(links) != 1 {
-		l.t.Fatalf("client's coat0: %v %s", err, b)
-	}
-	return links[0].Address
+	return nsMAC(l.t, "coat-"+l.name+"-client", "coat0")
 }
 
 // clientIP is the client node's underlay address as `lab show` says.

@@ -69,8 +69,8 @@ type Config struct {
 // callTimeout bounds each call to etcd.
 const callTimeout = 5 * time.Second
 
-// pollEvery is how often the hosts and the link's address are read
-// again (address changes also arrive at once from netlink).
+// pollEvery is how often the hosts are read again (address changes
+// arrive at once from netlink).
 const pollEvery = time.Second
 
 func (c Config) pidFile() string {
@@ -151,6 +151,12 @@ func Up(ctx context.Context, c Config) error {
 	defer os.Remove(c.pidFile())
 	u := &upper{c: c, st: st, ov: ov, rec: rec, mask: sn.Mask}
 	defer func() { u.st.Close() }()
+	rctx, cancel := context.WithTimeout(ctx, callTimeout)
+	u.hosts, err = st.Hosts(rctx)
+	cancel()
+	if err != nil {
+		return err
+	}
 	if err := u.sync(ctx); err != nil {
 		return err
 	}
@@ -161,19 +167,63 @@ func Up(ctx context.Context, c Config) error {
 	if err := netlink.AddrSubscribe(addrs, done); err != nil {
 		return fmt.Errorf("follow the addresses of %s: %w", c.UnderlayDev, err)
 	}
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
+	hosts := make(chan []store.Host, 1)
+	pctx, stopPoll := context.WithCancel(ctx)
+	polled := make(chan struct{})
+	go func() { defer close(polled); pollHosts(pctx, c, hosts) }()
+	defer func() { stopPoll(); <-polled }()
 	for {
 		select {
 		case <-ctx.Done():
 			c.Log.Info("client stops; its overlay and record stay (`coat client down` removes them)", "client", c.Name)
 			return nil
 		case <-addrs:
-		case <-tick.C:
+		case u.hosts = <-hosts:
 		}
 		if err := u.sync(ctx); err != nil {
 			c.Log.Warn("client forwarding", "client", c.Name, "err", err)
 		}
+	}
+}
+
+// pollHosts reads the hosts every pollEvery and sends each list, on a
+// connection of its own: a call under way when the address goes hangs
+// until its deadline, and the handover must not wait for it (the
+// connection is then made anew).
+func pollHosts(ctx context.Context, c Config, out chan []store.Host) {
+	var st *store.Etcd
+	defer func() {
+		if st != nil {
+			st.Close()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pollEvery):
+		}
+		if st == nil {
+			var err error
+			if st, _, err = connect(ctx, c); err != nil {
+				c.Log.Warn("client: read the hosts", "client", c.Name, "err", err)
+				continue
+			}
+		}
+		rctx, cancel := context.WithTimeout(ctx, callTimeout)
+		hosts, err := st.Hosts(rctx)
+		cancel()
+		if err != nil {
+			c.Log.Warn("client: read the hosts", "client", c.Name, "err", err)
+			st.Close()
+			st = nil
+			continue
+		}
+		select {
+		case <-out: // an older list nobody took yet
+		default:
+		}
+		out <- hosts
 	}
 }
 
@@ -184,15 +234,14 @@ type upper struct {
 	ov   *overlay.Host
 	rec  store.Client // as last written
 	mask net.IPMask
-	// hosts as last read (a handover writes the record before it reads
-	// them again).
+	// hosts as last read (pollHosts).
 	hosts []store.Host
 }
 
 // sync brings the overlay and the record in line with the link's address
-// and the hosts. On a handover the record is written first, on a new
-// connection: the one to etcd was bound to the old address, which is
-// gone, and would only time out.
+// and the hosts. It reads nothing from etcd: on a handover the record is
+// written at once, on a new connection (the one to etcd was bound to the
+// old address, which is gone, and would only time out).
 func (u *upper) sync(ctx context.Context) error {
 	ip, ipnet, err := linkAddr(u.c.UnderlayDev)
 	if err != nil {
@@ -206,7 +255,20 @@ func (u *upper) sync(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	moved := u.rec.UnderlayIP != "" && u.rec.UnderlayIP != ip.String()
+	var peers []net.IP
+	for _, h := range u.hosts {
+		if p := net.ParseIP(h.UnderlayIP); p != nil {
+			peers = append(peers, p)
+		}
+	}
+	if err := u.ov.SetPeers(peers); err != nil {
+		return err
+	}
+	next := Attach(u.rec, ip, ipnet, u.hosts, time.Now().UTC())
+	if next.UnderlayIP == u.rec.UnderlayIP && next.AttachedTo == u.rec.AttachedTo {
+		return nil
+	}
+	moved := u.rec.UnderlayIP != "" && u.rec.UnderlayIP != next.UnderlayIP
 	if moved {
 		st, _, err := connect(ctx, u.c)
 		if err != nil {
@@ -215,31 +277,16 @@ func (u *upper) sync(ctx context.Context) error {
 		u.st.Close()
 		u.st = st
 	}
-	rctx, cancel := context.WithTimeout(ctx, callTimeout)
+	wctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	if !moved || u.hosts == nil {
-		hosts, err := u.st.Hosts(rctx)
-		if err != nil {
-			return err
-		}
-		u.hosts = hosts
+	if err := u.st.PutClient(wctx, next); err != nil {
+		return err
 	}
-	if next := Attach(u.rec, ip, ipnet, u.hosts, time.Now().UTC()); next.UnderlayIP != u.rec.UnderlayIP || next.AttachedTo != u.rec.AttachedTo {
-		if err := u.st.PutClient(rctx, next); err != nil {
-			return err
-		}
-		if moved {
-			u.c.Log.Info("client handed over", "client", u.c.Name, "from", u.rec.UnderlayIP, "to", next.UnderlayIP, "attached_to", next.AttachedTo, "roams", next.Roams)
-		}
-		u.rec = next
+	if moved {
+		u.c.Log.Info("client handed over", "client", u.c.Name, "from", u.rec.UnderlayIP, "to", next.UnderlayIP, "attached_to", next.AttachedTo, "roams", next.Roams)
 	}
-	var peers []net.IP
-	for _, h := range u.hosts {
-		if p := net.ParseIP(h.UnderlayIP); p != nil {
-			peers = append(peers, p)
-		}
-	}
-	return u.ov.SetPeers(peers)
+	u.rec = next
+	return nil
 }
 
 // Attach is rec after the client's underlay address became ip (on the
