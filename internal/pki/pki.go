@@ -44,9 +44,10 @@
 //
 // etcd permissions (internal/store/auth.go) are per prefix. A host may
 // write its own registration (hosts/NAME, exactly), and the shared
-// prefixes containers/, ips/, locks/ and migrations/; it may read /coat/.
-// It may not write another host's registration, revocations/, anything
-// outside /coat/, nor manage users, roles or members. The shared prefixes
+// prefixes containers/, ips/, locks/, migrations/ and follows/; it may
+// read /coat/. It may not write another host's registration, clients/,
+// revocations/, anything outside /coat/, nor manage users, roles or
+// members. The shared prefixes
 // cannot be narrowed per host with etcd's prefix permissions: records are
 // keyed by container name, ownership moves with a migration (the source
 // writes the destination's record at commit, the destination writes it
