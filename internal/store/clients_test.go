@@ -15,9 +15,14 @@ func TestClientValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid client refused: %v", err)
 	}
+	detached := ok
+	detached.UnderlayIP = ""
+	if err := detached.Validate(); err != nil {
+		t.Fatalf("detached client (no underlay ip) refused: %v", err)
+	}
 	for what, mod := range map[string]func(*Client){
 		"bad name":        func(c *Client) { c.Name = "../x" },
-		"no underlay ip":  func(c *Client) { c.UnderlayIP = "" },
+		"bad underlay ip": func(c *Client) { c.UnderlayIP = "10.0.0" },
 		"ipv6 underlay":   func(c *Client) { c.UnderlayIP = "fe80::1" },
 		"bad overlay ip":  func(c *Client) { c.OverlayIP = "10.0.0" },
 		"multicast mac":   func(c *Client) { c.MAC = "01:00:5e:00:00:01" },
