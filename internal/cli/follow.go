@@ -118,6 +118,8 @@ func newUnfollowCmd() *cobra.Command {
 
 // followsByContainer maps each following container to its client.
 func followsByContainer(ctx context.Context, s *session) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, followTimeout)
+	defer cancel()
 	fs, err := s.st.Follows(ctx)
 	if err != nil {
 		return nil, err
