@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -59,6 +60,8 @@ func TestClientUpHandover(t *testing.T) {
 	up := inNS(ctx, coat, "client", "up", "--name", name, "--server", st.etcd, "--pki-dir", st.pki)
 	var upLog bytes.Buffer
 	up.Stdout, up.Stderr = &upLog, &upLog
+	up.Cancel = func() error { return up.Process.Signal(syscall.SIGTERM) } // it removes its pid file
+	up.WaitDelay = 10 * time.Second
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +70,7 @@ func TestClientUpHandover(t *testing.T) {
 	t.Cleanup(func() {
 		cancel()
 		<-upDone
+		_ = os.Remove("/run/coat/client-" + name + ".pid")
 		if t.Failed() {
 			t.Logf("client up's log:\n%s", upLog.String())
 		}
