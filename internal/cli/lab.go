@@ -401,6 +401,10 @@ func newLabRoamCmd() *cobra.Command {
 				fmt.Fprintf(out, "%s is already attached next to %s (underlay %s, link %s): nothing changed\n", args[0], to, res.ToIP, res.Link)
 				return nil
 			}
+			if res.From == res.To {
+				fmt.Fprintf(out, "%s stays next to %s (underlay %s); its link is now %s\n", args[0], res.To, res.ToIP, res.Link)
+				return nil
+			}
 			from := res.From
 			if from == "" {
 				from = "its first attachment"
