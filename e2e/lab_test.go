@@ -94,6 +94,7 @@ type container struct {
 	Name, Host, IP, MAC, Status, Image string
 	MigratingTo                        string `json:"migrating_to"`
 	Error                              string
+	Follows                            string // the client it follows
 }
 
 func (l *testLab) ps() []container {

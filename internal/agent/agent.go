@@ -42,7 +42,7 @@ type Config struct {
 	UnderlayDev string
 	VNI         int
 	Subnet      *net.IPNet
-	ExtraPeers  []net.IP // VTEPs without an agent (the lab's client node)
+	ExtraPeers  []net.IP // VTEPs without an agent nor a client record
 	PKI         pki.Files
 	Self        string // path of this binary
 	// CgroupParent for the containers (default /coat/NAME).
@@ -77,6 +77,12 @@ type Agent struct {
 	// known: the VTEPs of the last vteps() call, so that a watch event
 	// (a switch at a freeze) is applied without reading etcd first.
 	known map[string]net.IP
+	// clients: the client devices' records, by name (clients.go); the
+	// map is replaced, never changed in place.
+	clients map[string]store.Client
+	// fwdMu orders the full resync of the FDB and the writes of the
+	// clients' entries, so the resync never writes back an old VTEP.
+	fwdMu sync.Mutex
 	// tunnels: loopback ports peers may reach (tunnel.go).
 	tunnels map[string]tunnelTarget
 	// revoked: certificates refused (authz.go follows the store).
@@ -205,7 +211,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer a.wg.Done(); a.sampleStore(ctx) }()
 		a.log.Info("serving metrics", "addr", "http://"+a.cfg.MetricsAddr+"/metrics")
 	}
-	a.wg.Add(4)
+	// The clients' forwarding is known before the first resync, which
+	// would otherwise drop what an earlier run of this agent set for them.
+	a.refreshClients(ctx)
+	a.wg.Add(5)
+	go func() { defer a.wg.Done(); a.watchClients(ctx) }()
 	go func() { defer a.wg.Done(); a.followRevocations(ctx) }()
 	go func() {
 		defer a.wg.Done()

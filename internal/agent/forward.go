@@ -9,8 +9,9 @@ import (
 )
 
 // forward keeps this host's VXLAN forwarding in line with the cluster:
-// flood entries for every other host (and the extra peers), and a static
-// FDB entry MAC -> VTEP for every container on another host. It follows
+// flood entries for every other host (and the clients, clients.go, and
+// extra peers), and a static FDB entry MAC -> VTEP for every container on
+// another host and every client. It follows
 // the container records through a watch, so one write (a migration's
 // commit) updates every host, and resyncs fully every few seconds so it
 // converges from any state, including a crash's leftovers.
@@ -76,7 +77,7 @@ func (a *Agent) vteps(ctx context.Context) (map[string]net.IP, error) {
 	out := mergeVTEPs(hosts, a.seen, time.Now(), goneAfter, gone)
 	a.known = out
 	a.mu.Unlock()
-	peers := append([]net.IP(nil), a.cfg.ExtraPeers...)
+	peers := a.extraPeers()
 	for name, ip := range out {
 		if name != a.cfg.Name {
 			peers = append(peers, ip)
@@ -125,6 +126,9 @@ func (a *Agent) apply(ctx context.Context, ev store.Event) {
 
 // resync rewrites every entry and removes the ones no container needs.
 func (a *Agent) resync(ctx context.Context) error {
+	// Never with a client's entries of before a handover (clients.go).
+	a.fwdMu.Lock()
+	defer a.fwdMu.Unlock()
 	vteps, err := a.vteps(ctx)
 	if err != nil {
 		return err
@@ -139,6 +143,7 @@ func (a *Agent) resync(ctx context.Context) error {
 			want[c.MAC] = vteps[to]
 		}
 	}
+	a.addClientMACs(want)
 	have, err := a.ov.RemoteMACs()
 	if err != nil {
 		return err

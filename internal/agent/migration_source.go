@@ -60,7 +60,19 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// The migration must finish (or roll back) even if the caller goes.
-	ctx := context.WithoutCancel(r.Context())
+	res, err := a.runOutgoing(context.WithoutCancel(r.Context()), out, send)
+	if err != nil {
+		send(api.Progress{Error: err.Error()})
+		return
+	}
+	send(api.Progress{Done: true, Result: res})
+}
+
+// runOutgoing runs a checked migration (newOutgoing) to its end, sending
+// each phase as it ends (the ticks too, once it takes long), logged and
+// counted: the one path of `coat migrate` and of follow-me.
+func (a *Agent) runOutgoing(ctx context.Context, out *outgoing, send func(api.Progress)) (*api.MigrateResult, error) {
+	req := out.req
 	log := a.log.With("migration", out.id, "container", out.c.Name, "from", a.cfg.Name, "to", out.dest.Name)
 	log.Info("migration started", "strategy", out.strategy, "why", out.why, "memory_bytes", out.memory)
 	start := time.Now()
@@ -85,12 +97,11 @@ func (a *Agent) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	a.metrics.ObserveMigration(mg)
 	if err != nil {
 		log.Error("migration ended", "outcome", oc, "phase", rep.Phase, "err", err)
-		send(api.Progress{Error: err.Error()})
-		return
+		return nil, err
 	}
 	log.Info("migration ended", "outcome", oc, "downtime_ms", api.Ms(rep.Downtime), "total_ms", api.Ms(time.Since(start)),
 		"bytes", rep.Bytes+out.pageBytes, "held_frames", len(out.replay))
-	send(api.Progress{Done: true, Result: out.result(rep)})
+	return out.result(rep), nil
 }
 
 // result is what a finished migration reports.

@@ -73,7 +73,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.certName, "cert-name", "", "certificate name in the PKI directory (default cli; env COAT_CERT_NAME)")
 	pf.StringVar(&g.config, "config", "", "config file (env COAT_CONFIG; default /etc/coat/coat.json if present)")
 	root.AddCommand(
-		newRunCmd(), newPsCmd(), newLogsCmd(), newRmCmd(), newImageCmd(), newMigrateCmd(), newDrainCmd(),
+		newRunCmd(), newPsCmd(), newLogsCmd(), newRmCmd(), newImageCmd(), newMigrateCmd(), newDrainCmd(), newFollowCmd(), newUnfollowCmd(), newClientCmd(),
 		newHostsCmd(), newEventsCmd(), newDoctorCmd(), newLabCmd(), newChaosCmd(), newAgentCmd(), newEtcdCmd(), newInitCmd(), newBenchCmd(),
 	)
 	return root

@@ -202,7 +202,7 @@ func TestRootCommands(t *testing.T) {
 			visible[c.Name()] = true
 		}
 	}
-	for _, n := range []string{"run", "ps", "logs", "rm", "image", "migrate", "hosts", "doctor", "lab", "bench", "init", "agent"} {
+	for _, n := range []string{"run", "ps", "logs", "rm", "image", "migrate", "follow", "unfollow", "hosts", "doctor", "lab", "bench", "init", "agent"} {
 		if !visible[n] {
 			t.Errorf("no visible %q command (visible %v, hidden %v)", n, visible, hidden)
 		}
@@ -210,7 +210,7 @@ func TestRootCommands(t *testing.T) {
 	if !hidden["etcd"] {
 		t.Errorf("etcd is not a hidden command (hidden %v)", hidden)
 	}
-	for _, n := range []string{"lab up", "lab down", "lab exec", "image import"} {
+	for _, n := range []string{"lab up", "lab down", "lab exec", "lab roam", "image import"} {
 		c, rest, err := root.Find(strings.Fields(n))
 		if err != nil || len(rest) != 0 || c.CommandPath() != "coat "+n {
 			t.Errorf("%q: found %v, rest %q, err %v", n, c.CommandPath(), rest, err)
@@ -272,6 +272,10 @@ func TestRunValidatesBeforeConnecting(t *testing.T) {
 		{[]string{"migrate", "web", "--to", "edge_2"}, `invalid host name "edge_2"`},
 		{[]string{"image", "import", "../a", "/tmp"}, `invalid image "../a"`},
 		{[]string{"hosts", "forget", "../edge-1"}, `invalid host name "../edge-1"`},
+		{[]string{"follow", "web"}, "--client is required"},
+		{[]string{"follow", "Web", "--client", "client"}, `invalid name "Web"`},
+		{[]string{"follow", "web", "--client", "../c"}, `--client: invalid host name "../c"`},
+		{[]string{"unfollow", "x/y"}, `invalid name "x/y"`},
 		{[]string{"agent", "--name", "../h", "--underlay-ip", "10.0.0.1", "--subnet", "10.202.0.0/24", "--pki-dir", "/x"}, `invalid host name "../h"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -128,6 +128,10 @@ func newPsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			follows, err := followsByContainer(ctx, s)
+			if err != nil {
+				return err
+			}
 			// drainingTo is where a drain will move c, until it starts.
 			drainingTo := func(c store.Container) string {
 				if c.Status != store.StatusRunning {
@@ -139,17 +143,19 @@ func newPsCmd() *cobra.Command {
 				type psOut struct {
 					store.Container
 					DrainingTo string `json:"draining_to,omitempty"`
+					// Follows is the client it follows (coat follow).
+					Follows string `json:"follows,omitempty"`
 				}
 				list := make([]psOut, 0, len(cs))
 				for _, c := range cs {
-					list = append(list, psOut{c, drainingTo(c)})
+					list = append(list, psOut{c, drainingTo(c), follows[c.Name]})
 				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
 				return enc.Encode(list)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS")
+			fmt.Fprintln(tw, "NAME\tHOST\tIP\tMAC\tIMAGE\tSTATUS\tFOLLOWS")
 			for _, c := range cs {
 				st := string(c.Status)
 				if c.MigratingTo != "" {
@@ -157,7 +163,11 @@ func newPsCmd() *cobra.Command {
 				} else if to := drainingTo(c); to != "" {
 					st += " (draining -> " + to + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st)
+				fl := follows[c.Name]
+				if fl == "" {
+					fl = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Host, c.IP, c.MAC, c.Image, st, fl)
 			}
 			return tw.Flush()
 		}),

@@ -224,14 +224,15 @@ func newEtcdCmd() *cobra.Command {
 
 func newInitCmd() *cobra.Command {
 	var dir, overlayCIDR string
-	var hosts, etcds, admins, revoke []string
+	var hosts, etcds, admins, clients, revoke []string
 	cmd := &cobra.Command{
-		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--revoke NAME]... [--etcd-endpoints URLS] [--overlay-cidr CIDR]",
+		Use:   "init [--pki-dir DIR] [--issue NAME=IP]... [--issue-etcd NAME=IP]... [--issue-admin NAME]... [--issue-client NAME]... [--revoke NAME]... [--etcd-endpoints URLS] [--overlay-cidr CIDR]",
 		Short: "Create the cluster CA and certificates (the CLI's admin one, a host's per --issue), revoke certificates, and set etcd's access control up",
 		Long: `Create the cluster CA and certificates: the CLI's (role admin), one per
 --issue for an agent (role host, bound to its name and underlay IP), one
-per --issue-etcd for an etcd member and one per --issue-admin for another
-admin. --revoke NAME revokes NAME's
+per --issue-etcd for an etcd member, one per --issue-admin for another
+admin and one per --issue-client for a client device (role client; its
+overlay IP is allocated in etcd then). --revoke NAME revokes NAME's
 certificates: they are recorded in DIR/revoked.json, and, with etcd
 endpoints (--etcd-endpoints, COAT_ETCD_ENDPOINTS or the config file), in
 etcd, where NAME's user goes and every agent refuses them.
@@ -278,6 +279,14 @@ holds an address; restart the agents after a change.`,
 			if overlay != nil && eps == "" {
 				return fmt.Errorf("--overlay-cidr is recorded in etcd: give --etcd-endpoints (or COAT_ETCD_ENDPOINTS) and run it again")
 			}
+			if len(clients) > 0 && eps == "" {
+				return fmt.Errorf("--issue-client allocates the client's overlay IP in etcd: give --etcd-endpoints (or COAT_ETCD_ENDPOINTS) and run it again")
+			}
+			for _, n := range clients {
+				if err := names.Host(n); err != nil {
+					return fmt.Errorf("--issue-client %q: %w", n, err)
+				}
+			}
 			if err := pki.EnsureCA(dir); err != nil {
 				return err
 			}
@@ -294,7 +303,7 @@ holds an address; restart the agents after a change.`,
 				flag  string
 				names []string
 				role  pki.Role
-			}{{"--issue", hosts, pki.RoleHost}, {"--issue-etcd", etcds, pki.RoleEtcd}, {"--issue-admin", admins, pki.RoleAdmin}} {
+			}{{"--issue", hosts, pki.RoleHost}, {"--issue-etcd", etcds, pki.RoleEtcd}, {"--issue-admin", admins, pki.RoleAdmin}, {"--issue-client", clients, pki.RoleClient}} {
 				for _, n := range list.names {
 					name, ipStr, _ := strings.Cut(n, "=")
 					if err := store.ValidName(name); err != nil {
@@ -338,6 +347,14 @@ holds an address; restart the agents after a change.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "etcd access control set up at %s\n", eps)
+			for _, n := range clients {
+				c, err := store.AllocateClientFromPKI(cmd.Context(), strings.Split(eps, ","), dir, admin, n)
+				if err != nil {
+					return fmt.Errorf("--issue-client %s: %w", n, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "client %s: overlay IP %s, MAC %s (certificate %s): run `coat client up --name %s --server %s --pki-dir DIR` on the device\n",
+					n, c.OverlayIP, c.MAC, pki.FilesFor(dir, n).Cert, n, eps)
+			}
 			if overlay != nil {
 				if err := store.SetOverlayCIDRFromPKI(cmd.Context(), strings.Split(eps, ","), dir, admin, overlay, underlay); err != nil {
 					return fmt.Errorf("--overlay-cidr: %w", err)
@@ -351,6 +368,7 @@ holds an address; restart the agents after a change.`,
 	cmd.Flags().StringArrayVar(&hosts, "issue", nil, "issue a host certificate NAME=UNDERLAY-IP for an agent (repeatable)")
 	cmd.Flags().StringArrayVar(&etcds, "issue-etcd", nil, "issue a certificate NAME=IP for an etcd member (repeatable)")
 	cmd.Flags().StringArrayVar(&admins, "issue-admin", nil, "issue another admin certificate NAME (repeatable; use it with --cert-name)")
+	cmd.Flags().StringArrayVar(&clients, "issue-client", nil, "issue a client device's certificate NAME and allocate its overlay IP (repeatable; needs etcd endpoints; see coat client up)")
 	cmd.Flags().StringVar(&overlayCIDR, "overlay-cidr", "", "record the cluster's overlay subnet in etcd, e.g. 10.96.0.0/16 (IPv4, /8 to /27)")
 	cmd.Flags().StringArrayVar(&revoke, "revoke", nil, "revoke NAME's certificates (repeatable); the name cannot be issued again")
 	return cmd

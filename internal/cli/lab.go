@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -161,7 +162,7 @@ func newLabCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(up, down, exe, part, heal, newLabShowCmd(), newLabRelayCmd())
+	cmd.AddCommand(up, down, exe, part, heal, newLabRoamCmd(), newLabShowCmd(), newLabRelayCmd())
 	return cmd
 }
 
@@ -271,6 +272,9 @@ type labNode struct {
 	DelayMs    float64 `json:"delay_ms,omitempty"`
 	Loss       float64 `json:"loss,omitempty"`
 	Relay      bool    `json:"relay"` // frames it sends cross the userspace relay
+	// AttachedTo: the client's, the edge host whose access network it is
+	// in (coat lab roam).
+	AttachedTo string `json:"attached_to,omitempty"`
 }
 
 func newLabShowCmd() *cobra.Command {
@@ -289,6 +293,9 @@ func newLabShowCmd() *cobra.Command {
 				l := st.Link(n)
 				nodes = append(nodes, labNode{Node: n, UnderlayIP: st.UnderlayIP(n).String(), Link: l.String(),
 					RateBps: int64(l.Rate), DelayMs: float64(l.Delay) / float64(time.Millisecond), Loss: l.Loss, Relay: l.NeedsRelay()})
+				if n == lab.ClientNode {
+					nodes[len(nodes)-1].AttachedTo = st.ClientAt
+				}
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -298,13 +305,17 @@ func newLabShowCmd() *cobra.Command {
 			}
 			fmt.Fprintf(out, "lab %s: underlay %s, overlay %s\n", st.Name, st.Underlay, st.Overlay)
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tUNDERLAY IP\tLINK\tPATH")
+			fmt.Fprintln(tw, "NODE\tUNDERLAY IP\tLINK\tPATH\tATTACHED TO")
 			for _, n := range nodes {
 				path := "kernel"
 				if n.Relay {
 					path = "relay"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Node, n.UnderlayIP, n.Link, path)
+				at := n.AttachedTo
+				if at == "" {
+					at = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Node, n.UnderlayIP, n.Link, path, at)
 			}
 			return tw.Flush()
 		},
@@ -340,5 +351,70 @@ func newLabRelayCmd() *cobra.Command {
 	f.StringVar(&out, "out", "", "link to write them to (NAME or NAME@INDEX)")
 	f.StringVar(&delay, "delay", "0", "delay per frame")
 	f.StringVar(&loss, "loss", "0", "loss probability")
+	return c
+}
+
+// roamTimeout bounds a roam (netlink work, the relay of a link, one write
+// to etcd).
+const roamTimeout = 30 * time.Second
+
+func newLabRoamCmd() *cobra.Command {
+	var to, link string
+	c := &cobra.Command{
+		Use:   "roam CLIENT --to edge-N [--link rate=R,delay=D,loss=P|none]",
+		Short: "Re-attach the lab's client next to another edge host: a handover, its connections kept",
+		Long: "Move the lab's client node to edge-N's access network, as a device that\n" +
+			"attaches to another access point: it takes a new underlay address\n" +
+			"(10.201.INDEX.(100+N)) and keeps its overlay IP and MAC. Its record in the\n" +
+			"cluster store says where it is; every host's forwarding follows it, and\n" +
+			"containers that follow it (`coat follow`) migrate to edge-N. --link sets\n" +
+			"the new link's rate, delay and loss (as `lab up --link` reads them;\n" +
+			"none: a plain link); without it the client's link stays as it is.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return errors.New("--to is required: the edge host to attach next to, e.g. --to edge-2")
+			}
+			st, err := lab.Load(g.lab)
+			if err != nil {
+				return err
+			}
+			if err := st.CheckRoam(args[0], to); err != nil {
+				return err
+			}
+			var l *linkspec.Link
+			if cmd.Flags().Changed("link") {
+				parsed, err := linkspec.ParseLink(link)
+				if err != nil {
+					return fmt.Errorf("--link: %w", err)
+				}
+				l = &parsed
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), roamTimeout)
+			defer cancel()
+			res, err := lab.Roam(ctx, g.lab, args[0], to, l, self())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if !res.Moved {
+				fmt.Fprintf(out, "%s is already attached next to %s (underlay %s, link %s): nothing changed\n", args[0], to, res.ToIP, res.Link)
+				return nil
+			}
+			if res.From == res.To {
+				fmt.Fprintf(out, "%s stays next to %s (underlay %s); its link is now %s\n", args[0], res.To, res.ToIP, res.Link)
+				return nil
+			}
+			from := res.From
+			if from == "" {
+				from = "its first attachment"
+			}
+			fmt.Fprintf(out, "%s roamed from %s to %s: underlay %s -> %s, link %s, recorded in %s\n",
+				args[0], from, res.To, res.FromIP, res.ToIP, res.Link, res.Recorded.Round(time.Millisecond))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "the edge host whose access network the client attaches to (edge-N)")
+	c.Flags().StringVar(&link, "link", "", "the new link: rate=R,delay=D,loss=P or none (default: the client's link stays)")
 	return c
 }

@@ -63,6 +63,13 @@ type State struct {
 
 	// NoMetrics: the agents serve no metrics (`coat lab up --metrics=false`).
 	NoMetrics bool `json:"no_metrics,omitempty"`
+
+	// ClientAt is the edge host whose access network the client node is
+	// attached to (`coat lab roam`); "" is its first attachment, next to
+	// no edge in particular.
+	ClientAt string `json:"client_at,omitempty"`
+	// ClientRoams counts the client's roams (its record's Roams).
+	ClientRoams int64 `json:"client_roams,omitempty"`
 }
 
 // MetricsAddr is where each lab agent serves /metrics, on the loopback of
@@ -161,18 +168,43 @@ func (s *State) rootVeth(node string) string {
 	return fmt.Sprintf("coat%d-%s", s.Index, short)
 }
 
-// UnderlayIP of a node (or of the root bridge for "").
+// UnderlayIP of a node (or of the root bridge for ""); the client node's
+// is that of its current attachment (ClientIPAt).
 func (s *State) UnderlayIP(node string) net.IP {
+	if node == ClientNode {
+		return s.ClientIPAt(s.ClientAt)
+	}
 	host := 1
 	switch {
-	case node == ClientNode:
-		host = 100
 	case node != "":
 		var i int
 		fmt.Sscanf(node, "edge-%d", &i)
 		host = 10 + i
 	}
 	return net.IPv4(10, 201, byte(s.Index), byte(host)).To4()
+}
+
+// ClientIPAt is the client node's underlay address when it is attached to
+// edge's access network: 10.201.INDEX.(100+N) next to edge-N, and
+// 10.201.INDEX.100 for its first attachment (edge ""). All of them lie in
+// the one underlay /24 (the lab's access networks share its bridge), so a
+// roam changes the address the edges see, not the routing.
+func (s *State) ClientIPAt(edge string) net.IP {
+	host := 100
+	var i int
+	if _, err := fmt.Sscanf(edge, "edge-%d", &i); err == nil && i > 0 {
+		host += i
+	}
+	return net.IPv4(10, 201, byte(s.Index), byte(host)).To4()
+}
+
+// EdgeIndex is N of a lab host name edge-N, if the lab has that host.
+func (s *State) EdgeIndex(node string) (int, bool) {
+	var i int
+	if _, err := fmt.Sscanf(node, "edge-%d", &i); err != nil || EdgeName(i) != node || i < 1 || i > s.Hosts {
+		return 0, false
+	}
+	return i, true
 }
 
 // OverlaySubnet is the containers' subnet: the one lab up was given

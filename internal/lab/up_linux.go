@@ -134,6 +134,7 @@ func Up(ctx context.Context, o Options) (*State, error) {
 		{"overlay CIDR", func() error {
 			return store.SetOverlayCIDRFromPKI(ctx, strings.Split(s.EtcdURL, ","), s.PKIDir(), "cli", s.OverlaySubnet(), nil)
 		}},
+		{"client record", func() error { return s.putClientRecord(ctx) }},
 		{"agents", func() error { return s.ensureAgents(ctx, o.Self) }},
 	}
 	for _, st := range steps {
@@ -237,9 +238,16 @@ func (s *State) ensureNode(br netlink.Link, node string) error {
 	if err != nil {
 		return err
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: s.UnderlayIP(node), Mask: net.CIDRMask(24, 32)}}
-	if err := h.AddrReplace(eth0, addr); err != nil {
-		return err
+	if node == ClientNode {
+		// Where the lab says it is attached, and nowhere else.
+		if err := s.setClientAddr(s.UnderlayIP(node), true); err != nil {
+			return err
+		}
+	} else {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: s.UnderlayIP(node), Mask: net.CIDRMask(24, 32)}}
+		if err := h.AddrReplace(eth0, addr); err != nil {
+			return err
+		}
 	}
 	if err := h.LinkSetUp(eth0); err != nil {
 		return err
@@ -276,11 +284,7 @@ func (s *State) ensureClientOverlay() error {
 		return err
 	}
 	defer h.Close()
-	cfg := overlay.Config{
-		VNI: VNI, Port: 4789, LocalIP: s.UnderlayIP(ClientNode), UnderlayDev: "eth0",
-		BridgeAddr: &net.IPNet{IP: s.ClientOverlayIP(), Mask: s.OverlaySubnet().Mask},
-	}
-	if err := h.Ensure(cfg); err != nil {
+	if err := h.Ensure(s.clientOverlayConfig()); err != nil {
 		return err
 	}
 	var peers []net.IP
@@ -494,7 +498,6 @@ func (s *State) ensureAgents(ctx context.Context, self string) error {
 			"--underlay-ip", ip.String(), "--underlay-dev", "eth0",
 			"--subnet", s.OverlaySubnet().String(),
 			"--vni", strconv.Itoa(VNI),
-			"--peer", s.UnderlayIP(ClientNode).String(),
 			"--cgroup-parent", "/coat/" + s.Name + "/" + node,
 			"--etcd-endpoints", s.EtcdURL,
 			"--pki-dir", s.PKIDir(),

@@ -28,6 +28,11 @@ type Config struct {
 	VXLAN       string     // VXLAN device name; "" means vxlan0
 	MTU         int        // MTU of bridge and VXLAN; 0 means 1450
 	BridgeAddr  *net.IPNet // optional overlay address on the bridge (the lab's client node)
+	// BridgeMAC, if set, is the bridge's own MAC. A bridge otherwise takes
+	// its lowest port's, which changes when the VXLAN device is recreated
+	// (a new local address: a client's handover); a host that talks on
+	// the overlay itself (the lab's client node) must keep its MAC.
+	BridgeMAC net.HardwareAddr
 }
 
 // withDefaults returns cfg with empty fields set to their defaults.
@@ -62,6 +67,8 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("mtu %d too small", cfg.MTU)
 	case cfg.BridgeAddr != nil && cfg.BridgeAddr.IP.To4() == nil:
 		return fmt.Errorf("bridge addr %s is not ipv4", cfg.BridgeAddr)
+	case cfg.BridgeMAC != nil && (len(cfg.BridgeMAC) != 6 || cfg.BridgeMAC[0]&1 != 0):
+		return fmt.Errorf("bridge mac %q is not a unicast mac", cfg.BridgeMAC)
 	}
 	for _, name := range []string{cfg.Bridge, cfg.VXLAN, cfg.UnderlayDev} {
 		if err := checkIfName(name); err != nil {

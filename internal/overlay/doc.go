@@ -21,7 +21,11 @@
 // writes; when a container moves, the agent rewrites that entry. Learning
 // stays on, so a host without an agent (the lab's client node) learns
 // MAC -> VTEP from the source of decapsulated frames; after a move the
-// container sends gratuitous ARP so such hosts re-learn at once.
+// container sends gratuitous ARP so such hosts re-learn at once. The other
+// way round, agents know such a client from its record in the store and
+// point its MAC at its VTEP like a container's; when the client hands over
+// to another access network, its VXLAN device changes its source address
+// in place (Ensure), keeping its bridge, MAC and neighbour entries.
 //
 // A container is a named network namespace whose eth0 is one end of a veth
 // pair; the other end is a port of the host bridge. Its IP and MAC are the

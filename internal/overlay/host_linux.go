@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -68,6 +69,7 @@ func (h *Host) Close() error {
 //	ip link add vxlan0 mtu 1450 type vxlan id VNI dstport 4789 local LOCALIP dev UNDERLAY learning
 //	ip link set vxlan0 master coat0 up; ip link set coat0 up
 //	ip addr replace BRIDGEADDR dev coat0   # only if cfg.BridgeAddr is set
+//	ip link set coat0 address BRIDGEMAC    # only if cfg.BridgeMAC is set
 func (h *Host) Ensure(cfg Config) error {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -119,6 +121,11 @@ func (h *Host) ensureBridge(cfg Config) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: %w", cfg.Bridge, err)
 	}
+	if cfg.BridgeMAC != nil && br.Attrs().HardwareAddr.String() != cfg.BridgeMAC.String() {
+		if err := h.nl.LinkSetHardwareAddr(br, cfg.BridgeMAC); err != nil {
+			return nil, fmt.Errorf("bridge %s: set mac %s: %w", cfg.Bridge, cfg.BridgeMAC, err)
+		}
+	}
 	if err := h.ensureMTUUp(br, cfg.MTU, true); err != nil {
 		return nil, fmt.Errorf("bridge %s: %w", cfg.Bridge, err)
 	}
@@ -138,11 +145,61 @@ func (h *Host) ensureVXLAN(cfg Config) (netlink.Link, error) {
 		Port:         cfg.Port,
 		Learning:     true,
 	}
+	if have, err := h.nl.LinkByName(cfg.VXLAN); err == nil && onlyLocalDiffers(want, have) {
+		if err := h.setVXLANLocal(have, want.SrcAddr); err != nil {
+			return nil, fmt.Errorf("vxlan %s: %w", cfg.VXLAN, err)
+		}
+	}
 	vx, err := h.ensureLink(want, func(have netlink.Link) string { return vxlanMismatch(want, have) })
 	if err != nil {
 		return nil, fmt.Errorf("vxlan %s: %w", cfg.VXLAN, err)
 	}
 	return vx, nil
+}
+
+// onlyLocalDiffers tells whether have would serve as want but for its
+// source address.
+func onlyLocalDiffers(want *netlink.Vxlan, have netlink.Link) bool {
+	vx, ok := have.(*netlink.Vxlan)
+	if !ok || vx.SrcAddr.Equal(want.SrcAddr) {
+		return false
+	}
+	same := *want
+	same.SrcAddr = vx.SrcAddr
+	return vxlanMismatch(&same, have) == ""
+}
+
+// setVXLANLocal changes a VXLAN device's source address in place: "ip
+// link set vxlan0 type vxlan local IP" (a handover: the host's underlay
+// address changed). Recreating the device instead would leave the bridge
+// without its only port for a moment: the bridge loses its carrier, and
+// the kernel flushes the host's neighbour entries on it, so each of the
+// host's own connections waits for ARP again (retried once a second).
+func (h *Host) setVXLANLocal(vx netlink.Link, ip net.IP) error {
+	sock, err := nl.GetNetlinkSocketAt(h.ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	defer sock.Close()
+	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: 5}); err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	req := &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_NEWLINK, Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK},
+		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}},
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(vx.Attrs().Index)
+	req.AddData(msg)
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("vxlan"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	data.AddRtAttr(nl.IFLA_VXLAN_LOCAL, []byte(ip.To4()))
+	req.AddData(info)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("set local %s: %w", ip, err)
+	}
+	return nil
 }
 
 // ensureLink creates want ("ip link add"); if a link of that name exists and

@@ -248,3 +248,41 @@ func link(t *testing.T, nl *netlink.Handle, name string) netlink.Link {
 	must(t, err)
 	return l
 }
+
+// A handover: a new underlay address changes the VXLAN device's source in
+// place (same device, its FDB and the bridge's neighbour entries kept),
+// and a fixed bridge MAC stays whatever happens to the ports.
+func TestEnsureNewLocalInPlace(t *testing.T) {
+	nstest.RequireRoot(t)
+	t.Parallel()
+	l := newLab(t)
+	nl := nstest.Handle(t, l.ns2)
+	mac := net.HardwareAddr{0x02, 0xc0, 10, 200, 0, 2}
+	cfg := l.cfg2
+	cfg.BridgeMAC = mac
+	must(t, l.h2.Ensure(cfg))
+	before := link(t, nl, "vxlan0")
+	if got := link(t, nl, "coat0").Attrs().HardwareAddr.String(); got != mac.String() {
+		t.Fatalf("coat0's MAC %s, want %s", got, mac)
+	}
+	u2 := link(t, nl, "u2")
+	moved := net.IPv4(10, 99, 0, 12).To4()
+	must(t, nl.AddrAdd(u2, &netlink.Addr{IPNet: &net.IPNet{IP: moved, Mask: net.CIDRMask(24, 32)}}))
+	cfg.LocalIP = moved
+	must(t, l.h2.Ensure(cfg))
+	vx := link(t, nl, "vxlan0").(*netlink.Vxlan)
+	if vx.Attrs().Index != before.Attrs().Index || !vx.SrcAddr.Equal(moved) {
+		t.Fatalf("vxlan0 after a new local address: index %d (was %d), local %s; want it changed in place to %s",
+			vx.Attrs().Index, before.Attrs().Index, vx.SrcAddr, moved)
+	}
+	checkPeers(t, nl, ip1)
+	if got := link(t, nl, "coat0").Attrs().HardwareAddr.String(); got != mac.String() {
+		t.Fatalf("coat0's MAC %s after the change, want %s", got, mac)
+	}
+	// Anything else incompatible still recreates it.
+	cfg.VNI = 43
+	must(t, l.h2.Ensure(cfg))
+	if vx := link(t, nl, "vxlan0").(*netlink.Vxlan); vx.VxlanId != 43 || !vx.SrcAddr.Equal(moved) {
+		t.Fatalf("vxlan0 after a VNI change too: %+v", vx)
+	}
+}

@@ -25,6 +25,10 @@
 //   - O=coat:etcd: an etcd member. Its certificate serves clients and is
 //     also the client side of the member-to-member links, so it carries
 //     both usages; agents refuse it as a caller.
+//   - O=coat:client: a client device on the overlay (`coat client up`),
+//     CN = its client name; client usage only, no address (it roams). In
+//     etcd it reads hosts/ and config/ and writes its own record,
+//     clients/NAME, exactly; agents refuse it as a caller.
 //
 // Client and server usages are separate for hosts and admins: a host has
 // NAME.crt (server: ExtKeyUsage serverAuth, DNS NAME, its IPs) and
@@ -40,9 +44,10 @@
 //
 // etcd permissions (internal/store/auth.go) are per prefix. A host may
 // write its own registration (hosts/NAME, exactly), and the shared
-// prefixes containers/, ips/, locks/ and migrations/; it may read /coat/.
-// It may not write another host's registration, revocations/, anything
-// outside /coat/, nor manage users, roles or members. The shared prefixes
+// prefixes containers/, ips/, locks/, migrations/ and follows/; it may
+// read /coat/. It may not write another host's registration, clients/,
+// revocations/, anything outside /coat/, nor manage users, roles or
+// members. The shared prefixes
 // cannot be narrowed per host with etcd's prefix permissions: records are
 // keyed by container name, ownership moves with a migration (the source
 // writes the destination's record at commit, the destination writes it
@@ -104,6 +109,10 @@ const (
 	RoleAdmin Role = "coat:admin"
 	RoleHost  Role = "coat:host"
 	RoleEtcd  Role = "coat:etcd"
+	// RoleClient: a client device on the overlay (coat client up). In
+	// etcd it reads the hosts and the configuration and writes its own
+	// client record only; agents refuse it as a caller.
+	RoleClient Role = "coat:client"
 )
 
 // EnsureCA creates the CA in dir unless it exists.
@@ -148,7 +157,7 @@ func EnsureCA(dir string) error {
 // "root" (etcd's superuser) and a revoked name are refused.
 func Issue(dir, name string, role Role, ips []net.IP) error {
 	switch role {
-	case RoleAdmin, RoleHost, RoleEtcd:
+	case RoleAdmin, RoleHost, RoleEtcd, RoleClient:
 	default:
 		return fmt.Errorf("issue %s: unknown role %q", name, role)
 	}
@@ -189,7 +198,7 @@ func Issue(dir, name string, role Role, ips []net.IP) error {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	switch role {
-	case RoleAdmin:
+	case RoleAdmin, RoleClient:
 		client := &x509.Certificate{
 			Subject:     pkix.Name{CommonName: name, Organization: []string{string(role)}},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -244,7 +253,7 @@ func Identify(c *x509.Certificate) (Identity, error) {
 		id.Role = Role(c.Subject.Organization[0])
 	}
 	switch id.Role {
-	case RoleAdmin, RoleHost, RoleEtcd:
+	case RoleAdmin, RoleHost, RoleEtcd, RoleClient:
 	default:
 		return id, fmt.Errorf("certificate %q (serial %s) carries no COAT role: issue it again with `coat init` (or `coat lab up`)", id.Name, id.Serial)
 	}
@@ -442,10 +451,17 @@ func serial() *big.Int {
 
 // Parties lists the names of the admin and host certificates in dir.
 func Parties(dir string) (admins, hosts []string, err error) {
+	by, err := PartiesByRole(dir)
+	return by[RoleAdmin], by[RoleHost], err
+}
+
+// PartiesByRole lists the names of the certificates in dir by role.
+func PartiesByRole(dir string) (map[Role][]string, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.crt"))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	out := map[Role][]string{}
 	for _, f := range files {
 		base := filepath.Base(f)
 		if base == "ca.crt" || strings.HasSuffix(base, "-client.crt") {
@@ -453,20 +469,15 @@ func Parties(dir string) (admins, hosts []string, err error) {
 		}
 		c, err := ReadCert(f)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		id, err := Identify(c)
 		if err != nil {
 			continue // from before roles: not a party until issued again
 		}
-		switch id.Role {
-		case RoleAdmin:
-			admins = append(admins, id.Name)
-		case RoleHost:
-			hosts = append(hosts, id.Name)
-		}
+		out[id.Role] = append(out[id.Role], id.Name)
 	}
-	return admins, hosts, nil
+	return out, nil
 }
 
 // CheckHost checks that f holds host name's certificates (server and

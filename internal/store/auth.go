@@ -23,8 +23,13 @@ import (
 //	                          read      PREFIX (all of /coat/)
 //	                          readwrite PREFIXhosts/NAME (that key only)
 //	                          readwrite PREFIXcontainers/, ips/, locks/,
-//	                                    migrations/ (shared: see the note)
-//	revoked NAME            no user, no role: etcd refuses it
+//	                                    migrations/, follows/ (shared: see
+//	                                    the note)
+//	client NAME             role client-NAME:
+//	                          read      PREFIXhosts/, PREFIXconfig/
+//	                          readwrite PREFIXclients/NAME (that key only)
+//	revoked NAME            no user, no role: etcd refuses it (a revoked
+//	                        client's record and overlay IP go too)
 //
 // Layout under the prefix, besides etcd.go's:
 //
@@ -34,10 +39,42 @@ import (
 type AuthPolicy struct {
 	Admins  []string
 	Hosts   []string
+	Clients []string
 	Revoked []pki.Revocation
 }
 
-func hostRole(name string) string { return "host-" + name }
+func hostRole(name string) string   { return "host-" + name }
+func clientRole(name string) string { return "client-" + name }
+
+// permission is one key or prefix (end set) a role may use.
+type permission struct {
+	key, end string
+	t        clientv3.PermissionType
+}
+
+// grant gives role the permissions perms, creating it if needed.
+func (s *Etcd) grant(ctx context.Context, role string, perms []permission) error {
+	if _, err := s.cli.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("etcd role %s: %w", role, err)
+	}
+	for _, pm := range perms {
+		if _, err := s.cli.RoleGrantPermission(ctx, role, pm.key, pm.end, pm.t); err != nil {
+			return fmt.Errorf("etcd role %s: grant %s: %w", role, pm.key, err)
+		}
+	}
+	return nil
+}
+
+// clientPerms: a client reads the hosts (its flood list) and the
+// configuration (the overlay's prefix), and writes its own record.
+func (s *Etcd) clientPerms(name string) []permission {
+	read := clientv3.PermissionType(clientv3.PermRead)
+	return []permission{
+		{s.prefix + "hosts/", clientv3.GetPrefixRangeEnd(s.prefix + "hosts/"), read},
+		{s.prefix + "config/", clientv3.GetPrefixRangeEnd(s.prefix + "config/"), read},
+		{s.clientKey(name), "", clientv3.PermissionType(clientv3.PermReadWrite)},
+	}
+}
 
 // SetupAuth brings etcd's users and roles in line with p, records the
 // revocations under revoked/, deletes revoked hosts' registrations and
@@ -98,7 +135,7 @@ func (s *Etcd) SetupAuth(ctx context.Context, p AuthPolicy) error {
 			{s.prefix, clientv3.GetPrefixRangeEnd(s.prefix), clientv3.PermissionType(clientv3.PermRead)},
 			{s.hostKey(h), "", clientv3.PermissionType(clientv3.PermReadWrite)},
 		}
-		for _, shared := range []string{"containers/", "ips/", "locks/", "migrations/"} {
+		for _, shared := range []string{"containers/", "ips/", "locks/", "migrations/", "follows/"} {
 			k := s.prefix + shared
 			perms = append(perms, struct {
 				key, end string
@@ -114,7 +151,24 @@ func (s *Etcd) SetupAuth(ctx context.Context, p AuthPolicy) error {
 			return err
 		}
 	}
+	for _, c := range p.Clients {
+		if revoked[c] {
+			continue
+		}
+		if err := s.grant(ctx, clientRole(c), s.clientPerms(c)); err != nil {
+			return err
+		}
+		if err := user(c, clientRole(c)); err != nil {
+			return err
+		}
+	}
 	for _, r := range p.Revoked {
+		if err := s.dropClient(ctx, r.Name); err != nil {
+			return fmt.Errorf("etcd: client record of revoked %s: %w", r.Name, err)
+		}
+		if _, err := s.cli.RoleDelete(ctx, clientRole(r.Name)); ignore(err, rpctypes.ErrRoleNotFound) != nil {
+			return fmt.Errorf("etcd: delete client role of revoked %s: %w", r.Name, err)
+		}
 		if _, err := s.cli.UserDelete(ctx, r.Name); ignore(err, rpctypes.ErrUserNotFound) != nil {
 			return fmt.Errorf("etcd: delete revoked user %s: %w", r.Name, err)
 		}
@@ -158,7 +212,7 @@ func (s *Etcd) Revocations(ctx context.Context) ([]pki.Revocation, error) {
 // PolicyFromPKI is the access policy of the certificates in a PKI
 // directory: its admins, its hosts and its revocations.
 func PolicyFromPKI(dir string) (AuthPolicy, error) {
-	admins, hosts, err := pki.Parties(dir)
+	by, err := pki.PartiesByRole(dir)
 	if err != nil {
 		return AuthPolicy{}, err
 	}
@@ -166,7 +220,7 @@ func PolicyFromPKI(dir string) (AuthPolicy, error) {
 	if err != nil {
 		return AuthPolicy{}, err
 	}
-	return AuthPolicy{Admins: admins, Hosts: hosts, Revoked: revoked}, nil
+	return AuthPolicy{Admins: by[pki.RoleAdmin], Hosts: by[pki.RoleHost], Clients: by[pki.RoleClient], Revoked: revoked}, nil
 }
 
 // SetupAuthFromPKI connects to etcd at endpoints as the admin certificate

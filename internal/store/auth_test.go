@@ -110,6 +110,24 @@ func TestAuthHostPermissions(t *testing.T) {
 	if hs, err := e2.Hosts(ctx); err != nil || len(hs) != 2 {
 		t.Fatalf("edge-2 lists hosts: %v %v", hs, err)
 	}
+	// Follow-me: admins record clients and policies; hosts read them and
+	// claim roams.
+	if err := admin.PutClient(ctx, testClient("client", "10.0.0.100", 1)); err != nil {
+		t.Fatalf("admin records a client: %v", err)
+	}
+	if _, err := admin.SetFollow(ctx, "web", "client"); err != nil {
+		t.Fatalf("admin records a follow policy: %v", err)
+	}
+	if cls, err := e2.Clients(ctx); err != nil || len(cls) != 1 {
+		t.Fatalf("edge-2 reads the clients: %v %v", cls, err)
+	}
+	fs, err := e1.Follows(ctx)
+	if err != nil || len(fs) != 1 {
+		t.Fatalf("edge-1 reads the follow policies: %v %v", fs, err)
+	}
+	if _, err := e1.ClaimRoam(ctx, fs[0], 2); err != nil {
+		t.Fatalf("edge-1 claims a roam: %v", err)
+	}
 
 	// What it may not.
 	raw := e2.Client()
@@ -124,6 +142,7 @@ func TestAuthHostPermissions(t *testing.T) {
 		{"delete edge-1's registration", func() error { _, err := raw.Delete(ctx, "/coat/hosts/edge-1"); return err }},
 		{"register a new host", func() error { _, err := raw.Put(ctx, "/coat/hosts/edge-9", `{}`); return err }},
 		{"write a revocation", func() error { _, err := raw.Put(ctx, "/coat/revoked/edge-1", `{}`); return err }},
+		{"move a client's VTEP", func() error { return e2.PutClient(ctx, testClient("client", "10.9.9.9", 2)) }},
 		{"delete a revocation", func() error { _, err := raw.Delete(ctx, "/coat/revoked/", clientv3.WithPrefix()); return err }},
 		{"write outside /coat/", func() error { _, err := raw.Put(ctx, "/other", "x"); return err }},
 		{"add a user", func() error {
@@ -174,5 +193,90 @@ func TestRequireAuthOff(t *testing.T) {
 	s := newTestStore(t)
 	if err := s.RequireAuth(testCtx(t)); err == nil {
 		t.Error("RequireAuth passed with access control off")
+	}
+}
+
+// A client device's certificate: it reads the hosts and the configuration
+// and writes its own record, nothing else; revoked, its record and its
+// overlay IP go.
+func TestAuthClient(t *testing.T) {
+	dir, url, admin := newAuthStore(t)
+	ctx := testCtx(t)
+	for _, n := range []string{"phone", "car"} {
+		if err := pki.Issue(dir, n, pki.RoleClient, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := PolicyFromPKI(dir)
+	if err != nil || len(p.Clients) != 2 {
+		t.Fatalf("policy from the PKI: %+v %v", p, err)
+	}
+	if err := admin.SetupAuth(ctx, p); err != nil {
+		t.Fatalf("SetupAuth with clients: %v", err)
+	}
+	c, err := admin.AllocateClient(ctx, "phone")
+	if err != nil || c.OverlayIP != "10.202.7.10" || c.UnderlayIP != "" {
+		t.Fatalf("AllocateClient: %+v %v, want the first allocatable address, detached", c, err)
+	}
+	if again, err := admin.AllocateClient(ctx, "phone"); err != nil || again.OverlayIP != c.OverlayIP {
+		t.Fatalf("AllocateClient again: %+v %v, want the same address", again, err)
+	}
+	if _, err := admin.AllocateClient(ctx, "car"); err != nil {
+		t.Fatal(err)
+	}
+	// A container gets the next free address, not the clients'.
+	if ctr, err := admin.CreateContainer(ctx, Container{Name: "web", Host: "edge-1"}); err != nil || ctr.IP != "10.202.7.12" {
+		t.Fatalf("container after two clients: %+v %v", ctr, err)
+	}
+	if cls, _ := admin.Clients(ctx); len(cls) != 0 {
+		t.Fatalf("detached clients listed as attached: %+v", cls)
+	}
+	phone := storeAs(t, dir, url, "phone")
+	if err := admin.RegisterHost(ctx, Host{Name: "edge-1", UnderlayIP: "10.0.0.1"}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if hs, err := phone.Hosts(ctx); err != nil || len(hs) != 1 {
+		t.Fatalf("phone reads the hosts: %+v %v", hs, err)
+	}
+	if _, err := phone.OverlayCIDR(ctx); err != nil && !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("phone reads the configuration: %v", err)
+	}
+	c.UnderlayIP = "10.0.0.50"
+	if err := phone.PutClient(ctx, c); err != nil {
+		t.Fatalf("phone writes its own record: %v", err)
+	}
+	if cls, err := admin.Clients(ctx); err != nil || len(cls) != 1 || cls[0].UnderlayIP != "10.0.0.50" {
+		t.Fatalf("attached clients: %+v %v", cls, err)
+	}
+	car, _ := admin.ClientRecord(ctx, "car")
+	raw := phone.Client()
+	for _, tc := range []struct {
+		what string
+		do   func() error
+	}{
+		{"write another client's record", func() error { car.UnderlayIP = "10.9.9.9"; return phone.PutClient(ctx, car) }},
+		{"read the containers", func() error { _, err := phone.Containers(ctx); return err }},
+		{"write a container", func() error { _, err := raw.Put(ctx, "/coat/containers/x", "{}"); return err }},
+		{"claim an address", func() error { _, err := raw.Put(ctx, "/coat/ips/10.202.7.99", "x"); return err }},
+		{"write a follow policy", func() error { _, err := raw.Put(ctx, "/coat/follows/web", "{}"); return err }},
+		{"register as a host", func() error { _, err := raw.Put(ctx, "/coat/hosts/phone", "{}"); return err }},
+	} {
+		if err := tc.do(); !denied(err) {
+			t.Errorf("phone may %s: err = %v, want permission denied", tc.what, err)
+		}
+	}
+	r, err := pki.Revoke(dir, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Revoked = []pki.Revocation{r}
+	if err := admin.SetupAuth(ctx, p); err != nil {
+		t.Fatalf("SetupAuth with phone revoked: %v", err)
+	}
+	if _, err := admin.ClientRecord(ctx, "phone"); err == nil {
+		t.Error("a revoked client's record outlived it")
+	}
+	if taken, _ := admin.takenIPs(ctx); taken["10.202.7.10"] {
+		t.Error("a revoked client's overlay IP is still taken")
 	}
 }

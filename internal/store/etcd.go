@@ -271,6 +271,12 @@ func (s *Etcd) DeleteContainer(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("delete container %s: %w", name, err)
 	}
+	// Its follow-me policy goes too, on its own: a host of a cluster whose
+	// access control predates follows/ may not write it (`coat init`
+	// grants it), and that must not keep the container from going. A
+	// policy left behind would apply to a later container of that name
+	// (`coat ps` shows it, `coat unfollow` removes it).
+	_, _ = s.cli.Delete(ctx, s.followKey(name))
 	return nil
 }
 

@@ -146,6 +146,15 @@ type Store interface {
 	// Gone lists the hosts declared gone, with when.
 	Gone(ctx context.Context) (map[string]time.Time, error)
 
+	// Clients lists the client devices' records (clients.go); WatchClients
+	// signals their changes.
+	Clients(ctx context.Context) ([]Client, error)
+	WatchClients(ctx context.Context) <-chan struct{}
+	// Follows lists the follow-me policies; ClaimRoam marks a client's
+	// roam handled in one of them, once.
+	Follows(ctx context.Context) ([]Follow, error)
+	ClaimRoam(ctx context.Context, f Follow, roam int64) (Follow, error)
+
 	Close() error
 }
 
