@@ -136,7 +136,10 @@ func (a *Agent) run(ctx context.Context, req api.RunRequest) (store.Container, e
 	if err != nil {
 		return store.Container{}, err
 	}
-	if !a.lock(c.Name) {
+	// A recovery pass takes every name's lock for a moment: wait for it
+	// (as migrate and rm do); a run refused here leaves no record behind.
+	if !a.lockWait(c.Name, 5*time.Second) {
+		_ = a.st.DeleteContainer(context.WithoutCancel(ctx), c.Name)
 		return store.Container{}, fmt.Errorf("container %s: %w", c.Name, errBusy)
 	}
 	defer a.unlock(c.Name)
