@@ -65,10 +65,11 @@ type podmanBench struct {
 	st  *lab.State
 	ips func(ctx context.Context) (map[string]bool, error) // overlay IPs in use
 
-	mu   sync.Mutex
-	dir  string // keys, sshd config, archives (0700)
-	sshd *exec.Cmd
-	pods map[string]podman
+	mu       sync.Mutex
+	dir      string // keys, sshd config, archives (0700)
+	sshd     *exec.Cmd
+	pods     map[string]podman
+	imported map[string]bool // lab images imported into Podman by this bench
 }
 
 type podman struct {
@@ -87,11 +88,15 @@ func podmanCmd(ctx context.Context, args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// image makes the lab image name available to Podman (imported once from
-// the lab's image directory).
+// image makes the lab image name available to Podman: imported from the
+// lab's image directory once per bench (not kept from an earlier bench:
+// the lab's images are rebuilt with the binaries they carry).
 func (p *podmanBench) image(ctx context.Context, name string) (string, error) {
 	ref := "localhost/coat-bench-" + name
-	if _, err := podmanCmd(ctx, "image", "exists", ref); err == nil {
+	p.mu.Lock()
+	done := p.imported[name]
+	p.mu.Unlock()
+	if done {
 		return ref, nil
 	}
 	dir := filepath.Join(lab.BaseDir, ".images", name)
@@ -106,6 +111,9 @@ func (p *podmanBench) image(ctx context.Context, name string) (string, error) {
 	if _, err := podmanCmd(ctx, "import", tarball, ref); err != nil {
 		return "", err
 	}
+	p.mu.Lock()
+	p.imported[name] = true
+	p.mu.Unlock()
 	return ref, nil
 }
 
@@ -121,6 +129,7 @@ func (p *podmanBench) init(ctx context.Context) error {
 	}
 	p.dir = dir
 	p.pods = map[string]podman{}
+	p.imported = map[string]bool{}
 	return nil
 }
 
