@@ -64,6 +64,9 @@ func TestBenchPodmanMode(t *testing.T) {
 	if ps, _ := exec.Command("podman", "ps", "-a", "--format", "{{.Names}}").CombinedOutput(); strings.Contains(string(ps), "bench-") {
 		t.Errorf("podman containers left behind: %s", ps)
 	}
+	if imgs, _ := exec.Command("podman", "images", "--format", "{{.Repository}}").CombinedOutput(); strings.Contains(string(imgs), "coat-bench-") {
+		t.Errorf("podman images left behind: %s", imgs)
+	}
 	if pg, _ := exec.Command("pgrep", "-f", "/var/lib/coat/labs/"+l.name+"/podman/sshd_config").CombinedOutput(); len(strings.TrimSpace(string(pg))) > 0 {
 		t.Errorf("the bench's sshd is still running: %s", pg)
 	}

@@ -217,10 +217,17 @@ func (p *podmanBench) startSSHD(ctx context.Context, node string) (string, error
 	}
 }
 
-// close stops sshd and removes the keys and archives.
+// close stops sshd and removes the keys, the archives and the images it
+// imported into Podman.
 func (p *podmanBench) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for name := range p.imported {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, _ = podmanCmd(ctx, "rmi", "-f", "localhost/coat-bench-"+name)
+		cancel()
+	}
+	p.imported = nil
 	if p.sshd != nil {
 		_ = p.sshd.Process.Kill()
 		_ = p.sshd.Wait()
