@@ -83,6 +83,9 @@ type Agent struct {
 	// prepared: the revision of each incoming container's record at
 	// prepare (the commit swaps it directly, without reading it again).
 	prepared map[string]int64
+	// imageBusy: images being imported, copied or removed here, each
+	// closed when done (imageLock).
+	imageBusy map[string]chan struct{}
 	// groups: group moves being restored here (group.go).
 	groups map[string]*incomingGroup
 	// metrics: nil without a metrics address (its methods are nil-safe).

@@ -110,6 +110,7 @@ func (o *outgoing) result(rep migrate.Report) *api.MigrateResult {
 		Strategy: string(o.strategy), StrategyReason: o.why, MemoryBytes: o.memory,
 		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: o.onDemand,
 		TimeoutMS: api.Ms(o.budget.Timeout), FreezeBudgetMS: api.Ms(o.budget.Freeze), ReplyLost: rep.ReplyLost,
+		ImageName: o.c.Image, ImageFetchMS: o.imageCopy.MS, ImageFetchBytes: o.imageCopy.Bytes, ImageFetchedFrom: o.imageCopy.From,
 	}
 }
 
@@ -150,6 +151,8 @@ type outgoing struct {
 	untunnel  func()
 	pageBytes int64
 	onDemand  int
+	// imageCopy: how the destination came to hold the image.
+	imageCopy api.ImageReply
 	// id names the migration in the logs and its progress lines.
 	id string
 	// current is the phase under way; sent the bytes streamed so far.
@@ -212,6 +215,9 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 		strategy, why = migrate.StopAndCopy, "the reference path"
 	}
 	budget := migrate.DefaultBudget(strategy, mem, linkRate(a.cfg.LinkRate, dest))
+	// The destination may have to copy the image first (before the
+	// freeze, within the overall timeout): allow for it.
+	budget.Timeout += a.imageAllowance(ctx, c.Image, linkRate(a.cfg.LinkRate, dest))
 	if req.TimeoutMS > 0 {
 		budget.Timeout = time.Duration(req.TimeoutMS) * time.Millisecond
 	}
@@ -310,6 +316,33 @@ func (o *outgoing) record(phase string) store.Migration {
 		Name: o.c.Name, From: o.a.cfg.Name, To: o.dest.Name, Phase: phase,
 		Coordinator: o.a.cfg.Name, NoTCP: o.req.NoTCP, Started: o.c.Created,
 	}
+}
+
+// Image has the destination make sure it holds the container's image
+// before anything is frozen: lacking it, it copies it from here (see
+// images.go) while the container runs on. It returns the bytes copied.
+func (o *outgoing) Image(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, imageCopyTimeout+callTimeout)
+	defer cancel()
+	var rep api.ImageReply
+	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("image"), nil, &rep); err != nil {
+		return 0, err
+	}
+	o.imageCopy = rep
+	return rep.Bytes, nil
+}
+
+// imageAllowance is what a migration's default budget adds for copying
+// its image: twice the time the image's recorded size takes over the
+// link (nothing if the record says no size).
+func (a *Agent) imageAllowance(ctx context.Context, image string, rate float64) time.Duration {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := a.st.Image(ctx, image)
+	if err != nil {
+		return 0
+	}
+	return 2 * migrate.EstimateFreeze(rec.Size, rate)
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {

@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -18,6 +22,7 @@ import (
 	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/oci"
 	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
 )
 
 // imageSubcommands are `coat image pull`, `load`, `ls` and `rm`.
@@ -134,16 +139,35 @@ func imageSubcommands() []*cobra.Command {
 		}),
 	}
 
+	var onHost string
 	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove an image from every host (refused while a container uses it)",
-		Args:  imageArg,
+		Use:   "rm [--host HOST] NAME",
+		Short: "Remove an image from every host (refused while a container uses it), or from one",
+		Long: "Remove an image from every host and its record, refused while any container\n" +
+			"uses it. With --host, only from that host's disk, refused while a container\n" +
+			"there (or migrating there) uses it; the record stays, and a migration to\n" +
+			"that host copies the image back from the source first.",
+		Args: imageArg,
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			im, err := names.ParseImage(args[0])
 			if err != nil {
 				return err
 			}
 			name := im.String()
+			if onHost != "" {
+				if err := names.Host(onHost); err != nil {
+					return fmt.Errorf("--host: %w", err)
+				}
+				cl, err := s.agent(ctx, onHost)
+				if err != nil {
+					return err
+				}
+				if err := cl.RemoveImage(ctx, name); err != nil {
+					return fmt.Errorf("remove image %s on %s: %w", name, onHost, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "image %s removed from %s\n", name, onHost)
+				return nil
+			}
 			cs, err := s.st.Containers(ctx)
 			if err != nil {
 				return err
@@ -177,6 +201,7 @@ func imageSubcommands() []*cobra.Command {
 			return nil
 		}),
 	}
+	rm.Flags().StringVar(&onHost, "host", "", "remove the image from this host only (its record stays)")
 	return []*cobra.Command{pull, load, ls, rm}
 }
 
@@ -246,35 +271,84 @@ func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.I
 	if note := flat.Changes.String(); note != "" {
 		fmt.Fprintf(cmd.ErrOrStderr(), "coat image: %s: %s\n", name, note)
 	}
-	hosts, err := hostList(ctx, s)
+	rootfsDigest, _, err := importFile(ctx, out, s, name, flatPath)
 	if err != nil {
 		return err
 	}
-	for _, h := range hosts {
-		cl, err := s.agent(ctx, h.Name)
-		if err != nil {
-			return err
-		}
-		if err := sendFile(ctx, cl, name, flatPath); err != nil {
-			return fmt.Errorf("import %s to %s: %w", name, h.Name, err)
-		}
-		fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
-	}
 	rec := store.Image{
-		Name: name, Source: source, Digest: digest.String(), Size: flat.Size,
+		Name: name, Source: source, Digest: digest.String(), Size: flat.Size, RootfsDigest: rootfsDigest,
 		Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 		Users: flat.Users, Groups: flat.Groups, Created: time.Now().UTC(),
 	}
 	return s.st.PutImage(ctx, rec)
 }
 
-func sendFile(ctx context.Context, cl *api.Client, name, path string) error {
+// importFile sends the rootfs tar stream in path to every host, each of
+// which checks it against its digest, and returns that digest (for the
+// image's record: a host that lacks the image later gets a copy from
+// another, checked against it) and the stream's length.
+func importFile(ctx context.Context, out io.Writer, s *session, name, path string) (string, int64, error) {
+	digest, size, err := fileDigest(path)
+	if err != nil {
+		return "", 0, err
+	}
+	hosts, err := hostList(ctx, s)
+	if err != nil {
+		return "", 0, err
+	}
+	for _, h := range hosts {
+		cl, err := s.agent(ctx, h.Name)
+		if err != nil {
+			return "", 0, err
+		}
+		if err := sendFile(ctx, cl, name, digest, path); err != nil {
+			return "", 0, fmt.Errorf("import %s to %s: %w", name, h.Name, err)
+		}
+		if out != nil {
+			fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
+		}
+	}
+	return digest, size, nil
+}
+
+func sendFile(ctx context.Context, cl *api.Client, name, digest, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return cl.ImportImage(ctx, name, f)
+	_, err = cl.ImportImage(ctx, name, digest, f)
+	return err
+}
+
+// fileDigest is "sha256:HEX" of a file's content, and its length.
+func fileDigest(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// packDir packs the rootfs directory dir into the tar file path (names
+// under rootfs/), the stream every host gets.
+func packDir(dir, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	_, err = transfer.Pack(tw, dir, "rootfs/", false)
+	if err == nil {
+		err = tw.Close()
+	}
+	return errors.Join(err, f.Close())
 }
 
 func humanSize(n int64) string {

@@ -146,6 +146,10 @@ type Store interface {
 	// Gone lists the hosts declared gone, with when.
 	Gone(ctx context.Context) (map[string]time.Time, error)
 
+	// Image reads an image's record (ErrNotFound if none): a destination
+	// checks a copy of the image against its RootfsDigest.
+	Image(ctx context.Context, name string) (Image, error)
+
 	Close() error
 }
 
