@@ -151,8 +151,11 @@ type outgoing struct {
 	untunnel  func()
 	pageBytes int64
 	onDemand  int
-	// imageCopy: how the destination came to hold the image.
-	imageCopy api.ImageReply
+	// imageCopy: how the destination came to hold the image;
+	// prepareSent: the destination was asked to prepare (it may hold
+	// something to abort).
+	imageCopy   api.ImageReply
+	prepareSent bool
 	// id names the migration in the logs and its progress lines.
 	id string
 	// current is the phase under way; sent the bytes streamed so far.
@@ -346,6 +349,7 @@ func (a *Agent) imageAllowance(ctx context.Context, image string, rate float64) 
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {
+	o.prepareSent = true
 	pctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if err := o.peer.JSON(pctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Hold: o.hold()}, nil); err != nil {
@@ -638,6 +642,11 @@ func (o *outgoing) cleanup() {
 }
 
 func (o *outgoing) Abort(ctx context.Context) error {
+	if !o.prepareSent {
+		// Refused at the image step: the destination kept nothing (and,
+		// the record gone, would refuse the call).
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	path := o.incoming("abort")
