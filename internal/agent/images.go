@@ -352,7 +352,8 @@ func (a *Agent) handleIncomingImage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// ensureImage copies c's image from its host unless this host has it.
+// ensureImage gets c's image unless this host has it: from the registry
+// it was pulled from, if that answers at once, else from c's host.
 func (a *Agent) ensureImage(ctx context.Context, c store.Container) (api.ImageReply, error) {
 	im, err := names.ParseImage(c.Image)
 	if err != nil {
@@ -373,18 +374,32 @@ func (a *Agent) ensureImage(ctx context.Context, c store.Container) (api.ImageRe
 	if rec.RootfsDigest == "" {
 		return api.ImageReply{}, badRequest("image %s is not on host %s, and its record has no digest to check a copy against (it was imported before COAT recorded one): import it again (`coat image pull`, `load` or `import`)", c.Image, a.cfg.Name)
 	}
+	t0 := time.Now()
+	var regErr string
+	if ref := registryRef(rec); ref != "" {
+		n, err := a.pullImage(ctx, ref, rec, im.Key())
+		if err == nil {
+			d := time.Since(t0)
+			a.log.Info("image copied", "image", c.Image, "from", ref, "container", c.Name, "bytes", n, "duration_ms", api.Ms(d))
+			return api.ImageReply{Copied: true, From: ref, Bytes: n, MS: api.Ms(d)}, nil
+		}
+		regErr = fmt.Sprintf("registry %s: %v", ref, err)
+		a.log.Info("image not pulled: copying it from the source", "image", c.Image, "container", c.Name, "err", err)
+	}
 	src, err := a.st.Host(ctx, c.Host)
 	if err != nil {
 		return api.ImageReply{}, fmt.Errorf("source host %s: %w", c.Host, err)
 	}
-	t0 := time.Now()
 	n, err := a.copyImage(ctx, a.peerClient(src), c.Name, im.Key(), rec.RootfsDigest)
 	if err != nil {
+		if regErr != "" {
+			err = fmt.Errorf("%w; %s", err, regErr)
+		}
 		return api.ImageReply{}, fmt.Errorf("copy image %s from %s: %w (nothing was kept)", c.Image, src.Name, err)
 	}
 	d := time.Since(t0)
 	a.log.Info("image copied", "image", c.Image, "from", src.Name, "container", c.Name, "bytes", n, "duration_ms", api.Ms(d))
-	return api.ImageReply{Copied: true, From: src.Name, Bytes: n, MS: api.Ms(d)}, nil
+	return api.ImageReply{Copied: true, From: src.Name, Bytes: n, MS: api.Ms(d), RegistryError: regErr}, nil
 }
 
 // copyImage fetches from peer the image of the container name migrating

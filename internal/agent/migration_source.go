@@ -111,6 +111,7 @@ func (o *outgoing) result(rep migrate.Report) *api.MigrateResult {
 		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: o.onDemand,
 		TimeoutMS: api.Ms(o.budget.Timeout), FreezeBudgetMS: api.Ms(o.budget.Freeze), ReplyLost: rep.ReplyLost,
 		ImageName: o.c.Image, ImageFetchMS: o.imageCopy.MS, ImageFetchBytes: o.imageCopy.Bytes, ImageFetchedFrom: o.imageCopy.From,
+		ImageRegistryError: o.imageCopy.RegistryError,
 	}
 }
 

@@ -112,12 +112,15 @@ type MigrateResult struct {
 	ReplyLost      bool    `json:"reply_lost,omitempty"`
 	// ImageFetchMS and ImageFetchBytes are the time and (compressed)
 	// bytes the destination took to copy the container's image, which it
-	// lacked, from ImageFetchedFrom, before the freeze (0 and "" when it
-	// had the image). ImageName is the container's image.
-	ImageName        string  `json:"image_name"`
-	ImageFetchMS     float64 `json:"image_fetch_ms"`
-	ImageFetchBytes  int64   `json:"image_fetch_bytes"`
-	ImageFetchedFrom string  `json:"image_fetched_from,omitempty"`
+	// lacked, before the freeze (0 when it had the image), from
+	// ImageFetchedFrom: the source host's name, or the registry
+	// reference it was pulled from. ImageRegistryError says why the
+	// registry was passed over. ImageName is the container's image.
+	ImageName          string  `json:"image_name"`
+	ImageFetchMS       float64 `json:"image_fetch_ms"`
+	ImageFetchBytes    int64   `json:"image_fetch_bytes"`
+	ImageFetchedFrom   string  `json:"image_fetched_from,omitempty"`
+	ImageRegistryError string  `json:"image_registry_error,omitempty"`
 }
 
 // Progress is one line of a migration's streamed reply: a phase that
@@ -207,13 +210,16 @@ type ImportReply struct {
 }
 
 // ImageReply is the destination's image-ready step: whether it copied
-// the container's image (it lacked it), from which host, how many bytes
-// came (compressed) and how long the copy took.
+// the container's image (it lacked it), from where (the source host's
+// name, or the registry reference it was pulled from), how many bytes
+// came (compressed) and how long the copy took. RegistryError says why
+// the registry was passed over for the source host.
 type ImageReply struct {
-	Copied bool    `json:"copied"`
-	From   string  `json:"from,omitempty"`
-	Bytes  int64   `json:"bytes"`
-	MS     float64 `json:"ms"`
+	Copied        bool    `json:"copied"`
+	From          string  `json:"from,omitempty"`
+	Bytes         int64   `json:"bytes"`
+	MS            float64 `json:"ms"`
+	RegistryError string  `json:"registry_error,omitempty"`
 }
 
 // Error is the JSON body of a failed request.

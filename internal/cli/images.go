@@ -56,7 +56,7 @@ func imageSubcommands() []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true)
+			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true, insecure)
 		}),
 	}
 	pull.Flags().BoolVar(&insecure, "insecure", false, "allow a plain-HTTP (or self-signed) registry")
@@ -106,7 +106,7 @@ func imageSubcommands() []*cobra.Command {
 				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
 			}
 			abs, _ := filepath.Abs(file)
-			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false)
+			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false, false)
 		}),
 	}
 	load.Flags().StringVar(&as, "name", "", "name to give the image (default: the name in the archive)")
@@ -229,8 +229,9 @@ func hostList(ctx context.Context, s *session) ([]store.Host, error) {
 // importOCI checks img's layers against their digests and flattens it
 // into a temporary file (download says img is remote: it is copied once
 // to a local cache first), and only then imports it on every host and
-// records its configuration: a corrupt image changes nothing.
-func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download bool) error {
+// records its configuration: a corrupt image changes nothing. insecure:
+// the registry was reached with --insecure.
+func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download, insecure bool) error {
 	out := cmd.OutOrStdout()
 	tmp, err := os.MkdirTemp("", "coat-image-")
 	if err != nil {
@@ -276,7 +277,7 @@ func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.I
 		return err
 	}
 	rec := store.Image{
-		Name: name, Source: source, Digest: digest.String(), Size: flat.Size, RootfsDigest: rootfsDigest,
+		Name: name, Source: source, Digest: digest.String(), Size: flat.Size, RootfsDigest: rootfsDigest, Insecure: insecure,
 		Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 		Users: flat.Users, Groups: flat.Groups, Created: time.Now().UTC(),
 	}

@@ -203,8 +203,12 @@ func imageLine(r *api.MigrateResult) string {
 	if r.ImageFetchedFrom == "" {
 		return ""
 	}
-	return fmt.Sprintf("image %s copied from %s to %s before the freeze: %s in %.1f ms (not part of the downtime)",
+	s := fmt.Sprintf("image %s copied from %s to %s before the freeze: %s in %.1f ms (not part of the downtime)",
 		r.ImageName, r.ImageFetchedFrom, r.To, humanBytes(r.ImageFetchBytes), r.ImageFetchMS)
+	if r.ImageRegistryError != "" {
+		s += "\n  (not from its registry: " + r.ImageRegistryError + ")"
+	}
+	return s
 }
 
 // progressLine is how a migration's tick is shown: the phase under way,

@@ -28,6 +28,9 @@ type Image struct {
 	// only if it has this digest. Records written before COAT recorded
 	// it have none: such an image cannot be copied (import it again).
 	RootfsDigest string `json:"rootfs_digest,omitempty"`
+	// Insecure: pulled with --insecure (plain HTTP); a host that lacks
+	// the image pulls it the same way.
+	Insecure bool `json:"insecure,omitempty"`
 	// The image's configuration.
 	Entrypoint []string `json:"entrypoint,omitempty"`
 	Cmd        []string `json:"cmd,omitempty"`
