@@ -2,21 +2,32 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // imageResult is what `coat migrate --json` says of the image.
 type imageResult struct {
-	DowntimeMS       float64 `json:"downtime_ms"`
-	TotalMS          float64 `json:"total_ms"`
-	ImageName        string  `json:"image_name"`
-	ImageFetchMS     float64 `json:"image_fetch_ms"`
-	ImageFetchBytes  int64   `json:"image_fetch_bytes"`
-	ImageFetchedFrom string  `json:"image_fetched_from"`
+	DowntimeMS         float64 `json:"downtime_ms"`
+	TotalMS            float64 `json:"total_ms"`
+	ImageName          string  `json:"image_name"`
+	ImageFetchMS       float64 `json:"image_fetch_ms"`
+	ImageFetchBytes    int64   `json:"image_fetch_bytes"`
+	ImageFetchedFrom   string  `json:"image_fetched_from"`
+	ImageRegistryError string  `json:"image_registry_error"`
 }
 
 func (l *testLab) migrateImage(name, to string) imageResult {
@@ -156,5 +167,64 @@ func TestMigrateRefusesBadImageCopy(t *testing.T) {
 	}
 	if sr := parseStream(t, out); sr.ConnectionError != "" || sr.Errors != 0 || sr.Sent == 0 || sr.Received != sr.Sent {
 		t.Fatalf("stream: %+v", sr)
+	}
+}
+
+// A host that lacks an image pulled from a registry pulls it from there
+// (the registry listens on the lab's bridge, which the hosts reach);
+// with the registry gone, it copies it from the source agent instead.
+func TestMigratePullsImageFromRegistry(t *testing.T) {
+	requireRoot(t)
+	l := newLab(t, 2)
+	ln, err := net.Listen("tcp", fmt.Sprintf("10.201.%d.1:0", l.labIndex()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	ref := ln.Addr().String() + "/lab/app:1"
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, sampleOCIImage(t), remote.WithTransport(http.DefaultTransport)); err != nil {
+		t.Fatal(err)
+	}
+	l.must("image", "pull", "--insecure", ref)
+	key := strings.NewReplacer(":", "@", "/", "+").Replace(ref)
+	// As root: a non-root container cannot migrate where root lacks
+	// CAP_SYS_RESOURCE (see TestOCIPullRunMigrate).
+	l.must("run", "--host", "edge-1", "--name", "app", "--user", "0", ref)
+	c := l.get("app")
+	l.waitCtl(c.IP)
+	if out, err := l.ctl(c.IP, "put", "k", "v"); err != nil || out != "ok" {
+		t.Fatalf("put: %q, %v", out, err)
+	}
+	l.must("image", "rm", "--host", "edge-2", ref)
+	l.noImage("edge-2", key)
+
+	res := l.migrateImage("app", "edge-2")
+	t.Logf("to edge-2: %d bytes from %s in %.0f ms", res.ImageFetchBytes, res.ImageFetchedFrom, res.ImageFetchMS)
+	if res.ImageFetchedFrom != ref || res.ImageFetchBytes <= 0 {
+		t.Errorf("migrate --json: %+v, want the image pulled from %s", res, ref)
+	}
+	l.waitCtl(c.IP)
+
+	// The registry gone, the image comes from the source agent.
+	srv.Close()
+	l.must("image", "rm", "--host", "edge-1", ref)
+	res = l.migrateImage("app", "edge-1")
+	t.Logf("back to edge-1: %d bytes from %s in %.0f ms (%s)", res.ImageFetchBytes, res.ImageFetchedFrom, res.ImageFetchMS, res.ImageRegistryError)
+	if res.ImageFetchedFrom != "edge-2" || res.ImageFetchBytes <= 0 || !strings.Contains(res.ImageRegistryError, "registry "+ref) {
+		t.Errorf("migrate --json: %+v, want the image copied from edge-2 and why not from the registry", res)
+	}
+	l.waitCtl(c.IP)
+	if v, err := l.ctl(c.IP, "get", "k"); err != nil || v != "v" {
+		t.Errorf("after the migrations: get k = %q, %v; want v", v, err)
+	}
+	if _, err := os.Stat(filepath.Join(l.imageDir("edge-1", key), "rootfs", "bin", "coat-sample")); err != nil {
+		t.Errorf("the image is not on edge-1: %v", err)
 	}
 }
