@@ -367,7 +367,8 @@ func (c *Client) ImportImage(ctx context.Context, name, digest string, tarStream
 		return rep, err
 	}
 	defer rc.Close()
-	if err := json.NewDecoder(rc).Decode(&rep); err != nil {
+	// An older agent answers 204, with no body (and keeps no stream).
+	if err := json.NewDecoder(rc).Decode(&rep); err != nil && !errors.Is(err, io.EOF) {
 		return rep, fmt.Errorf("import %s: the agent's answer: %w", name, err)
 	}
 	return rep, nil

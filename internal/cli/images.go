@@ -147,7 +147,14 @@ func imageSubcommands() []*cobra.Command {
 			"uses it. With --host, only from that host's disk, refused while a container\n" +
 			"there (or migrating there) uses it; the record stays, and a migration to\n" +
 			"that host copies the image back from the source first.",
-		Args: imageArg,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if onHost != "" {
+				if err := names.Host(onHost); err != nil {
+					return fmt.Errorf("--host: %w", err)
+				}
+			}
+			return imageArg(cmd, args)
+		},
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			im, err := names.ParseImage(args[0])
 			if err != nil {
@@ -155,9 +162,6 @@ func imageSubcommands() []*cobra.Command {
 			}
 			name := im.String()
 			if onHost != "" {
-				if err := names.Host(onHost); err != nil {
-					return fmt.Errorf("--host: %w", err)
-				}
 				cl, err := s.agent(ctx, onHost)
 				if err != nil {
 					return err
@@ -318,7 +322,10 @@ func sendFile(ctx context.Context, cl *api.Client, name, digest, path string) er
 		return err
 	}
 	defer f.Close()
-	_, err = cl.ImportImage(ctx, name, digest, f)
+	rep, err := cl.ImportImage(ctx, name, digest, f)
+	if err == nil && rep.Digest != "" && rep.Digest != digest {
+		err = fmt.Errorf("the agent received a stream with digest %s, not %s", rep.Digest, digest)
+	}
 	return err
 }
 
