@@ -180,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
-		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty,
+		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty, ImageCopy: true,
 	}, 5*time.Second); err != nil {
 		return err
 	}

@@ -326,6 +326,10 @@ func (o *outgoing) record(phase string) store.Migration {
 // before anything is frozen: lacking it, it copies it from here (see
 // images.go) while the container runs on. It returns the bytes copied.
 func (o *outgoing) Image(ctx context.Context) (int64, error) {
+	if !o.dest.ImageCopy {
+		// An older agent: it only checks for the image at prepare.
+		return 0, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, imageCopyTimeout+callTimeout)
 	defer cancel()
 	var rep api.ImageReply

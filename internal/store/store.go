@@ -42,6 +42,9 @@ type Host struct {
 	// post-copy and pre-copy (migrate.Features).
 	LazyPages bool `json:"lazy_pages,omitempty"`
 	SoftDirty bool `json:"soft_dirty,omitempty"`
+	// ImageCopy: the agent gets a migrating container's image it lacks
+	// (the image-ready step); an older agent's record says false.
+	ImageCopy bool `json:"image_copy,omitempty"`
 }
 
 // Status is a container's lifecycle state as the cluster sees it.
