@@ -136,6 +136,8 @@ func TestAuthz(t *testing.T) {
 			{"restore", http.MethodPost, "/v1/incoming/victim/restore", "application/json", []byte(`{"name":"victim"}`)},
 			{"abort", http.MethodPost, "/v1/incoming/victim/abort", "", nil},
 			{"tunnel", http.MethodPost, "/v1/tunnel/victim/lazy", "", nil},
+			{"image copy", http.MethodGet, "/v1/outgoing/victim/image", "", nil},
+			{"image-ready", http.MethodPost, "/v1/incoming/victim/image", "", nil},
 		} {
 			req, err := http.NewRequest(r.method, "https://"+edge1+r.path, bytes.NewReader(r.body))
 			if err != nil {

@@ -92,6 +92,9 @@ type Agent struct {
 	// prepared: the revision of each incoming container's record at
 	// prepare (the commit swaps it directly, without reading it again).
 	prepared map[string]int64
+	// imageBusy: images being imported, copied or removed here, each
+	// closed when done (imageLock).
+	imageBusy map[string]chan struct{}
 	// groups: group moves being restored here (group.go).
 	groups map[string]*incomingGroup
 	// metrics: nil without a metrics address (its methods are nil-safe).
@@ -186,7 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.st.RegisterHost(ctx, store.Host{
 		Name: a.cfg.Name, UnderlayIP: a.cfg.UnderlayIP.String(), API: a.cfg.Listen, Started: time.Now().UTC(), LinkRate: int64(a.cfg.LinkRate),
-		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty,
+		LazyPages: a.features.LazyPages, SoftDirty: a.features.SoftDirty, ImageCopy: true,
 	}, 5*time.Second); err != nil {
 		return err
 	}

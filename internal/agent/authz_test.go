@@ -156,6 +156,8 @@ func TestAuthorize(t *testing.T) {
 		{"POST /v1/incoming/{name}/restore", authz.Incoming},
 		{"PUT /v1/incoming/{name}/data", authz.Incoming},
 		{"POST /v1/tunnel/{name}/{kind}", authz.Tunnel},
+		{"POST /v1/incoming/{name}/image", authz.Incoming},
+		{"GET /v1/outgoing/{name}/image", authz.Image},
 	} {
 		mux.HandleFunc(p.pattern, a.guard(p.kind, ok))
 	}
@@ -195,6 +197,12 @@ func TestAuthorize(t *testing.T) {
 		{"edge-3", "POST", "/v1/incoming/local/prepare", 403}, // prepare always asks the store
 		{"edge-2", "POST", "/v1/tunnel/open/lazy", 204},       // a tunnel opened here for edge-2
 		{"edge-3", "POST", "/v1/tunnel/open/lazy", 403},       // ... not for edge-3
+		{"edge-2", "POST", "/v1/incoming/in/image", 204},      // edge-2 sends "in" here: it asks for the image
+		{"edge-3", "POST", "/v1/incoming/in/image", 403},
+		{"edge-3", "GET", "/v1/outgoing/out/image", 204}, // edge-3 takes "out": it copies its image from here
+		{"edge-2", "GET", "/v1/outgoing/out/image", 403}, // ... no other host
+		{"edge-2", "GET", "/v1/outgoing/in/image", 403},  // "in" comes from edge-2, not from here
+		{"edge-3", "GET", "/v1/outgoing/web/image", 403}, // no migration at all
 	} {
 		cert := certs[tc.who]
 		r := httptest.NewRequest(tc.method, tc.path, nil)

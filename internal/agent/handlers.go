@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
@@ -36,12 +33,14 @@ func (a *Agent) routes() http.Handler {
 	admin("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
 	admin("PUT /v1/images/{name}", a.handleImport)
 	admin("DELETE /v1/images/{name}", a.handleImageRemove)
+	incoming("POST /v1/incoming/{name}/image", named(a.handleIncomingImage))
 	incoming(preparePattern, named(a.handlePrepare))
 	incoming("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
 	incoming("PUT /v1/incoming/{name}/data", named(a.handleData))
 	incoming("POST /v1/incoming/{name}/restore", named(a.handleRestore))
 	incoming("POST /v1/incoming/{name}/abort", named(a.handleAbort))
 	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.guard(authz.Tunnel, named(a.handleTunnel)))
+	mux.HandleFunc("GET /v1/outgoing/{name}/image", a.guard(authz.Image, named(a.handleImageSend)))
 	incoming("POST /v1/incoming/{name}/fetched", named(a.handleFetched))
 	return a.authenticate(mux)
 }
@@ -82,6 +81,8 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusBadRequest
 	case errors.Is(err, authz.ErrForbidden):
 		code = http.StatusForbidden
+	case errors.Is(err, errBadCopy):
+		code = http.StatusBadGateway
 	}
 	writeJSON(w, code, api.Error{Error: err.Error()})
 }
@@ -254,92 +255,4 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(api.LogSkippedHeader, strconv.FormatInt(l.Skipped, 10))
 	w.Header().Set(api.LogStartHeader, strconv.FormatInt(l.Start, 10))
 	_, _ = io.Copy(w, l.Tail())
-}
-
-// handleImport receives an image's rootfs as a tar stream and swaps it in
-// atomically.
-func (a *Agent) handleImport(w http.ResponseWriter, r *http.Request) {
-	im, err := names.ParseImage(r.PathValue("name"))
-	if err != nil {
-		httpError(w, badRequest("%v", err))
-		return
-	}
-	name, key := im.String(), im.Key()
-	base := filepath.Join(a.cfg.StateDir, "images")
-	tmp, err := os.MkdirTemp(base, "."+key+"-")
-	if err != nil {
-		httpError(w, err)
-		return
-	}
-	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		httpError(w, err)
-		return
-	}
-	if _, err := transfer.Unpack(tar.NewReader(r.Body), map[string]transfer.Dest{"rootfs/": {Dir: filepath.Join(tmp, "rootfs")}}); err != nil {
-		httpError(w, badRequest("unpack image %s: %v", name, err))
-		return
-	}
-	final := filepath.Join(base, key)
-	inUse := lowerInUse(filepath.Join(final, "rootfs"))
-	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", key, now().UnixNano()))
-	if err := os.Rename(final, old); err != nil && !errors.Is(err, os.ErrNotExist) {
-		httpError(w, err)
-		return
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		httpError(w, err)
-		return
-	}
-	// A running container's overlay still reads the old lower layer (the
-	// mount holds it, renamed); keep it until nothing mounts it.
-	if !inUse {
-		_ = os.RemoveAll(old)
-	}
-	a.log.Info("image imported", "image", name)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// handleImageRemove deletes an image from this host, unless a container
-// record names it (on any host: it may migrate here). Removing an image
-// the host does not have succeeds.
-func (a *Agent) handleImageRemove(w http.ResponseWriter, r *http.Request) {
-	im, err := names.ParseImage(r.PathValue("name"))
-	if err != nil {
-		httpError(w, badRequest("%v", err))
-		return
-	}
-	name, key := im.String(), im.Key()
-	cs, err := a.st.Containers(r.Context())
-	if err != nil {
-		httpError(w, err)
-		return
-	}
-	for _, c := range cs {
-		if c.Image == name {
-			httpError(w, fmt.Errorf("image %s is used by container %s (on %s): remove the container first (`coat rm %s`): %w", name, c.Name, c.Host, c.Name, errBusy))
-			return
-		}
-	}
-	base := filepath.Join(a.cfg.StateDir, "images")
-	old := filepath.Join(base, fmt.Sprintf(".retired-%s-%d", key, now().UnixNano()))
-	if err := os.Rename(filepath.Join(base, key), old); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		httpError(w, err)
-		return
-	}
-	if !lowerInUse(filepath.Join(old, "rootfs")) {
-		_ = os.RemoveAll(old)
-	}
-	a.log.Info("image removed", "image", name)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// lowerInUse reports whether an overlay mount uses dir as its lower layer.
-func lowerInUse(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	return err == nil && strings.Contains(string(b), "lowerdir="+dir)
 }

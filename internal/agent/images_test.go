@@ -21,11 +21,13 @@ type imgStore struct {
 
 func (s *imgStore) Containers(context.Context) ([]store.Container, error) { return s.cs, nil }
 
-// An image a container record names (on any host) is not removed; one no
-// container uses is, and removing it again succeeds.
+// An image a container on this host uses, or one migrating here, is not
+// removed; one used only elsewhere is (a migration here copies it back),
+// and removing it again succeeds.
 func TestAgentImageRemove(t *testing.T) {
 	a, h := badInputAgent(t)
-	st := &imgStore{cs: []store.Container{{Name: "web", Host: "edge-2", Image: "127.0.0.1:5000/lab/app:1"}}}
+	const img = "127.0.0.1:5000/lab/app:1"
+	st := &imgStore{cs: []store.Container{{Name: "web", Host: "edge-1", Image: img}}}
 	a.st = st
 	do := func(method, path string, body []byte) *httptest.ResponseRecorder {
 		w := httptest.NewRecorder()
@@ -34,17 +36,22 @@ func TestAgentImageRemove(t *testing.T) {
 	}
 	const path = "/v1/images/127.0.0.1:5000%2Flab%2Fapp:1"
 	dir := filepath.Join(a.cfg.StateDir, "images", "127.0.0.1@5000+lab+app@1")
-	if w := do("PUT", path, rootfsTar(t, 0o755)); w.Code != http.StatusNoContent {
+	if w := do("PUT", path, rootfsTar(t, 0o755)); w.Code != http.StatusOK {
 		t.Fatalf("PUT: %d %s", w.Code, w.Body)
 	}
 	w := do("DELETE", path, nil)
-	if w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), "used by container web (on edge-2)") {
-		t.Errorf("DELETE of an image in use: %d %s", w.Code, w.Body)
+	if w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), "used by container web on edge-1") {
+		t.Errorf("DELETE of an image in use here: %d %s", w.Code, w.Body)
+	}
+	st.cs = []store.Container{{Name: "web", Host: "edge-2", Image: img, Status: store.StatusMigrating, MigratingTo: "edge-1"}}
+	w = do("DELETE", path, nil)
+	if w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), "migrating to edge-1") {
+		t.Errorf("DELETE of an image a container migrating here uses: %d %s", w.Code, w.Body)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "rootfs", "bin", "sh")); err != nil {
 		t.Errorf("image in use was touched: %v", err)
 	}
-	st.cs = nil
+	st.cs = []store.Container{{Name: "web", Host: "edge-2", Image: img, Status: store.StatusRunning}}
 	if w := do("DELETE", path, nil); w.Code != http.StatusNoContent {
 		t.Errorf("DELETE: %d %s", w.Code, w.Body)
 	}

@@ -95,6 +95,8 @@ func (a *Agent) ticks(o *outgoing, start time.Time, send func(api.Progress)) (st
 func nextPhase(p migrate.Phase, s migrate.Strategy) string {
 	switch p {
 	case migrate.PhaseLocked:
+		return "image"
+	case migrate.PhaseImageReady:
 		return "preparing"
 	case migrate.PhasePrepared:
 		return "checkpointing"

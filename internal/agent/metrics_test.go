@@ -31,7 +31,8 @@ func TestNextPhase(t *testing.T) {
 		s    migrate.Strategy
 		want string
 	}{
-		{migrate.PhaseLocked, migrate.StopAndCopy, "preparing"},
+		{migrate.PhaseLocked, migrate.StopAndCopy, "image"},
+		{migrate.PhaseImageReady, migrate.StopAndCopy, "preparing"},
 		{migrate.PhasePrepared, migrate.StopAndCopy, "checkpointing"},
 		{migrate.PhaseCheckpointed, migrate.StopAndCopy, "transferring"},
 		{migrate.PhaseTransferred, migrate.StopAndCopy, "restoring"},

@@ -39,7 +39,8 @@ func (a *Agent) handlePrepare(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !a.rt.HasImage(c.Image) {
-		httpError(w, badRequest("image %q is not on host %s: import it with `coat image import`", c.Image, a.cfg.Name))
+		// The image-ready step put it here; it went since (removed).
+		httpError(w, badRequest("image %q is not on host %s (removed since the migration checked): try the migration again", c.Image, a.cfg.Name))
 		return
 	}
 	if a.rt.Status(r.Context(), c.Name) != "" {
@@ -398,6 +399,9 @@ func (a *Agent) emptyTrash() {
 		m, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, d, ".trash-*"))
 		all = append(all, m...)
 	}
+	// Images being received when the agent stopped.
+	m, _ := filepath.Glob(filepath.Join(a.imagesDir(), ".tmp-*"))
+	all = append(all, m...)
 	// An older agent's trash directory.
 	all = append(all, filepath.Join(a.cfg.StateDir, "trash"))
 	for _, p := range all {

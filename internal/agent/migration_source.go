@@ -121,6 +121,8 @@ func (o *outgoing) result(rep migrate.Report) *api.MigrateResult {
 		Strategy: string(o.strategy), StrategyReason: o.why, MemoryBytes: o.memory,
 		LazyMS: api.Ms(rep.Lazy), PagesOnDemand: o.onDemand,
 		TimeoutMS: api.Ms(o.budget.Timeout), FreezeBudgetMS: api.Ms(o.budget.Freeze), ReplyLost: rep.ReplyLost,
+		ImageName: o.c.Image, ImageFetchMS: o.imageCopy.MS, ImageFetchBytes: o.imageCopy.Bytes, ImageFetchedFrom: o.imageCopy.From,
+		ImageRegistryError: o.imageCopy.RegistryError,
 	}
 }
 
@@ -161,6 +163,11 @@ type outgoing struct {
 	untunnel  func()
 	pageBytes int64
 	onDemand  int
+	// imageCopy: how the destination came to hold the image;
+	// prepareSent: the destination was asked to prepare (it may hold
+	// something to abort).
+	imageCopy   api.ImageReply
+	prepareSent bool
 	// id names the migration in the logs and its progress lines.
 	id string
 	// current is the phase under way; sent the bytes streamed so far.
@@ -223,6 +230,9 @@ func (a *Agent) newOutgoing(ctx context.Context, name string, req api.MigrateReq
 		strategy, why = migrate.StopAndCopy, "the reference path"
 	}
 	budget := migrate.DefaultBudget(strategy, mem, linkRate(a.cfg.LinkRate, dest))
+	// The destination may have to copy the image first (before the
+	// freeze, within the overall timeout): allow for it.
+	budget.Timeout += a.imageAllowance(ctx, c.Image, linkRate(a.cfg.LinkRate, dest))
 	if req.TimeoutMS > 0 {
 		budget.Timeout = time.Duration(req.TimeoutMS) * time.Millisecond
 	}
@@ -323,7 +333,39 @@ func (o *outgoing) record(phase string) store.Migration {
 	}
 }
 
+// Image has the destination make sure it holds the container's image
+// before anything is frozen: lacking it, it copies it from here (see
+// images.go) while the container runs on. It returns the bytes copied.
+func (o *outgoing) Image(ctx context.Context) (int64, error) {
+	if !o.dest.ImageCopy {
+		// An older agent: it only checks for the image at prepare.
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, imageCopyTimeout+callTimeout)
+	defer cancel()
+	var rep api.ImageReply
+	if err := o.peer.JSON(ctx, http.MethodPost, o.incoming("image"), nil, &rep); err != nil {
+		return 0, err
+	}
+	o.imageCopy = rep
+	return rep.Bytes, nil
+}
+
+// imageAllowance is what a migration's default budget adds for copying
+// its image: twice the time the image's recorded size takes over the
+// link (nothing if the record says no size).
+func (a *Agent) imageAllowance(ctx context.Context, image string, rate float64) time.Duration {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := a.st.Image(ctx, image)
+	if err != nil {
+		return 0
+	}
+	return 2 * migrate.EstimateFreeze(rec.Size, rate)
+}
+
 func (o *outgoing) Prepare(ctx context.Context) error {
+	o.prepareSent = true
 	pctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if err := o.peer.JSON(pctx, http.MethodPost, o.incoming("prepare"), api.PrepareRequest{Hold: o.hold()}, nil); err != nil {
@@ -616,6 +658,11 @@ func (o *outgoing) cleanup() {
 }
 
 func (o *outgoing) Abort(ctx context.Context) error {
+	if !o.prepareSent {
+		// Refused at the image step: the destination kept nothing (and,
+		// the record gone, would refuse the call).
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	path := o.incoming("abort")

@@ -110,6 +110,17 @@ type MigrateResult struct {
 	TimeoutMS      float64 `json:"timeout_ms"`
 	FreezeBudgetMS float64 `json:"freeze_budget_ms"`
 	ReplyLost      bool    `json:"reply_lost,omitempty"`
+	// ImageFetchMS and ImageFetchBytes are the time and (compressed)
+	// bytes the destination took to copy the container's image, which it
+	// lacked, before the freeze (0 when it had the image), from
+	// ImageFetchedFrom: the source host's name, or the registry
+	// reference it was pulled from. ImageRegistryError says why the
+	// registry was passed over. ImageName is the container's image.
+	ImageName          string  `json:"image_name"`
+	ImageFetchMS       float64 `json:"image_fetch_ms"`
+	ImageFetchBytes    int64   `json:"image_fetch_bytes"`
+	ImageFetchedFrom   string  `json:"image_fetched_from,omitempty"`
+	ImageRegistryError string  `json:"image_registry_error,omitempty"`
 }
 
 // Progress is one line of a migration's streamed reply: a phase that
@@ -189,6 +200,26 @@ type FetchReply struct {
 	LazyMS        float64 `json:"lazy_ms"`
 	PagesOnDemand int     `json:"pages_on_demand"`
 	Bytes         int64   `json:"bytes"`
+}
+
+// ImportReply is what an agent received of an image import: the digest
+// ("sha256:HEX") and length of the tar stream.
+type ImportReply struct {
+	Digest string `json:"digest"`
+	Bytes  int64  `json:"bytes"`
+}
+
+// ImageReply is the destination's image-ready step: whether it copied
+// the container's image (it lacked it), from where (the source host's
+// name, or the registry reference it was pulled from), how many bytes
+// came (compressed) and how long the copy took. RegistryError says why
+// the registry was passed over for the source host.
+type ImageReply struct {
+	Copied        bool    `json:"copied"`
+	From          string  `json:"from,omitempty"`
+	Bytes         int64   `json:"bytes"`
+	MS            float64 `json:"ms"`
+	RegistryError string  `json:"registry_error,omitempty"`
 }
 
 // Error is the JSON body of a failed request.
@@ -323,13 +354,24 @@ func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, int64, e
 	return resp.Body, skipped, nil
 }
 
-// ImportImage sends a rootfs as a tar stream.
-func (c *Client) ImportImage(ctx context.Context, name string, tarStream io.Reader) error {
-	rc, err := c.Stream(ctx, http.MethodPut, "/v1/images/"+url.PathEscape(name), tarStream, "application/x-tar")
-	if err != nil {
-		return err
+// ImportImage sends a rootfs as a tar stream (names under rootfs/). With
+// a digest ("sha256:HEX") the agent refuses a stream without it.
+func (c *Client) ImportImage(ctx context.Context, name, digest string, tarStream io.Reader) (ImportReply, error) {
+	path := "/v1/images/" + url.PathEscape(name)
+	if digest != "" {
+		path += "?digest=" + url.QueryEscape(digest)
 	}
-	return rc.Close()
+	var rep ImportReply
+	rc, err := c.Stream(ctx, http.MethodPut, path, tarStream, "application/x-tar")
+	if err != nil {
+		return rep, err
+	}
+	defer rc.Close()
+	// An older agent answers 204, with no body (and keeps no stream).
+	if err := json.NewDecoder(rc).Decode(&rep); err != nil && !errors.Is(err, io.EOF) {
+		return rep, fmt.Errorf("import %s: the agent's answer: %w", name, err)
+	}
+	return rep, nil
 }
 
 // RemoveImage deletes an image from the agent's host; refused (409)

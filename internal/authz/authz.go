@@ -8,7 +8,9 @@
 //     migration of NAME is recorded from the caller to this agent (the
 //     caller coordinates it, as its source), /v1/tunnel/NAME/* while it is
 //     recorded from this agent to the caller (the destination fetches
-//     memory from the source); never anything else (run, rm, logs,
+//     memory from the source), and /v1/outgoing/NAME/image likewise (the
+//     destination copies the image of NAME, which it lacks, from the
+//     source); never anything else (run, rm, logs,
 //     migrate, image import);
 //   - a host calls from the address its certificate names (FromAddress);
 //   - an etcd member's certificate, and a revoked one, may do nothing.
@@ -45,6 +47,9 @@ const (
 	Incoming
 	// Tunnel: /v1/tunnel/NAME/..., the source's page tunnel.
 	Tunnel
+	// Image: /v1/outgoing/NAME/image, the source's copy of the image
+	// of NAME for a destination that lacks it.
+	Image
 )
 
 // Op is one request: its class and the container it is about.
@@ -75,6 +80,12 @@ func Decide(caller pki.Identity, op Op, self string, m *store.Migration) error {
 			return nil
 		}
 		return fmt.Errorf("%w: host %s may not open a page tunnel of container %s on %s: the store records no migration of it from %s to %s",
+			ErrForbidden, caller.Name, op.Name, self, self, caller.Name)
+	case Image:
+		if m != nil && m.Name == op.Name && m.From == self && m.To == caller.Name {
+			return nil
+		}
+		return fmt.Errorf("%w: host %s may not copy the image of container %s from %s: the store records no migration of it from %s to %s",
 			ErrForbidden, caller.Name, op.Name, self, self, caller.Name)
 	}
 	return fmt.Errorf("%w: host certificate %q may only take part in migrations; running, removing, migrating, reading logs and importing images need an admin certificate (the CLI's)", ErrForbidden, caller.Name)

@@ -39,6 +39,11 @@ func TestDecide(t *testing.T) {
 		{"destination opens the source's tunnel", e1, Op{Tunnel, "web"}, "edge-2", mig, true},
 		{"source opens the destination's tunnel", e2, Op{Tunnel, "web"}, "edge-1", mig, false},
 		{"tunnel without a migration", e1, Op{Tunnel, "web"}, "edge-2", nil, false},
+		{"destination copies the source's image", e1, Op{Image, "web"}, "edge-2", mig, true},
+		{"source copies from the destination", e2, Op{Image, "web"}, "edge-1", mig, false},
+		{"third host copies the image", pki.Identity{Name: "edge-3", Role: pki.RoleHost}, Op{Image, "web"}, "edge-2", mig, false},
+		{"image of another container", e1, Op{Image, "web"}, "edge-2", other, false},
+		{"image without a migration", e1, Op{Image, "web"}, "edge-2", nil, false},
 		{"etcd member calls", etcd, Op{Incoming, "web"}, "edge-1", mig, false},
 		{"no role", pki.Identity{Name: "x"}, Op{Kind: AdminOnly}, "edge-1", nil, false},
 	} {

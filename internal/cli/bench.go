@@ -200,16 +200,7 @@ func redisImage(cmd *cobra.Command, s *session, st *lab.State) error {
 	if err := images.BuildRedis(dir); err != nil {
 		return fmt.Errorf("build image redis (scripts/install-deps.sh installs redis-server): %w", err)
 	}
-	for i := 1; i <= st.Hosts; i++ {
-		cl, err := s.agent(cmd.Context(), lab.EdgeName(i))
-		if err != nil {
-			return err
-		}
-		if err := importTo(cmd, cl, "redis", dir); err != nil {
-			return fmt.Errorf("import redis on %s: %w", lab.EdgeName(i), err)
-		}
-	}
-	return nil
+	return importDir(cmd.Context(), nil, s, "redis", dir)
 }
 
 func splitList(s string) []string {

@@ -262,6 +262,8 @@ func TestRunValidatesBeforeConnecting(t *testing.T) {
 		{[]string{"image", "pull", "../a"}, `invalid image "../a"`},
 		{[]string{"image", "load", "--name", "A", "f.tar"}, `invalid image "A"`},
 		{[]string{"image", "rm", "a:b:c"}, `invalid image "a:b:c"`},
+		{[]string{"image", "rm", "--host", "../edge-1", "sample"}, `--host: invalid host name "../edge-1"`},
+		{[]string{"image", "rm", "--host", "edge-1", "a:b:c"}, `invalid image "a:b:c"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "i", "--env", "NOEQUALS", "--", "x"}, `--env "NOEQUALS"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "../containers/a", "--", "x"}, `invalid image "../containers/a"`},
 		{[]string{"run", "--name", "ok", "--host", "h", "--image", "/var/lib", "--", "x"}, "no leading '/'"},

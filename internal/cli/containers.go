@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -331,44 +330,34 @@ func newImageCmd() *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			hosts, err := s.st.Hosts(ctx)
-			if err != nil {
+			if _, err := hostList(ctx, s); err != nil {
 				return err
 			}
-			if len(hosts) == 0 {
-				return fmt.Errorf("no hosts: start agents first (`coat lab up`)")
-			}
-			for _, h := range hosts {
-				cl, err := s.agent(ctx, h.Name)
-				if err != nil {
-					return err
-				}
-				if err := importTo(cmd, cl, name, dir); err != nil {
-					return fmt.Errorf("import %s to %s: %w", name, h.Name, err)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "image %s imported on %s\n", name, h.Name)
-			}
 			abs, _ := filepath.Abs(dir)
-			return s.st.PutImage(ctx, store.Image{Name: name, Source: abs, Created: time.Now().UTC()})
+			return importDir(ctx, cmd.OutOrStdout(), s, name, abs)
 		},
 	})
 	img.AddCommand(imageSubcommands()...)
 	return img
 }
 
-func importTo(cmd *cobra.Command, cl *api.Client, name, dir string) error {
-	pr, pw := io.Pipe()
-	go func() {
-		tw := tar.NewWriter(pw)
-		_, err := transfer.Pack(tw, dir, "rootfs/", false)
-		if err == nil {
-			err = tw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	err := cl.ImportImage(cmd.Context(), name, pr)
-	pr.Close()
-	return err
+// importDir packs a rootfs directory once into a temporary tar file,
+// imports it on every host and records the image with its digest.
+func importDir(ctx context.Context, out io.Writer, s *session, name, dir string) error {
+	tmp, err := os.MkdirTemp("", "coat-image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	path := filepath.Join(tmp, "rootfs.tar")
+	if err := packDir(dir, path); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	digest, size, err := importFile(ctx, out, s, name, path)
+	if err != nil {
+		return err
+	}
+	return s.st.PutImage(ctx, store.Image{Name: name, Source: dir, Size: size, RootfsDigest: digest, Created: time.Now().UTC()})
 }
 
 // containerArg checks the one argument of a command on a container: a

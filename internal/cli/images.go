@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -18,6 +22,7 @@ import (
 	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/oci"
 	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
 )
 
 // imageSubcommands are `coat image pull`, `load`, `ls` and `rm`.
@@ -51,7 +56,7 @@ func imageSubcommands() []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true)
+			return importOCI(ctx, dl, cmd, s, img, im.String(), ref, true, insecure)
 		}),
 	}
 	pull.Flags().BoolVar(&insecure, "insecure", false, "allow a plain-HTTP (or self-signed) registry")
@@ -101,7 +106,7 @@ func imageSubcommands() []*cobra.Command {
 				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
 			}
 			abs, _ := filepath.Abs(file)
-			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false)
+			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false, false)
 		}),
 	}
 	load.Flags().StringVar(&as, "name", "", "name to give the image (default: the name in the archive)")
@@ -134,16 +139,39 @@ func imageSubcommands() []*cobra.Command {
 		}),
 	}
 
+	var onHost string
 	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove an image from every host (refused while a container uses it)",
-		Args:  imageArg,
+		Use:   "rm [--host HOST] NAME",
+		Short: "Remove an image from every host (refused while a container uses it), or from one",
+		Long: "Remove an image from every host and its record, refused while any container\n" +
+			"uses it. With --host, only from that host's disk, refused while a container\n" +
+			"there (or migrating there) uses it; the record stays, and a migration to\n" +
+			"that host copies the image back from the source first.",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if onHost != "" {
+				if err := names.Host(onHost); err != nil {
+					return fmt.Errorf("--host: %w", err)
+				}
+			}
+			return imageArg(cmd, args)
+		},
 		RunE: withSession(func(ctx context.Context, cmd *cobra.Command, s *session, args []string) error {
 			im, err := names.ParseImage(args[0])
 			if err != nil {
 				return err
 			}
 			name := im.String()
+			if onHost != "" {
+				cl, err := s.agent(ctx, onHost)
+				if err != nil {
+					return err
+				}
+				if err := cl.RemoveImage(ctx, name); err != nil {
+					return fmt.Errorf("remove image %s on %s: %w", name, onHost, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "image %s removed from %s\n", name, onHost)
+				return nil
+			}
 			cs, err := s.st.Containers(ctx)
 			if err != nil {
 				return err
@@ -177,6 +205,7 @@ func imageSubcommands() []*cobra.Command {
 			return nil
 		}),
 	}
+	rm.Flags().StringVar(&onHost, "host", "", "remove the image from this host only (its record stays)")
 	return []*cobra.Command{pull, load, ls, rm}
 }
 
@@ -204,8 +233,9 @@ func hostList(ctx context.Context, s *session) ([]store.Host, error) {
 // importOCI checks img's layers against their digests and flattens it
 // into a temporary file (download says img is remote: it is copied once
 // to a local cache first), and only then imports it on every host and
-// records its configuration: a corrupt image changes nothing.
-func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download bool) error {
+// records its configuration: a corrupt image changes nothing. insecure:
+// the registry was reached with --insecure.
+func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download, insecure bool) error {
 	out := cmd.OutOrStdout()
 	tmp, err := os.MkdirTemp("", "coat-image-")
 	if err != nil {
@@ -246,35 +276,87 @@ func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.I
 	if note := flat.Changes.String(); note != "" {
 		fmt.Fprintf(cmd.ErrOrStderr(), "coat image: %s: %s\n", name, note)
 	}
-	hosts, err := hostList(ctx, s)
+	rootfsDigest, _, err := importFile(ctx, out, s, name, flatPath)
 	if err != nil {
 		return err
 	}
-	for _, h := range hosts {
-		cl, err := s.agent(ctx, h.Name)
-		if err != nil {
-			return err
-		}
-		if err := sendFile(ctx, cl, name, flatPath); err != nil {
-			return fmt.Errorf("import %s to %s: %w", name, h.Name, err)
-		}
-		fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
-	}
 	rec := store.Image{
-		Name: name, Source: source, Digest: digest.String(), Size: flat.Size,
+		Name: name, Source: source, Digest: digest.String(), Size: flat.Size, RootfsDigest: rootfsDigest, Insecure: insecure,
 		Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User,
 		Users: flat.Users, Groups: flat.Groups, Created: time.Now().UTC(),
 	}
 	return s.st.PutImage(ctx, rec)
 }
 
-func sendFile(ctx context.Context, cl *api.Client, name, path string) error {
+// importFile sends the rootfs tar stream in path to every host, each of
+// which checks it against its digest, and returns that digest (for the
+// image's record: a host that lacks the image later gets a copy from
+// another, checked against it) and the stream's length.
+func importFile(ctx context.Context, out io.Writer, s *session, name, path string) (string, int64, error) {
+	digest, size, err := fileDigest(path)
+	if err != nil {
+		return "", 0, err
+	}
+	hosts, err := hostList(ctx, s)
+	if err != nil {
+		return "", 0, err
+	}
+	for _, h := range hosts {
+		cl, err := s.agent(ctx, h.Name)
+		if err != nil {
+			return "", 0, err
+		}
+		if err := sendFile(ctx, cl, name, digest, path); err != nil {
+			return "", 0, fmt.Errorf("import %s to %s: %w", name, h.Name, err)
+		}
+		if out != nil {
+			fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
+		}
+	}
+	return digest, size, nil
+}
+
+func sendFile(ctx context.Context, cl *api.Client, name, digest, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return cl.ImportImage(ctx, name, f)
+	rep, err := cl.ImportImage(ctx, name, digest, f)
+	if err == nil && rep.Digest != "" && rep.Digest != digest {
+		err = fmt.Errorf("the agent received a stream with digest %s, not %s", rep.Digest, digest)
+	}
+	return err
+}
+
+// fileDigest is "sha256:HEX" of a file's content, and its length.
+func fileDigest(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// packDir packs the rootfs directory dir into the tar file path (names
+// under rootfs/), the stream every host gets.
+func packDir(dir, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	_, err = transfer.Pack(tw, dir, "rootfs/", false)
+	if err == nil {
+		err = tw.Close()
+	}
+	return errors.Join(err, f.Close())
 }
 
 func humanSize(n int64) string {

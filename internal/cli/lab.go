@@ -17,7 +17,6 @@ import (
 	"github.com/coat-project/coat/internal/images"
 	"github.com/coat-project/coat/internal/lab"
 	"github.com/coat-project/coat/internal/linkspec"
-	"github.com/coat-project/coat/internal/store"
 )
 
 func newLabCmd() *cobra.Command {
@@ -185,16 +184,7 @@ func labImages(cmd *cobra.Command, st *lab.State) error {
 		if err := im.Build(dir); err != nil {
 			return fmt.Errorf("build image %s: %w", name, err)
 		}
-		for i := 1; i <= st.Hosts; i++ {
-			cl, err := s.agent(cmd.Context(), lab.EdgeName(i))
-			if err != nil {
-				return err
-			}
-			if err := importTo(cmd, cl, name, dir); err != nil {
-				return fmt.Errorf("import %s on %s: %w", name, lab.EdgeName(i), err)
-			}
-		}
-		if err := s.st.PutImage(cmd.Context(), store.Image{Name: name, Source: dir, Created: time.Now().UTC()}); err != nil {
+		if err := importDir(cmd.Context(), nil, s, name, dir); err != nil {
 			return err
 		}
 	}

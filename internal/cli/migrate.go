@@ -108,6 +108,9 @@ together; if one fails, all roll back. A group moves stop-and-copy.`,
 				res.CheckpointMS, res.TransferMS, res.RestoreMS, res.TotalMS)
 			fmt.Fprintf(out, "downtime %.1f ms, %d bytes moved (image %d, rootfs %d)\n",
 				res.DowntimeMS, res.Bytes, res.ImageBytes, res.RootfsBytes)
+			if line := imageLine(res); line != "" {
+				fmt.Fprintln(out, line)
+			}
 			if res.Strategy == string(migrate.PostCopy) {
 				fmt.Fprintf(out, "post-copy: last page arrived %.1f ms after the restore (%d page faults served on demand); committed only then\n",
 					res.LazyMS, res.PagesOnDemand)
@@ -192,6 +195,20 @@ func migrateGroup(cmd *cobra.Command, s *session, req api.MigrateRequest, first 
 			r.Name, r.DowntimeMS, r.CheckpointMS, r.TransferMS, r.RestoreMS, r.Bytes)
 	}
 	return nil
+}
+
+// imageLine says how the destination got the container's image, when
+// it had to copy it.
+func imageLine(r *api.MigrateResult) string {
+	if r.ImageFetchedFrom == "" {
+		return ""
+	}
+	s := fmt.Sprintf("image %s copied from %s to %s before the freeze: %s in %.1f ms (not part of the downtime)",
+		r.ImageName, r.ImageFetchedFrom, r.To, humanBytes(r.ImageFetchBytes), r.ImageFetchMS)
+	if r.ImageRegistryError != "" {
+		s += "\n  (not from its registry: " + r.ImageRegistryError + ")"
+	}
+	return s
 }
 
 // progressLine is how a migration's tick is shown: the phase under way,

@@ -25,3 +25,18 @@ func TestProgressLine(t *testing.T) {
 		t.Error("a buffer is not a terminal: --json and piped output get no ticks")
 	}
 }
+
+// The human output says when the image was copied, and why not from its
+// registry; nothing when the destination had it.
+func TestImageLine(t *testing.T) {
+	if got := imageLine(&api.MigrateResult{ImageName: "sample", To: "edge-2"}); got != "" {
+		t.Errorf("image not copied: %q, want nothing", got)
+	}
+	got := imageLine(&api.MigrateResult{ImageName: "sample", To: "edge-2", ImageFetchedFrom: "edge-1", ImageFetchBytes: 3 << 20, ImageFetchMS: 42.25,
+		ImageRegistryError: "registry r/app:1: the registry did not answer within 3s"})
+	want := "image sample copied from edge-1 to edge-2 before the freeze: 3.0 MiB in 42.2 ms (not part of the downtime)\n" +
+		"  (not from its registry: registry r/app:1: the registry did not answer within 3s)"
+	if got != want {
+		t.Errorf("imageLine:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -1,12 +1,18 @@
 // Package migrate drives one live migration of a container from its source
 // agent to a destination agent, as an explicit sequence of phases:
 //
-//	locked -> prepared -> checkpointed -> transferred -> restored -> committed
-//	                                  \______________\___________\-> rolled-back
+//	locked -> image-ready -> prepared -> checkpointed -> transferred -> restored -> committed
+//	                                                \______________\___________\-> rolled-back
 //
 // locked:       the cluster record says "migrating" (compare-and-swap on the
 //
 //	record, so a second migration of the same container fails).
+//
+// image-ready:  the destination holds the container's image: it had it, or
+//
+//	copied it from the source (verified against the digest in the
+//	image's record) while the container still ran. Never inside
+//	the downtime.
 //
 // prepared:     the destination built the container's network namespace with
 //
@@ -72,6 +78,7 @@ type Phase string
 // The phases in order, plus the terminal failure state.
 const (
 	PhaseLocked       Phase = "locked"
+	PhaseImageReady   Phase = "image-ready"
 	PhasePrepared     Phase = "prepared"
 	PhaseCheckpointed Phase = "checkpointed"
 	PhaseTransferred  Phase = "transferred"
@@ -85,6 +92,9 @@ const (
 // them for real; tests implement them to check the phase logic.
 type Steps interface {
 	Lock(ctx context.Context) error
+	// Image makes sure the destination holds the container's image,
+	// before the freeze, and returns the bytes copied (0: it had it).
+	Image(ctx context.Context) (int64, error)
 	Prepare(ctx context.Context) error
 	Checkpoint(ctx context.Context) error
 	// Transfer streams the image and returns the bytes moved.
@@ -127,7 +137,11 @@ type Report struct {
 	// Lazy is from the restore until the last page arrived (post-copy).
 	Lazy  time.Duration
 	Bytes int64
-	Phase Phase
+	// Image is the image-ready step (before the freeze, outside the
+	// downtime) and ImageBytes what it copied to the destination.
+	Image      time.Duration
+	ImageBytes int64
+	Phase      Phase
 	// ReplyLost: the destination committed but its answer to the restore
 	// was lost; the record told the source.
 	ReplyLost bool
@@ -179,6 +193,15 @@ func RunBudget(ctx context.Context, s Steps, obs Observer, b Budget) (Report, er
 	if _, err := step(ctx, PhaseLocked, s.Lock); err != nil {
 		return r, err // nothing to undo: the record was not ours
 	}
+	var err error
+	if r.Image, err = step(ctx, PhaseImageReady, func(ctx context.Context) error {
+		n, err := s.Image(ctx)
+		r.ImageBytes = n
+		return err
+	}); err != nil {
+		_, err = rollback(ctx, s, &r, false, fmt.Errorf("image on destination: %w", err))
+		return r, err
+	}
 	if _, err := step(ctx, PhasePrepared, s.Prepare); err != nil {
 		_, err = rollback(ctx, s, &r, false, fmt.Errorf("prepare destination: %w", err))
 		return r, err
@@ -190,7 +213,6 @@ func RunBudget(ctx context.Context, s Steps, obs Observer, b Budget) (Report, er
 		fctx, cancel = context.WithDeadlineCause(ctx, freeze.Add(b.Freeze), fmt.Errorf("%w: the container was frozen for --freeze-budget %v", ErrBudget, b.Freeze))
 		defer cancel()
 	}
-	var err error
 	if r.Checkpoint, err = step(fctx, PhaseCheckpointed, s.Checkpoint); err != nil {
 		// runc leaves the container running when a dump fails, but make
 		// sure: Resume is a no-op for a running container.

@@ -13,14 +13,16 @@ import (
 // fakeSteps records every call, fails the step named in fail, and can make
 // steps take time.
 type fakeSteps struct {
-	mu       sync.Mutex
-	calls    []string
-	fail     map[string]error
-	delay    map[string]time.Duration
-	bytes    int64
-	ctxErrs  map[string]error // ctx.Err() each step saw
-	unlocked error            // the cause Unlock was given
-	onCall   func(step string)
+	mu    sync.Mutex
+	calls []string
+	fail  map[string]error
+	delay map[string]time.Duration
+	bytes int64
+	// imageBytes: what the image step copies.
+	imageBytes int64
+	ctxErrs    map[string]error // ctx.Err() each step saw
+	unlocked   error            // the cause Unlock was given
+	onCall     func(step string)
 	// committed: RollBack finds the destination committed first.
 	committed bool
 	// waitCtx: steps that block until their context ends.
@@ -47,8 +49,11 @@ func (f *fakeSteps) do(ctx context.Context, step string) error {
 	return err
 }
 
-func (f *fakeSteps) Lock(ctx context.Context) error       { return f.do(ctx, "lock") }
-func (f *fakeSteps) Prepare(ctx context.Context) error    { return f.do(ctx, "prepare") }
+func (f *fakeSteps) Lock(ctx context.Context) error    { return f.do(ctx, "lock") }
+func (f *fakeSteps) Prepare(ctx context.Context) error { return f.do(ctx, "prepare") }
+func (f *fakeSteps) Image(ctx context.Context) (int64, error) {
+	return f.imageBytes, f.do(ctx, "image")
+}
 func (f *fakeSteps) Checkpoint(ctx context.Context) error { return f.do(ctx, "checkpoint") }
 func (f *fakeSteps) Transfer(ctx context.Context) (int64, error) {
 	return f.bytes, f.do(ctx, "transfer")
@@ -88,15 +93,15 @@ func record() (*[]observed, Observer) {
 func TestRunSuccess(t *testing.T) {
 	const d = 15 * time.Millisecond
 	f := &fakeSteps{
-		bytes: 4242,
-		delay: map[string]time.Duration{"checkpoint": d, "transfer": 2 * d, "restore": d},
+		bytes: 4242, imageBytes: 777,
+		delay: map[string]time.Duration{"image": 4 * d, "checkpoint": d, "transfer": 2 * d, "restore": d},
 	}
 	obs, observer := record()
 	r, err := Run(context.Background(), f, observer)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer restore fetch commit"; got != want {
+	if got, want := f.trace(), "lock image prepare checkpoint transfer restore fetch commit"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
 	if r.Phase != PhaseCommitted {
@@ -106,7 +111,7 @@ func TestRunSuccess(t *testing.T) {
 	for _, o := range *obs {
 		phases = append(phases, o.phase)
 	}
-	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
+	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhaseImageReady, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
 		t.Errorf("observed %s, want %s", got, want)
 	}
 	if r.Bytes != 4242 {
@@ -121,9 +126,17 @@ func TestRunSuccess(t *testing.T) {
 	if r.Total < r.Downtime {
 		t.Errorf("total %v < downtime %v", r.Total, r.Downtime)
 	}
+	// The image copy is its own phase, before the freeze: the downtime
+	// and it are disjoint parts of the total.
+	if r.ImageBytes != 777 || r.Image < 4*d {
+		t.Errorf("image step: %d bytes in %v, want 777 bytes in at least %v", r.ImageBytes, r.Image, 4*d)
+	}
+	if r.Total < r.Downtime+r.Image {
+		t.Errorf("total %v < downtime %v + image %v: the image copy overlapped the freeze", r.Total, r.Downtime, r.Image)
+	}
 	// The observer hears the same durations the report holds.
 	for _, o := range *obs {
-		want := map[Phase]time.Duration{PhaseCheckpointed: r.Checkpoint, PhaseTransferred: r.Transfer, PhaseRestored: r.Restore}[o.phase]
+		want := map[Phase]time.Duration{PhaseImageReady: r.Image, PhaseCheckpointed: r.Checkpoint, PhaseTransferred: r.Transfer, PhaseRestored: r.Restore}[o.phase]
 		if want != 0 && o.took != want {
 			t.Errorf("observer got %v for %s, report %v", o.took, o.phase, want)
 		}
@@ -147,19 +160,23 @@ func TestRunFailures(t *testing.T) {
 		rolledBak bool
 	}{
 		{"lock", "lock", "", "", "boom", false},
-		{"prepare", "lock prepare rollback abort unlock", PhaseRolledBack, PhaseLocked,
+		// The destination could not get the image: refused before the
+		// freeze, nothing to resume.
+		{"image", "lock image rollback abort unlock", PhaseRolledBack, PhaseLocked,
+			"image on destination: boom; rolled back: the container still runs on the source", true},
+		{"prepare", "lock image prepare rollback abort unlock", PhaseRolledBack, PhaseImageReady,
 			"prepare destination: boom; rolled back: the container still runs on the source", true},
-		{"checkpoint", "lock prepare checkpoint rollback resume abort unlock", PhaseRolledBack, PhasePrepared,
+		{"checkpoint", "lock image prepare checkpoint rollback resume abort unlock", PhaseRolledBack, PhasePrepared,
 			"checkpoint: boom; rolled back: the container runs again on the source", true},
-		{"transfer", "lock prepare checkpoint transfer rollback resume abort unlock", PhaseRolledBack, PhaseCheckpointed,
+		{"transfer", "lock image prepare checkpoint transfer rollback resume abort unlock", PhaseRolledBack, PhaseCheckpointed,
 			"transfer: boom; rolled back: the container runs again on the source", true},
-		{"restore", "lock prepare checkpoint transfer restore rollback resume abort unlock", PhaseRolledBack, PhaseTransferred,
+		{"restore", "lock image prepare checkpoint transfer restore rollback resume abort unlock", PhaseRolledBack, PhaseTransferred,
 			"restore on destination: boom; rolled back: the container runs again on the source", true},
 		// After restore the container runs on the destination: no rollback.
 		// A post-copy fetch that fails has no source image to go back to.
-		{"fetch", "lock prepare checkpoint transfer restore fetch", PhaseRestored, PhaseRestored,
+		{"fetch", "lock image prepare checkpoint transfer restore fetch", PhaseRestored, PhaseRestored,
 			"post-copy: boom", false},
-		{"commit", "lock prepare checkpoint transfer restore fetch commit", PhaseFetched, PhaseFetched,
+		{"commit", "lock image prepare checkpoint transfer restore fetch commit", PhaseFetched, PhaseFetched,
 			"commit: boom (the container runs on the destination", false},
 	}
 	for _, tt := range tests {
@@ -212,15 +229,15 @@ func TestRunRollbackIncomplete(t *testing.T) {
 		notMsgs []string
 	}{
 		{"resume fails", map[string]error{"restore": boom, "resume": stuck},
-			"lock prepare checkpoint transfer restore rollback resume abort unlock",
+			"lock image prepare checkpoint transfer restore rollback resume abort unlock",
 			[]string{"restore on destination: boom", "rollback incomplete", "resume on source: criu restore failed"},
 			[]string{"rolled back:"}},
 		{"undecided", map[string]error{"restore": boom, "rollback": stuck},
-			"lock prepare checkpoint transfer restore rollback unlock",
+			"lock image prepare checkpoint transfer restore rollback unlock",
 			[]string{"restore on destination: boom", "rollback incomplete", "undecided", "criu restore failed"},
 			[]string{"resume on source", "rolled back:"}},
 		{"unlock fails", map[string]error{"prepare": boom, "unlock": stuck},
-			"lock prepare rollback abort unlock",
+			"lock image prepare rollback abort unlock",
 			[]string{"prepare destination: boom", "rollback incomplete", "unlock record: criu restore failed"},
 			[]string{"rolled back:"}},
 	}
@@ -281,7 +298,7 @@ func TestRunCancelledStillRollsBack(t *testing.T) {
 	if !strings.Contains(err.Error(), "rolled back") {
 		t.Errorf("error %q does not say rolled back", err)
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer rollback resume abort unlock"; got != want {
+	if got, want := f.trace(), "lock image prepare checkpoint transfer rollback resume abort unlock"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
 	for _, step := range []string{"rollback", "abort", "resume", "unlock"} {
@@ -335,7 +352,7 @@ func TestRunAbortFailsRollbackStands(t *testing.T) {
 	if err == nil {
 		t.Fatal("Run succeeded")
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer rollback resume abort unlock"; got != want {
+	if got, want := f.trace(), "lock image prepare checkpoint transfer rollback resume abort unlock"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
 	for _, m := range []string{"transfer: boom", "rolled back: the container runs again on the source", "abort on destination: no route to host"} {
@@ -361,7 +378,7 @@ func TestRunLostRestoreReplyCommits(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if got, want := f.trace(), "lock prepare checkpoint transfer restore rollback fetch commit"; got != want {
+	if got, want := f.trace(), "lock image prepare checkpoint transfer restore rollback fetch commit"; got != want {
 		t.Errorf("calls = %q, want %q", got, want)
 	}
 	if r.Phase != PhaseCommitted || !r.ReplyLost {
@@ -374,7 +391,7 @@ func TestRunLostRestoreReplyCommits(t *testing.T) {
 	for _, o := range *obs {
 		phases = append(phases, o.phase)
 	}
-	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
+	if got, want := fmt.Sprint(phases), fmt.Sprint([]Phase{PhaseLocked, PhaseImageReady, PhasePrepared, PhaseCheckpointed, PhaseTransferred, PhaseRestored, PhaseFetched, PhaseCommitted}); got != want {
 		t.Errorf("observed %s, want %s", got, want)
 	}
 }

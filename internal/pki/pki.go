@@ -16,7 +16,9 @@
 //     under), with its underlay IP as IP SAN. It serves its own containers
 //     only: it may call another agent's /v1/incoming/NAME/* only while the
 //     store records a migration of NAME from it to that agent, and
-//     /v1/tunnel/NAME/* only for a page tunnel that agent opened for it;
+//     /v1/tunnel/NAME/* only for a page tunnel that agent opened for it,
+//     /v1/outgoing/NAME/image only while the store records a migration
+//     of NAME from that agent to it (it copies the image it lacks);
 //     never /v1/containers or /v1/images (run, rm, logs, migrate, import).
 //     internal/authz decides; the agent's middleware asks it. A host
 //     certificate is good only from the host's underlay IP (its IP SANs):

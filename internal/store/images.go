@@ -12,15 +12,25 @@ import (
 	"github.com/coat-project/coat/internal/names"
 )
 
-// Image is the cluster's record of an image pulled or loaded from an OCI
-// or Docker image (under images/<key>): where it came from and what
-// `coat run` takes from its configuration. Images made with `coat image
-// import` from a directory have none.
+// Image is the cluster's record of an image (under images/<key>): where
+// it came from, the digest of its root filesystem as every host received
+// it, and, for one pulled or loaded from an OCI or Docker image, what
+// `coat run` takes from its configuration (an image made with `coat
+// image import` from a directory has none).
 type Image struct {
 	Name   string `json:"name"`   // canonical reference (names.Image.String)
-	Source string `json:"source"` // the reference pulled or the archive loaded
-	Digest string `json:"digest"` // the image's manifest digest
+	Source string `json:"source"` // the reference pulled, the archive loaded or the directory imported
+	Digest string `json:"digest"` // the image's manifest digest (OCI images only)
 	Size   int64  `json:"size"`   // bytes of the flattened filesystem
+	// RootfsDigest is "sha256:HEX" of the root filesystem's tar stream
+	// as the CLI sent it to every host (names prefixed rootfs/). A host
+	// that lacks the image gets a copy from another host and keeps it
+	// only if it has this digest. Records written before COAT recorded
+	// it have none: such an image cannot be copied (import it again).
+	RootfsDigest string `json:"rootfs_digest,omitempty"`
+	// Insecure: pulled with --insecure (plain HTTP); a host that lacks
+	// the image pulls it the same way.
+	Insecure bool `json:"insecure,omitempty"`
 	// The image's configuration.
 	Entrypoint []string `json:"entrypoint,omitempty"`
 	Cmd        []string `json:"cmd,omitempty"`

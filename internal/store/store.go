@@ -42,6 +42,9 @@ type Host struct {
 	// post-copy and pre-copy (migrate.Features).
 	LazyPages bool `json:"lazy_pages,omitempty"`
 	SoftDirty bool `json:"soft_dirty,omitempty"`
+	// ImageCopy: the agent gets a migrating container's image it lacks
+	// (the image-ready step); an older agent's record says false.
+	ImageCopy bool `json:"image_copy,omitempty"`
 }
 
 // Status is a container's lifecycle state as the cluster sees it.
@@ -154,6 +157,9 @@ type Store interface {
 	// roam handled in one of them, once.
 	Follows(ctx context.Context) ([]Follow, error)
 	ClaimRoam(ctx context.Context, f Follow, roam int64) (Follow, error)
+	// Image reads an image's record (ErrNotFound if none): a destination
+	// checks a copy of the image against its RootfsDigest.
+	Image(ctx context.Context, name string) (Image, error)
 
 	Close() error
 }
