@@ -339,7 +339,7 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 			}
 		}
 		if len(ws.PodmanRatios) > 0 {
-			p("\nRatio to Podman (the artifact's own path, run for real in the same lab and run: `podman container checkpoint --tcp-established --export`, scp over the underlay, `podman container restore --import --tcp-established`) medians. Podman's downtime is the artifact script's: from the start of the checkpoint command to the end of the restore command (Podman freezes the container only after its own start-up, so its client's stall can be shorter):\n\n")
+			p("\nRatio to Podman (the artifact's own path, run for real in the same lab and run: `podman container checkpoint --tcp-established --export`, scp over the underlay, `podman container restore --import --tcp-established`) medians. Podman's downtime is the artifact script's: from the start of the checkpoint command to the end of the restore command (Podman freezes the container only after its own start-up, so its client's stall can be shorter; its client runs 4 s longer, past the migration):\n\n")
 			for _, r := range ws.PodmanRatios {
 				p("- %s: total %s, downtime %s\n", r.Mode, ratio(r.TotalRatio, r.TotalOK), ratio(r.DowntimeRatio, r.DowntimeOK))
 			}

@@ -258,9 +258,16 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	if err := os.Remove(logFile); err != nil && !os.IsNotExist(err) {
 		return r, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, cfg.ClientTime+60*time.Second)
+	ccfg := cfg
+	if mode == ModePodman {
+		// Podman's migration takes seconds: the client runs on past it,
+		// or a stall still open at its end would not be seen (sockperf
+		// only logs replies it got).
+		ccfg.ClientTime += podmanClientExtra
+	}
+	cctx, cancel := context.WithTimeout(ctx, ccfg.ClientTime+60*time.Second)
 	defer cancel()
-	cmd := ops.ClientCommand(cctx, w.client(cfg, ip, logFile)...)
+	cmd := ops.ClientCommand(cctx, w.client(ccfg, ip, logFile)...)
 	out := &limitedBuffer{max: 1 << 20}
 	cmd.Stdout, cmd.Stderr = out, out
 	t0 := time.Now()
@@ -297,6 +304,9 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 	}
 	return r, nil
 }
+
+// podmanClientExtra is how much longer the client runs in the podman mode.
+const podmanClientExtra = 4 * time.Second
 
 // migrateTimeout bounds one migration in a run (they take well under a
 // second here; the destination's restore alone may take two minutes
