@@ -91,6 +91,17 @@ func parseSockperf(r *Run, exitErr error, out []byte, logFile string, _ time.Tim
 	if !r.Survived {
 		r.ClientError = firstLine(tail(out, 400), exitErr)
 	}
+	// sockperf logs only the replies it got, and counts time from its
+	// start as the migration's marks do: a run that ended before the
+	// migration did saw no reply after it, so neither its stall nor its
+	// connection's survival is known. Said so, never counted as kept.
+	if last := rows[len(rows)-1][2] * 1000; r.MigEndMS > 0 && last < r.MigEndMS {
+		r.StallMS = max(r.StallMS, r.MigEndMS-last)
+		if r.Survived {
+			r.Survived = false
+			r.ClientError = fmt.Sprintf("no reply after the migration: the client's last reply came %.0f ms before the migration ended (its run was too short to tell whether the connection survived)", r.MigEndMS-last)
+		}
+	}
 	return nil
 }
 
