@@ -34,7 +34,8 @@ test: deps build vet
 # The paper's evaluation on the lab (10 runs per mode for coat and
 # traditional, 5 for the others) plus a reduced matrix of the memory and
 # conns workloads (lan only: redis of 1 GiB and 1, 1,000 connections, one
-# run per strategy): under 15 minutes. docs/bench/.
+# run per strategy), and handover storms of 5 and 20 services (3 roams
+# each, under a minute): under 15 minutes. docs/bench/.
 bench: deps build
 	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns,storm --runs 10 --ref-runs 5 \
 	  --profiles lan --mem-sizes 1GiB --conn-counts 1,1000 --matrix-runs 1 --storm-sizes 5,20 --storm-runs 3 --out docs/bench; \
