@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +35,9 @@ const (
 // wall time, the downtime distribution and each moved container's
 // client stall minus its downtime are logged (the target is
 // stall <= downtime + 50 ms; asserted is only downtime + 1 s, as the
-// 2-core machine is shared).
+// 2-core machine is shared; for the same reason the migrations get
+// freeze budgets of 60 s: the default 15 s can run out under load, and
+// TestRollbackDuringRestoreKeepsStream covers that rollback).
 func TestStorm(t *testing.T) {
 	begin := time.Now()
 	l := newLab(t, stormHosts)
@@ -76,7 +79,11 @@ func TestStorm(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := l.coat("migrate", name(i), "--to", to(i), "--json")
+			// Budgets wide enough for a loaded machine: 20 checkpoints
+			// and restores at once on 2 shared cores take up to ~12 s of
+			// freeze each, near the default 15 s budget, and a budget
+			// spent is a rollback, not what this test looks at.
+			out, err := l.coat("migrate", name(i), "--to", to(i), "--json", "--freeze-budget", "60s", "--timeout", "100s")
 			if err == nil {
 				err = json.Unmarshal([]byte(out), &results[i])
 			}
@@ -167,12 +174,15 @@ func TestStorm(t *testing.T) {
 			bound++
 		}
 	}
+	first, last := math.Inf(1), 0.0
 	for i := stormMoves; i < stormContainers; i++ {
 		unmoved = append(unmoved, reports[i].MaxGapMS)
+		first, last = math.Min(first, reports[i].GapAt), math.Max(last, reports[i].GapAt)
 	}
 	t.Logf("storm wall time %v; downtime %s", storm.Round(time.Millisecond), bench.Distribution(downtimes))
 	t.Logf("client stall minus downtime, moved containers: %s; within the issue's +50 ms: %d of %d", bench.Distribution(over), bound, len(over))
-	t.Logf("client stall of the %d unmoved containers: %s", len(unmoved), bench.Distribution(unmoved))
+	t.Logf("client stall of the %d unmoved containers: %s; they began %.1f-%.1f s into the streams, the storm %.1f-%.1f s",
+		len(unmoved), bench.Distribution(unmoved), first, last, start.Sub(streams.started).Seconds(), start.Add(storm).Sub(streams.started).Seconds())
 	t.Logf("test wall time %v", time.Since(begin).Round(time.Millisecond))
 }
 
@@ -250,6 +260,9 @@ type streamSet struct {
 	cmd    *exec.Cmd
 	stdout *strings.Builder
 	n      int
+	// started is when every stream was connected (their clocks start
+	// about then).
+	started time.Time
 }
 
 // startStreams starts one process on the client node that streams to
@@ -297,6 +310,7 @@ func (l *testLab) startStreams(addrs []string, rate string) *streamSet {
 	if want := fmt.Sprintf("ready %d\n", len(addrs)); !strings.Contains(errOut.String(), want) {
 		l.t.Fatalf("streams: %q, want %q", errOut.String(), want)
 	}
+	s.started = time.Now()
 	return s
 }
 
