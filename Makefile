@@ -34,19 +34,22 @@ test: deps build vet
 # The paper's evaluation on the lab (10 runs per mode for coat and
 # traditional, 5 for the others) plus a reduced matrix of the memory and
 # conns workloads (lan only: redis of 1 GiB and 1, 1,000 connections, one
-# run per strategy): under 15 minutes. docs/bench/.
+# run per strategy), and handover storms of 5 and 20 services (3 roams
+# each, under a minute): under 15 minutes. docs/bench/.
 bench: deps build
-	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns --runs 10 --ref-runs 5 \
-	  --profiles lan --mem-sizes 1GiB --conn-counts 1,1000 --matrix-runs 1 --out docs/bench; \
+	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns,storm --runs 10 --ref-runs 5 \
+	  --profiles lan --mem-sizes 1GiB --conn-counts 1,1000 --matrix-runs 1 --storm-sizes 5,20 --storm-runs 3 --out docs/bench; \
 	  rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
 
-# Everything: the paper's evaluation and the whole matrix (redis of 64 MiB,
+# Everything: the paper's evaluation, the whole matrix (redis of 64 MiB,
 # 256 MiB and 1 GiB; 1, 100 and 1,000 connections; links lan, 1gbit and
-# edge; every strategy, 3 runs each). Well over 15 minutes: the edge
+# edge; every strategy, 3 runs each) and handover storms (5 and 20
+# services following the roaming client, 3 roams each). Well over 15 minutes: the edge
 # profile moves each GiB at 100 Mbit/s.
 bench-full: deps build
-	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns \
-	  --profiles lan,1gbit,edge --mem-sizes 64MiB,256MiB,1GiB --conn-counts 1,100,1000 --matrix-runs 3 --out docs/bench; \
+	$(BIN)/coat --lab bench bench --workloads sample,sockperf,iperf3,memory,conns,storm \
+	  --profiles lan,1gbit,edge --mem-sizes 64MiB,256MiB,1GiB --conn-counts 1,100,1000 --matrix-runs 3 \
+	  --storm-sizes 5,20 --storm-runs 3 --out docs/bench; \
 	  rc=$$?; $(BIN)/coat --lab bench lab down; exit $$rc
 
 # Faults mid-migration: 200 migrations of 4 containers on a 3-host lab

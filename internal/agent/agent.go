@@ -55,6 +55,10 @@ type Config struct {
 	HostGoneAfter time.Duration
 	// MetricsAddr is where /metrics is served (ip:port); empty: nowhere.
 	MetricsAddr string
+	// MaxFrozen is how many of this host's containers an outgoing
+	// migration may hold frozen at once (freezeslots.go); 0 is the
+	// host's CPUs (at least 2), below 0 no limit.
+	MaxFrozen int
 }
 
 // Agent is a running agent.
@@ -99,6 +103,8 @@ type Agent struct {
 	groups map[string]*incomingGroup
 	// metrics: nil without a metrics address (its methods are nil-safe).
 	metrics *metrics.Metrics
+	// frozen: the freeze slots taken (freezeslots.go); nil: no limit.
+	frozen chan struct{}
 }
 
 // enter counts a request of an incoming migration of name as under way
@@ -160,7 +166,8 @@ func New(cfg Config, st store.Store, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}, fetching: map[string]*fetch{}}
+	a := &Agent{cfg: cfg, st: st, ov: ov, rt: rt, log: log, tls: ctls, busy: map[string]bool{}, fetching: map[string]*fetch{},
+		frozen: freezeSlots(cfg.MaxFrozen)}
 	// Agents answer as hosts; peerTLS also checks it is the one called.
 	a.tls.VerifyConnection = a.verifyPeer(pki.RoleHost, "")
 	var note string

@@ -88,6 +88,7 @@ func (a *Agent) runOutgoing(ctx context.Context, out *outgoing, send func(api.Pr
 			os.Exit(3)
 		}
 	}, out.budget)
+	out.releaseSlot() // a migration that ended before its restore
 	stopTicks()
 	oc := outcome(rep, err)
 	mg := metrics.Migration{Outcome: oc, Strategy: string(out.strategy), Held: len(out.replay)}
@@ -170,6 +171,8 @@ type outgoing struct {
 	prepareSent bool
 	// id names the migration in the logs and its progress lines.
 	id string
+	// unfreeze gives back the freeze slot taken in Prepare (nil: none).
+	unfreeze func()
 	// current is the phase under way; sent the bytes streamed so far.
 	current atomic.Value
 	sent    atomic.Int64
@@ -365,6 +368,13 @@ func (a *Agent) imageAllowance(ctx context.Context, image string, rate float64) 
 }
 
 func (o *outgoing) Prepare(ctx context.Context) error {
+	if o.group == nil {
+		rel, err := o.a.freezeSlot(ctx)
+		if err != nil {
+			return err
+		}
+		o.unfreeze = rel
+	}
 	o.prepareSent = true
 	pctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -596,6 +606,9 @@ func (o *outgoing) copyFile(ctx context.Context) (int64, error) {
 // destination commits the migration in the store before it answers (and
 // before it lets a packet in).
 func (o *outgoing) Restore(ctx context.Context) error {
+	// Answered (restored, or failed), the destination's CPU work of the
+	// freeze is done: the next container may be frozen.
+	defer o.releaseSlot()
 	// The destination bounds its restore (restoreTimeout); this bounds
 	// the call, should its answer never come.
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout+callTimeout)
@@ -608,6 +621,13 @@ func (o *outgoing) Restore(ctx context.Context) error {
 		err = errors.New("test hook: the destination's answer to the restore is lost")
 	}
 	return err
+}
+
+// releaseSlot gives back the freeze slot, if one was taken.
+func (o *outgoing) releaseSlot() {
+	if o.unfreeze != nil {
+		o.unfreeze()
+	}
 }
 
 // RollBack is the source's side of the commit point: the record goes back

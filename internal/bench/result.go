@@ -63,6 +63,9 @@ type Run struct {
 	Conns         int     `json:"conns,omitempty"`
 	ConnsSurvived int     `json:"conns_survived,omitempty"`
 	ConnStallP99  float64 `json:"conn_stall_p99_ms,omitempty"`
+	// storm: the time from the client's roam until every service of the
+	// storm ran next to it (the same for each service of one roam).
+	StormMS float64 `json:"storm_ms,omitempty"`
 }
 
 // Point is one sample of a timeline.

@@ -32,15 +32,19 @@ import (
 func newBenchCmd() *cobra.Command {
 	var cfg bench.Config
 	var mcfg bench.MatrixConfig
-	var workloads, modes, profiles, strategies, sizes, counts string
+	var scfg bench.StormConfig
+	var workloads, modes, profiles, strategies, sizes, counts, stormSizes string
 	var hosts int
 	cmd := &cobra.Command{
-		Use:   "bench [--workloads sample,sockperf,iperf3,memory,conns] [--runs N] [--modes coat,traditional,...] [--profiles lan,1gbit,edge] [--strategies ...] [--out DIR]",
+		Use:   "bench [--workloads sample,sockperf,iperf3,memory,conns,storm] [--runs N] [--modes coat,traditional,...] [--profiles lan,1gbit,edge] [--strategies ...] [--out DIR]",
 		Short: "Reproduce the paper's evaluation on the lab, and the memory and connection-count workloads by link profile and strategy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			storm := false
 			for _, w := range splitList(workloads) {
-				if bench.IsMatrix(w) {
+				if w == bench.WorkloadStorm {
+					storm = true
+				} else if bench.IsMatrix(w) {
 					mcfg.Workloads = append(mcfg.Workloads, w)
 				} else {
 					cfg.Workloads = append(cfg.Workloads, w)
@@ -69,9 +73,19 @@ func newBenchCmd() *cobra.Command {
 			if err := matrixFlags(&mcfg, profiles, strategies, sizes, counts); err != nil {
 				return err
 			}
+			if storm {
+				var err error
+				if scfg.Sizes, err = bench.ParseStormSizes(stormSizes); err != nil {
+					return err
+				}
+				if _, err := sample.ParseRate(scfg.Rate); err != nil {
+					return fmt.Errorf("--storm-rate: %w", err)
+				}
+			}
 			cfg.SampleBin = filepath.Join(filepath.Dir(self()), "coat-sample")
 			cfg.Progress = cmd.OutOrStdout()
 			mcfg.SampleBin, mcfg.Progress, mcfg.OutDir, mcfg.MigrateAt = cfg.SampleBin, cfg.Progress, cfg.OutDir, cfg.MigrateAt
+			scfg.SampleBin, scfg.Progress = cfg.SampleBin, cfg.Progress
 			ctx := cmd.Context()
 			_, lerr := lab.Load(g.lab)
 			fresh := lerr != nil
@@ -121,21 +135,27 @@ func newBenchCmd() *cobra.Command {
 					err = errors.Join(err, fmt.Errorf("restore the lab's links: %w", lerr))
 				}
 			}
-			if len(runs)+len(mruns)+len(failures)+len(runFailures) > 0 {
+			var sruns []bench.Run
+			var sfailures []bench.Failure
+			if err == nil && storm {
+				sruns, sfailures, err = bench.BenchStorm(ctx, ops, scfg)
+			}
+			if len(runs)+len(mruns)+len(failures)+len(runFailures)+len(sruns)+len(sfailures) > 0 {
 				info := bench.MatrixReportInfo{MemRate: mcfg.MemRate, FreshHost: fresh}
-				if werr := writeBench(cfg, runs, mruns, runFailures, failures, info, started, podmanNote); werr != nil {
+				st := stormResults{runs: sruns, failures: sfailures, rate: scfg.Rate}
+				if werr := writeBench(cfg, runs, mruns, runFailures, failures, st, info, started, podmanNote); werr != nil {
 					return errors.Join(err, werr)
 				}
 			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %s; report: %s\n", len(runs)+len(mruns), time.Since(started).Round(time.Second), filepath.Join(cfg.OutDir, "README.md"))
+			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %s; report: %s\n", len(runs)+len(mruns)+len(sruns), time.Since(started).Round(time.Second), filepath.Join(cfg.OutDir, "README.md"))
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&workloads, "workloads", "sample,sockperf,iperf3", "workloads, comma-separated: sample, sockperf, iperf3 (the paper's, by mode), memory and conns (by link profile and strategy)")
+	f.StringVar(&workloads, "workloads", "sample,sockperf,iperf3", "workloads, comma-separated: sample, sockperf, iperf3 (the paper's, by mode), memory and conns (by link profile and strategy), storm (handover storms: services following the roaming client)")
 	f.StringVar(&workloads, "workload", "sample,sockperf,iperf3", "the same as --workloads")
 	f.StringVar(&modes, "modes", "coat,traditional,reference,coat-nohold,coat-stock,podman", "modes of sample, sockperf and iperf3, comma-separated: coat, traditional (drops connections, the paper's baseline), reference (the hand-run checkpoint-file, copy, restore path), coat-nohold (COAT without holding packets), coat-stock (COAT with runc's stock CRIU freeze and cgroup handling: the before of the profile), podman (the paper artifact's own path with real Podman: checkpoint --export, scp, restore --import; left out, with the reason in the report, where Podman is not installed)")
 	f.IntVar(&cfg.RefRuns, "ref-runs", 10, "runs per workload for the other modes")
@@ -151,6 +171,9 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&mcfg.Runs, "matrix-runs", 3, "memory and conns: runs per profile, size or count, and strategy")
 	f.Float64Var(&mcfg.MemRate, "mem-rate", 50, "memory: the redis client's requests per second (64 KiB each)")
 	f.DurationVar(&mcfg.Tail, "tail", 2*time.Second, "memory and conns: client time after the migration returns")
+	f.StringVar(&stormSizes, "storm-sizes", "5,20", "storm: services that follow the client and migrate at each of its roams, comma-separated storm sizes")
+	f.IntVar(&scfg.Runs, "storm-runs", 3, "storm: roams per storm size (back and forth between edge-1 and edge-2)")
+	f.StringVar(&scfg.Rate, "storm-rate", "20KB/s", "storm: each service's client stream rate")
 	return cmd
 }
 
@@ -213,22 +236,31 @@ func splitList(s string) []string {
 	return out
 }
 
-func writeBench(cfg bench.Config, runs, mruns []bench.Run, runFailures, failures []bench.Failure, info bench.MatrixReportInfo, started time.Time, podmanNote string) error {
+// stormResults is what the storm workload measured.
+type stormResults struct {
+	runs     []bench.Run
+	failures []bench.Failure
+	rate     string
+}
+
+func writeBench(cfg bench.Config, runs, mruns []bench.Run, runFailures, failures []bench.Failure, storm stormResults, info bench.MatrixReportInfo, started time.Time, podmanNote string) error {
+	allRuns := append(slices.Clone(mruns), storm.runs...) // in runs.csv and runs.json
+	allFailures := append(slices.Clone(failures), storm.failures...)
 	f, err := os.Create(filepath.Join(cfg.OutDir, "runs.csv"))
 	if err != nil {
 		return err
 	}
-	if err := bench.WriteCSV(f, append(slices.Clone(runs), mruns...)); err != nil {
+	if err := bench.WriteCSV(f, append(slices.Clone(runs), allRuns...)); err != nil {
 		f.Close()
 		return err
 	}
 	f.Close()
-	b, _ := json.Marshal(append(slices.Clone(runs), mruns...))
+	b, _ := json.Marshal(append(slices.Clone(runs), allRuns...))
 	if err := os.WriteFile(filepath.Join(cfg.OutDir, "runs.json"), b, 0o644); err != nil {
 		return err
 	}
-	if len(failures)+len(runFailures) > 0 || len(mruns) > 0 {
-		b, _ := json.Marshal(append(slices.Clone(runFailures), failures...))
+	if len(allFailures)+len(runFailures) > 0 || len(allRuns) > 0 {
+		b, _ := json.Marshal(append(slices.Clone(runFailures), allFailures...))
 		if err := os.WriteFile(filepath.Join(cfg.OutDir, "failures.json"), b, 0o644); err != nil {
 			return err
 		}
@@ -237,6 +269,10 @@ func writeBench(cfg bench.Config, runs, mruns []bench.Run, runFailures, failures
 		return fmt.Errorf("plots: %w", err)
 	}
 	plots, err := bench.WriteMatrixPlots(cfg.OutDir, mruns)
+	if err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	splots, err := bench.WriteStormPlots(cfg.OutDir, storm.runs)
 	if err != nil {
 		return fmt.Errorf("plots: %w", err)
 	}
@@ -257,10 +293,15 @@ func writeBench(cfg bench.Config, runs, mruns []bench.Run, runFailures, failures
 	if err := bench.WriteRunFailures(md, runFailures); err != nil {
 		return err
 	}
-	if len(mruns) == 0 && len(failures) == 0 && len(runs) > 0 {
+	if len(mruns)+len(failures) > 0 || len(runs) == 0 && len(storm.runs)+len(storm.failures) == 0 {
+		if err := bench.WriteMatrixMarkdown(md, mruns, failures, runs, plots, info); err != nil {
+			return err
+		}
+	}
+	if len(storm.runs)+len(storm.failures) == 0 {
 		return nil
 	}
-	return bench.WriteMatrixMarkdown(md, mruns, failures, runs, plots, info)
+	return bench.WriteStormMarkdown(md, storm.runs, storm.failures, splots, storm.rate)
 }
 
 func machine(started time.Time) bench.Machine {

@@ -137,6 +137,7 @@ func newAgentCmd() *cobra.Command {
 	f.IntVar(&cfg.VNI, "vni", 42, "VXLAN network identifier")
 	f.StringArrayVar(&peers, "peer", nil, "extra VXLAN peer without an agent (repeatable)")
 	f.Var(&rateFlag{&cfg.LinkRate}, "link-rate", "the rate of this host's underlay link, e.g. 100mbit (what --strategy auto weighs; default: unknown, taken as fast)")
+	f.IntVar(&cfg.MaxFrozen, "max-frozen", 0, "how many of this host's containers outgoing migrations may hold frozen at once; more wait, serving, until one is restored (0: the host's CPUs, at least 2; -1: no limit)")
 	f.DurationVar(&cfg.HostGoneAfter, "host-gone-after", 10*time.Minute, "keep forwarding to a host whose record vanished (its lease expired) for this long; its containers may still run")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup parent of the containers (default /coat/NAME)")
 	f.StringVar(&endpoints, "etcd-endpoints", os.Getenv("COAT_ETCD_ENDPOINTS"), "etcd endpoints (env COAT_ETCD_ENDPOINTS, config key etcd_endpoints); none: the agent runs an embedded etcd on 127.0.0.1:2379")

@@ -310,6 +310,11 @@ type RestoreOpts struct {
 	// Lazy restores with the memory left to a running LazyDaemon whose
 	// work directory is WorkDir.
 	Lazy bool
+	// BeforeCleanup, if set, is called when the restore failed, before
+	// the half-made container is killed: the restored sockets, closing,
+	// would send their FIN or RST to the clients unless the caller cuts
+	// the container off first.
+	BeforeCleanup func()
 }
 
 // Restore brings a prepared container back from a checkpoint image.
@@ -335,6 +340,9 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 	})
 	if err != nil {
 		// A failed restore can leave a half-made runc container behind.
+		if o.BeforeCleanup != nil {
+			o.BeforeCleanup()
+		}
 		_ = r.runc.Delete(context.WithoutCancel(ctx), s.Name, &runc.DeleteOpts{Force: true})
 		log := filepath.Join(o.WorkDir, "restore.log")
 		return &RestoreError{Name: s.Name, Log: log, Hint: criuHint(log), Err: fmt.Errorf("%w%s", err, r.lastRuncError())}

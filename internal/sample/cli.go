@@ -23,6 +23,11 @@ commands:
   stream --addr IP:PORT [--duration 10s] [--rate 1MB/s] [--chunk 1024]
          [--json] [--timeline FILE] [--drain-timeout 30s]
       stream the pattern, verify the echo, report stalls (--duration 0: until SIGINT/SIGTERM)
+  streams --addrs IP[:PORT],... | --addrs-file FILE [--duration 0] [--rate 20KB/s] [--chunk 1024]
+          [--wait 30s] [--drain-timeout 30s] [--json]
+      one stream (as stream) to each address at once, from one process; dials are retried
+      until --wait; "ready N" goes to stderr once all are connected (--duration 0: until
+      SIGINT/SIGTERM); the report has one stream report per address
   conns --addr IP:PORT [--conns 100] [--interval 100ms] [--size 64] [--duration 0] [--json]
       open N connections to the stream port, each sending a line of the pattern every
       interval and checking its echo; report each connection's longest wait and survival
@@ -51,6 +56,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return runStream(args[1:], stdout, stderr)
 	case "ctl":
 		return runCtl(args[1:], stdout, stderr)
+	case "streams":
+		return runStreams(args[1:], stdout, stderr)
 	case "conns":
 		return runConns(args[1:], stdout, stderr)
 	case "redis-load":

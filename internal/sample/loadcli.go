@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -200,4 +201,58 @@ func (st *redisState) save(path string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+func runStreams(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("streams", stderr)
+	addrs := fs.String("addrs", "", "server addresses, IP or IP:PORT (port 7000), comma-separated")
+	file := fs.String("addrs-file", "", "read the addresses from this file (one per line, or comma-separated)")
+	duration := fs.Duration("duration", 0, "sending time once all are connected; 0 runs until SIGINT/SIGTERM")
+	rate := fs.String("rate", "20KB/s", "send rate per stream")
+	chunk := fs.Int("chunk", 1024, "bytes per write")
+	wait := fs.Duration("wait", 30*time.Second, "how long to retry dials that fail")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "max wait for outstanding echo after sending stops, per stream")
+	asJSON := fs.Bool("json", false, "print the report as one JSON object")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	list := *addrs
+	if *file != "" {
+		b, err := os.ReadFile(*file)
+		if err != nil {
+			fmt.Fprintf(stderr, "coat-sample streams: %v\n", err)
+			return 2
+		}
+		list += "," + string(b)
+	}
+	as, err := ParseAddrs(list, 7000)
+	if err != nil {
+		fmt.Fprintf(stderr, "coat-sample streams: --addrs: %v\n", err)
+		return 2
+	}
+	r, err := ParseRate(*rate)
+	if err != nil {
+		fmt.Fprintf(stderr, "coat-sample streams: %v\n", err)
+		return 2
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	rep := Streams(ctx, StreamsOptions{Addrs: as, Duration: *duration, Rate: r, Chunk: *chunk, DrainTimeout: *drain, Wait: *wait,
+		Ready: func(n int) { fmt.Fprintf(stderr, "ready %d\n", n) }})
+	err = printJSONOr(stdout, rep, *asJSON, func() string {
+		var b strings.Builder
+		for _, s := range rep.Streams {
+			fmt.Fprintf(&b, "%-21s sent %d received %d errors %d max_gap_ms %.1f %s\n", s.Addr, s.Sent, s.Received, s.Errors, s.MaxGapMs, s.ConnectionError)
+		}
+		fmt.Fprintf(&b, "connected: %d/%d\nresult:    %s\n", rep.Connected, len(rep.Streams), result(rep.OK))
+		return b.String()
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "coat-sample streams: %v\n", err)
+		return 1
+	}
+	if !rep.OK {
+		return 1
+	}
+	return 0
 }
