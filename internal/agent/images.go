@@ -281,6 +281,7 @@ func (a *Agent) handleImageRemove(w http.ResponseWriter, r *http.Request) {
 	if !lowerInUse(filepath.Join(old, "rootfs")) {
 		_ = os.RemoveAll(old)
 	}
+	a.gcLayers(r.Context())
 	a.log.Info("image removed", "image", name)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -370,6 +371,9 @@ func (a *Agent) ensureImage(ctx context.Context, c store.Container) (api.ImageRe
 	rec, err := a.st.Image(ctx, c.Image)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return api.ImageReply{}, err
+	}
+	if len(rec.Layers) > 0 {
+		return a.ensureLayered(ctx, c, im, rec)
 	}
 	if rec.RootfsDigest == "" {
 		return api.ImageReply{}, badRequest("image %s is not on host %s, and its record has no digest to check a copy against (it was imported before COAT recorded one): import it again (`coat image pull`, `load` or `import`)", c.Image, a.cfg.Name)
