@@ -75,7 +75,7 @@ func receiveLayer(body io.Reader, tmp, want string) (int64, error) {
 		return n.Load(), err
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want {
-		return n.Load(), fmt.Errorf("%w: layer %s: the stream received has digest %s", errBadCopy, want, got)
+		return n.Load(), fmt.Errorf("%w: the stream received has digest %s, not the layer's", errBadCopy, got)
 	}
 	return n.Load(), oci.ApplyWhiteouts(filepath.Join(tmp, "rootfs"), sc)
 }
