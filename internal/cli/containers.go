@@ -359,7 +359,11 @@ func importDir(ctx context.Context, out io.Writer, s *session, name, dir string)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", name, err)
 	}
-	il, err := sendImage(ctx, out, s, name, []v1.Layer{layer})
+	diffID, err := layer.DiffID() // of the file just made
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	il, err := sendImage(ctx, out, s, name, []v1.Layer{layer}, []v1.Hash{diffID})
 	if err != nil {
 		return err
 	}

@@ -283,7 +283,11 @@ func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.I
 	if err != nil {
 		return fmt.Errorf("image %s: %w", name, err)
 	}
-	il, err := sendImage(ctx, out, s, name, layers)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	il, err := sendImage(ctx, out, s, name, layers, cf.RootFS.DiffIDs)
 	if err != nil {
 		return err
 	}

@@ -29,15 +29,19 @@ type imageLayers struct {
 	Users, Groups map[string]string
 }
 
-// sendImage checks every layer of an image against its diffID before any
-// host is asked (a corrupt image changes nothing), then sends each host
-// the layers it lacks and makes the image there.
-func sendImage(ctx context.Context, out io.Writer, s *session, name string, layers []v1.Layer) (imageLayers, error) {
+// sendImage checks every layer of an image against its diffID (diffIDs,
+// from the image's configuration) before any host is asked (a corrupt
+// image changes nothing), then sends each host the layers it lacks and
+// makes the image there.
+func sendImage(ctx context.Context, out io.Writer, s *session, name string, layers []v1.Layer, diffIDs []v1.Hash) (imageLayers, error) {
 	var il imageLayers
+	if len(diffIDs) != len(layers) {
+		return il, fmt.Errorf("image %s: its configuration lists %d layer digests for %d layers", name, len(diffIDs), len(layers))
+	}
 	digests := make([]string, len(layers))
 	byDigest := map[string]v1.Layer{}
 	for i, l := range layers {
-		info, err := oci.ScanLayer(l)
+		info, err := oci.ScanLayer(l, diffIDs[i])
 		if err != nil {
 			return il, fmt.Errorf("image %s: layer %d of %d: %w", name, i+1, len(layers), err)
 		}

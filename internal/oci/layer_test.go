@@ -154,13 +154,20 @@ func TestScanLayerChecksDiffID(t *testing.T) {
 	good := ociLayer(t, &tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644})
 	s := sha256.Sum256(good)
 	h := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
-	info, err := ScanLayer(fakeLayer{good, h})
+	info, err := ScanLayer(fakeLayer{good, h}, h)
 	if err != nil || info.DiffID != h.String() || info.Bytes != int64(len(good)) || string(info.Passwd) != "etc/passwd" {
 		t.Errorf("ScanLayer(good) = %+v, %v", info, err)
 	}
+	// A layer whose own DiffID agrees with its content (as
+	// go-containerregistry's computed ones do) but not with the image's
+	// configuration.
+	other := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("e", 64)}
+	if _, err := ScanLayer(fakeLayer{good, h}, other); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Errorf("ScanLayer(good, another diffID) = %v, want a digest mismatch", err)
+	}
 	bad := bytes.Clone(good)
 	bad[600] ^= 1 // in the file's content
-	if _, err := ScanLayer(fakeLayer{bad, h}); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+	if _, err := ScanLayer(fakeLayer{bad, h}, h); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Errorf("ScanLayer(corrupt) = %v, want a digest mismatch", err)
 	}
 }
