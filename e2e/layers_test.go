@@ -3,6 +3,9 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log"
@@ -24,6 +27,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/coat-project/coat/internal/pki"
+	"github.com/coat-project/coat/internal/store"
+	"github.com/coat-project/coat/internal/transfer"
 )
 
 // tarLayer is an OCI layer of entries: name -> content (a name ending in
@@ -248,4 +256,69 @@ func TestLayersSharedAndMigrated(t *testing.T) {
 		t.Errorf("a refused image is listed:\n%s", ls)
 	}
 	l.noImage("edge-1", key(reg+"/lab/bad:1"))
+}
+
+// An image an agent made before layers (a flattened rootfs with its kept
+// stream, and a record with only rootfs_digest) still runs and migrates:
+// the destination copies the whole flattened stream, as before.
+func TestFlattenedImageRunsAndMigrates(t *testing.T) {
+	requireRoot(t)
+	l := newLab(t, 2)
+	// "old" on edge-1, as such an agent kept it: the sample image's
+	// files under images/old/rootfs, its stream and the stream's digest.
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if _, err := transfer.Pack(tw, filepath.Join(l.layersOf("edge-1", "sample")[0], "rootfs"), "rootfs/", false); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	sum := sha256.Sum256(buf.Bytes())
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	dir := l.imageDir("edge-1", "old")
+	if _, err := transfer.Unpack(tar.NewReader(bytes.NewReader(buf.Bytes())), map[string]transfer.Dest{"rootfs/": {Dir: filepath.Join(dir, "rootfs")}}); err != nil {
+		t.Fatal(err)
+	}
+	zw, _ := zstd.NewWriter(nil)
+	if err := os.WriteFile(filepath.Join(dir, "rootfs.tar.zst"), zw.EncodeAll(buf.Bytes(), nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "digest"), []byte(digest+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tc, err := pki.FilesFor(filepath.Join(secLabDir(l), "pki"), "cli").ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.NewEtcd(authzEtcd(t, secState(t, l).EtcdURL, tc), "/coat/", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.PutImage(ctx, store.Image{Name: "old", Source: "/old", Size: int64(buf.Len()), RootfsDigest: digest, Created: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	if ls := l.must("image", "ls"); !strings.Contains(ls, "flat") {
+		t.Errorf("image ls does not show old as flat:\n%s", ls)
+	}
+
+	l.must("run", "--host", "edge-1", "--name", "svc", "--image", "old", "--", "/bin/coat-sample", "server")
+	c := l.get("svc")
+	l.waitCtl(c.IP)
+	if v, err := l.ctl(c.IP, "put", "k", "v"); err != nil || v != "ok" {
+		t.Fatalf("put: %q, %v", v, err)
+	}
+	res := l.migrateImage("svc", "edge-2")
+	t.Logf("flattened image to edge-2: %d bytes from %s in %.0f ms; downtime %.0f ms", res.ImageFetchBytes, res.ImageFetchedFrom, res.ImageFetchMS, res.DowntimeMS)
+	if res.ImageFetchedFrom != "edge-1" || res.ImageFetchBytes <= 0 {
+		t.Errorf("migrate --json: %+v, want the flattened image copied from edge-1", res)
+	}
+	l.waitCtl(c.IP)
+	if v, err := l.ctl(c.IP, "get", "k"); err != nil || v != "v" {
+		t.Errorf("after migrate: get k = %q, %v", v, err)
+	}
+	if _, err := os.Stat(filepath.Join(l.imageDir("edge-2", "old"), "rootfs", "bin", "coat-sample")); err != nil {
+		t.Errorf("edge-2 lacks the flattened copy: %v", err)
+	}
+	l.must("rm", "svc")
+	l.must("image", "rm", "old")
+	l.noImage("edge-1", "old")
+	l.noImage("edge-2", "old")
 }
