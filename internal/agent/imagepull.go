@@ -170,7 +170,7 @@ func (a *Agent) ensureLayered(ctx context.Context, c store.Container, im names.I
 		}
 		from = append(from, src.Name)
 	}
-	if err := a.installLayered(im, all); err != nil {
+	if err := a.installLayered(ctx, im, all); err != nil {
 		return api.ImageReply{}, err
 	}
 	if len(from) == 0 {

@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -42,8 +43,38 @@ import (
 	"github.com/coat-project/coat/internal/transfer"
 )
 
-// layerTarFile is a layer's stream as received, zstd'd.
-const layerTarFile = "layer.tar.zst"
+const (
+	// layerTarFile is a layer's stream as received, zstd'd.
+	layerTarFile = "layer.tar.zst"
+	// layerPendingTTL is how long a layer received for an image not yet
+	// made is safe from gcLayers (the CLI sends an image's layers, then
+	// its list; a migration fetches them, then makes the image).
+	layerPendingTTL = time.Hour
+)
+
+// setPending marks layers as received for an image not yet made (on), or
+// as listed by one (off).
+func (a *Agent) setPending(on bool, layers ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.layerPending == nil {
+		a.layerPending = map[string]time.Time{}
+	}
+	for _, d := range layers {
+		if on {
+			a.layerPending[d] = now()
+		} else {
+			delete(a.layerPending, d)
+		}
+	}
+}
+
+func (a *Agent) pending(d string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.layerPending[d]
+	return ok && now().Sub(t) < layerPendingTTL
+}
 
 // layerLock serialises the changes to one layer on this host.
 func (a *Agent) layerLock(ctx context.Context, diffID string) (func(), error) {
@@ -120,6 +151,7 @@ func (a *Agent) ensureLayer(ctx context.Context, diffID string, fetch func(conte
 	}
 	defer unlock()
 	if a.rt.HasLayer(diffID) {
+		a.setPending(true, diffID)
 		return 0, nil
 	}
 	if err := os.MkdirAll(a.rt.LayersDir(), 0o700); err != nil {
@@ -142,7 +174,11 @@ func (a *Agent) ensureLayer(ctx context.Context, diffID string, fetch func(conte
 	if err != nil {
 		return n, err
 	}
-	return n, os.Rename(tmp, dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return n, err
+	}
+	a.setPending(true, diffID)
+	return n, nil
 }
 
 // handleMissingLayers answers which of the layers asked about this host
@@ -161,6 +197,8 @@ func (a *Agent) handleMissingLayers(w http.ResponseWriter, r *http.Request) {
 		}
 		if !a.rt.HasLayer(d) {
 			rep.Layers = append(rep.Layers, d)
+		} else {
+			a.setPending(true, d) // the image about to be made lists it
 		}
 	}
 	writeJSON(w, http.StatusOK, rep)
@@ -202,7 +240,7 @@ func (a *Agent) handleImageLayers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer unlock()
-	if err := a.installLayered(im, req.Layers); err != nil {
+	if err := a.installLayered(r.Context(), im, req.Layers); err != nil {
 		httpError(w, err)
 		return
 	}
@@ -211,8 +249,9 @@ func (a *Agent) handleImageLayers(w http.ResponseWriter, r *http.Request) {
 }
 
 // installLayered writes the image im as the list layers (bottom first),
-// all of which must be here. The caller holds the image's lock.
-func (a *Agent) installLayered(im names.Image, layers []string) error {
+// all of which must be here; the layers of the image it replaces that no
+// image lists any more go (gcLayers). The caller holds the image's lock.
+func (a *Agent) installLayered(ctx context.Context, im names.Image, layers []string) error {
 	if len(layers) == 0 {
 		return badRequest("image %s: no layers", im)
 	}
@@ -236,11 +275,20 @@ func (a *Agent) installLayered(im names.Image, layers []string) error {
 	if err := os.WriteFile(filepath.Join(tmp, runtime.ImageLayersFile), b, 0o644); err != nil {
 		return err
 	}
-	return a.installImage(tmp, im.Key())
+	old, _ := runtime.ReadImageLayers(filepath.Join(a.imagesDir(), im.Key()))
+	if err := a.installImage(tmp, im.Key()); err != nil {
+		return err
+	}
+	a.setPending(false, layers...)
+	if old != nil && strings.Join(old, " ") != strings.Join(layers, " ") {
+		a.gcLayers(ctx)
+	}
+	return nil
 }
 
 // gcLayers removes the layers that no image here lists (counting images
-// retired while a mount still used them) and no mount uses.
+// retired while a mount still used them), no mount uses and no image
+// being made is about to list (pending).
 func (a *Agent) gcLayers(ctx context.Context) {
 	used := map[string]bool{}
 	dirs, _ := os.ReadDir(a.imagesDir())
@@ -258,15 +306,19 @@ func (a *Agent) gcLayers(ctx context.Context) {
 	for _, e := range all {
 		hexd, ok := strings.CutPrefix(e.Name(), "sha256-")
 		d := "sha256:" + hexd
-		if !ok || !runtime.ValidDiffID(d) || used[d] {
+		if !ok || !runtime.ValidDiffID(d) || used[d] || a.pending(d) {
 			continue
 		}
 		dir := filepath.Join(a.rt.LayersDir(), e.Name())
-		if lowerInUse(filepath.Join(dir, "rootfs")) {
+		if layerMounted(filepath.Join(dir, "rootfs")) {
 			continue
 		}
 		unlock, err := a.layerLock(ctx, d)
 		if err != nil {
+			continue
+		}
+		if a.pending(d) { // asked about or received meanwhile
+			unlock()
 			continue
 		}
 		old := filepath.Join(a.rt.LayersDir(), ".tmp-gc-"+hexd[:12]+"-"+strconv.FormatInt(now().UnixNano(), 10))
@@ -276,6 +328,27 @@ func (a *Agent) gcLayers(ctx context.Context) {
 		}
 		unlock()
 	}
+}
+
+// layerMounted reports whether an overlay mount has dir among its lower
+// layers (anywhere in its lowerdir list: mountinfo shows them all).
+func layerMounted(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return true // keep it: better a layer left than one torn from a mount
+	}
+	return mountsLayer(string(b), dir)
+}
+
+// mountsLayer reports whether the mountinfo text names dir as a whole
+// path (not as the prefix of a longer one).
+func mountsLayer(mountinfo, dir string) bool {
+	for _, end := range []string{":", ",", " ", "\n"} {
+		if strings.Contains(mountinfo, dir+end) {
+			return true
+		}
+	}
+	return false
 }
 
 // handleLayerSend is the source's side of a layer copy: a layer of the

@@ -147,6 +147,20 @@ func TestLayersStoredOnce(t *testing.T) {
 	if w := c.image("two", sha(base), sha(top2)); w.Code != http.StatusNoContent {
 		t.Fatalf("image two: %d %s", w.Code, w.Body)
 	}
+	// Made again of other layers, an image's old layers no other image
+	// lists go.
+	if w := c.image("one", sha(base)); w.Code != http.StatusNoContent {
+		t.Fatalf("image one again: %d %s", w.Code, w.Body)
+	}
+	if a.rt.HasLayer(sha(top1)) {
+		t.Error("one's old top layer stayed")
+	}
+	if w := c.put(top1, sha(top1)); w.Code != http.StatusOK {
+		t.Fatalf("put: %d %s", w.Code, w.Body)
+	}
+	if w := c.image("one", sha(base), sha(top1)); w.Code != http.StatusNoContent {
+		t.Fatalf("image one: %d %s", w.Code, w.Body)
+	}
 	if got := layerDirs(t, a); len(got) != 3 {
 		t.Errorf("layers/ holds %v, want 3 layers (the base once)", got)
 	}
@@ -167,11 +181,26 @@ func TestLayersStoredOnce(t *testing.T) {
 		t.Errorf("rm of an image in use: %d %s", w.Code, w.Body)
 	}
 	a.st = &imgStore{}
+	// A layer received for an image not made yet stays.
+	top3 := layerTar(t, "app/", "", "app/three", "3\n")
+	if w := c.put(top3, sha(top3)); w.Code != http.StatusOK {
+		t.Fatalf("put: %d %s", w.Code, w.Body)
+	}
 	if w := c.do("DELETE", "/v1/images/two", nil); w.Code != http.StatusNoContent {
 		t.Fatalf("rm two: %d %s", w.Code, w.Body)
 	}
+	if got := layerDirs(t, a); len(got) != 1 || !a.rt.HasLayer(sha(top3)) {
+		t.Errorf("after rm of both, layers/ holds %v, want only the layer received for an image to come", got)
+	}
+	// Made and removed, it goes.
+	if w := c.image("three", sha(top3)); w.Code != http.StatusNoContent {
+		t.Fatalf("image three: %d %s", w.Code, w.Body)
+	}
+	if w := c.do("DELETE", "/v1/images/three", nil); w.Code != http.StatusNoContent {
+		t.Fatalf("rm three: %d %s", w.Code, w.Body)
+	}
 	if got := layerDirs(t, a); len(got) != 0 {
-		t.Errorf("after rm of both, layers/ holds %v", got)
+		t.Errorf("after rm of every image, layers/ holds %v", got)
 	}
 }
 
@@ -181,5 +210,19 @@ func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
+	}
+}
+
+// A layer anywhere in an overlay's lowerdir list is in use; a path that
+// only starts like it is not.
+func TestMountsLayer(t *testing.T) {
+	const info = "612 30 0:77 / /s/containers/web/rootfs rw,relatime - overlay overlay rw,lowerdir=/s/layers/sha256-aa/rootfs:/s/layers/sha256-bb/rootfs,upperdir=/s/containers/web/upper,workdir=/s/containers/web/work\n"
+	for dir, want := range map[string]bool{
+		"/s/layers/sha256-aa/rootfs": true, "/s/layers/sha256-bb/rootfs": true,
+		"/s/layers/sha256-a/rootfs": false, "/s/layers/sha256-cc/rootfs": false, "/s/layers/sha256-bb/root": false,
+	} {
+		if got := mountsLayer(info, dir); got != want {
+			t.Errorf("mountsLayer(%s) = %v, want %v", dir, got, want)
+		}
 	}
 }
