@@ -1,19 +1,22 @@
 // Package oci reads OCI and Docker images, from a registry (Pull) or from
 // a `docker save`/`podman save` archive (Load), with go-containerregistry,
-// and flattens them into the root filesystem stream the agents' image
-// import takes (Flatten).
+// and prepares their layers for the agents' layer store (layer.go:
+// ScanLayer checks a layer against its diffID in the CLI, Normalize and
+// ApplyWhiteouts make it an overlayfs lower layer on a host). Flatten
+// makes the single root filesystem stream of images recorded before
+// layers, still copied for them.
 //
 // Every layer is read through go-containerregistry, which checks each
 // blob against its digest as it reads it: a layer that does not match is
-// an error, and Flatten fails. The CLI flattens into a temporary file
-// first and only then sends it to the hosts, so a bad image changes
-// nothing anywhere.
+// an error (Verify reads them all first). The CLI checks every layer
+// before it sends any host anything, so a bad image changes nothing
+// anywhere.
 //
-// Flattening adapts the image to what the agents accept (internal/transfer):
+// Layers are adapted to what the agents accept (internal/transfer):
 // setuid and setgid bits are cleared (containers run with no_new_privs, so
 // they do nothing there), device nodes are left out (a container gets its
-// own /dev) and extended attributes are dropped. Flatten reports each kind
-// of change.
+// own /dev) and extended attributes are dropped. Changes counts each
+// kind of change.
 package oci
 
 import (
