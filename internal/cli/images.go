@@ -105,6 +105,12 @@ func imageSubcommands() []*cobra.Command {
 			if err != nil {
 				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
 			}
+			// A name by digest must be the archive's image (a pull's
+			// digest go-containerregistry checks against the registry's
+			// manifest, or index for a multi-platform image).
+			if d, err := img.Digest(); err == nil && im.Digest != "" && im.Digest != d.String() {
+				return fmt.Errorf("the name %s gives a digest, but the archive's image is %s: nothing imported", im, d)
+			}
 			abs, _ := filepath.Abs(file)
 			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false, false)
 		}),
