@@ -149,13 +149,15 @@ func imageSubcommands() []*cobra.Command {
 				}
 				layers, shared := "flat", "-" // recorded before COAT stored layers
 				if len(im.Layers) > 0 {
-					var n int64
+					// Layers' stream sizes, SIZE and SHARED alike.
+					var all, n int64
 					for _, l := range im.Layers {
+						all += l.Size
 						if users[l.Digest] > 1 {
 							n += l.Size
 						}
 					}
-					layers, shared = fmt.Sprint(len(im.Layers)), humanSize(n)
+					layers, size, shared = fmt.Sprint(len(im.Layers)), humanSize(all), humanSize(n)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", im.Name, d, layers, size, shared, im.Source, im.Created.Format(time.RFC3339))
 			}
