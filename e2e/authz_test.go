@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
@@ -121,6 +123,9 @@ func TestAuthz(t *testing.T) {
 			"args": []string{"/bin/coat-sample", "server"}, "status": "migrating", "migrating_to": "edge-1",
 		}})
 		cl := authzFrom(l, "edge-2", e2cfg)
+		layerBody := secTar(t, "planted", "x\n")
+		sum := sha256.Sum256(layerBody)
+		layerDigest := "sha256:" + hex.EncodeToString(sum[:])
 		for _, r := range []struct {
 			op, method, path, ctype string
 			body                    []byte
@@ -138,6 +143,10 @@ func TestAuthz(t *testing.T) {
 			{"tunnel", http.MethodPost, "/v1/tunnel/victim/lazy", "", nil},
 			{"image copy", http.MethodGet, "/v1/outgoing/victim/image", "", nil},
 			{"image-ready", http.MethodPost, "/v1/incoming/victim/image", "", nil},
+			{"layer import", http.MethodPut, "/v1/layers/" + layerDigest, "application/x-tar", layerBody},
+			{"layers missing", http.MethodPost, "/v1/layers/missing", "application/json", []byte(`{"layers":["` + layerDigest + `"]}`)},
+			{"image of layers", http.MethodPut, "/v1/images/evil/layers", "application/json", []byte(`{"layers":["` + layerDigest + `"]}`)},
+			{"layer copy", http.MethodGet, "/v1/outgoing/victim/layers/" + layerDigest, "", nil},
 		} {
 			req, err := http.NewRequest(r.method, "https://"+edge1+r.path, bytes.NewReader(r.body))
 			if err != nil {
@@ -233,6 +242,9 @@ func TestAuthz(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("a refused request left %s", p)
 		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(labDir, "edge-1", "layers", "*", "rootfs", "planted")); len(m) > 0 {
+		t.Errorf("a refused request left the layer %v", m)
 	}
 	if out, err := l.ctl(victim.IP, "ping"); err != nil || out != "pong" {
 		t.Fatalf("victim after the refused requests: %v %q", err, out)

@@ -108,12 +108,12 @@ func TestBadInputPathsAndFiles(t *testing.T) {
 	if err := os.Chmod(filepath.Join(suid, "bin", "su"), os.ModeSetuid|0o755); err != nil {
 		t.Fatal(err)
 	}
-	// What must not change: the containers, and every host's images and
-	// containers directories.
+	// What must not change: the containers, and every host's images,
+	// layers and containers directories.
 	snapshot := func() string {
 		s := l.must("ps", "--json")
 		for _, h := range []string{"edge-1", "edge-2"} {
-			for _, d := range []string{"images", "containers"} {
+			for _, d := range []string{"images", "layers", "containers"} {
 				ents, _ := os.ReadDir(filepath.Join("/var/lib/coat/labs", l.name, h, d))
 				for _, e := range ents {
 					s += " " + h + "/" + d + "/" + e.Name()
@@ -188,6 +188,7 @@ func TestBadInputPathsAndFiles(t *testing.T) {
 			tw.Close()
 			return buf.Bytes()
 		}
+		zeroDigest := "sha256:" + strings.Repeat("0", 64)
 		for _, r := range []struct {
 			name, method, path, want string
 			body                     []byte
@@ -206,6 +207,15 @@ func TestBadInputPathsAndFiles(t *testing.T) {
 			{"import a capability", "PUT", "/v1/images/evil", "security.capability",
 				tarOf(&tar.Header{Name: "rootfs/bin/ping", Typeflag: tar.TypeReg, Mode: 0o755, Size: 2, Format: tar.FormatPAX,
 					PAXRecords: map[string]string{"SCHILY.xattr.security.capability": "x"}})},
+			{"layer under a path", "PUT", "/v1/layers/..%2F..%2Fcontainers", "invalid layer digest",
+				tarOf(&tar.Header{Name: "bin/sh", Typeflag: tar.TypeReg, Mode: 0o755, Size: 2})},
+			{"layer through a symlink", "PUT", "/v1/layers/" + zeroDigest, "symlink",
+				tarOf(&tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
+					&tar.Header{Name: "etc/planted", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2})},
+			{"layer not matching its digest", "PUT", "/v1/layers/" + zeroDigest, "the stream received has digest",
+				tarOf(&tar.Header{Name: "bin/sh", Typeflag: tar.TypeReg, Mode: 0o755, Size: 2})},
+			{"image of layers the host lacks", "PUT", "/v1/images/evil/layers", "is not on host",
+				[]byte(`{"layers":["` + zeroDigest + `"]}`)},
 		} {
 			t.Run(r.name, func(t *testing.T) {
 				req, err := http.NewRequest(r.method, "https://"+api+r.path, bytes.NewReader(r.body))

@@ -45,6 +45,39 @@ func (l *testLab) imageDir(host, key string) string {
 	return filepath.Join("/var/lib/coat/labs", l.name, host, "images", key)
 }
 
+// layersOf are the layer directories of image key on host, bottom
+// first (none: the host lacks it, or holds it flattened).
+func (l *testLab) layersOf(host, key string) []string {
+	l.t.Helper()
+	b, err := os.ReadFile(filepath.Join(l.imageDir(host, key), "layers.json"))
+	if err != nil {
+		return nil
+	}
+	var il struct {
+		Layers []string `json:"layers"`
+	}
+	if err := json.Unmarshal(b, &il); err != nil {
+		l.t.Fatalf("%s: image %s: layers.json: %v", host, key, err)
+	}
+	var out []string
+	for _, d := range il.Layers {
+		out = append(out, filepath.Join("/var/lib/coat/labs", l.name, host, "layers", strings.Replace(d, ":", "-", 1)))
+	}
+	return out
+}
+
+// imageHas fails the test unless host holds image key with file (a path
+// in the image) in one of its layers.
+func (l *testLab) imageHas(host, key, file string) {
+	l.t.Helper()
+	for _, d := range l.layersOf(host, key) {
+		if _, err := os.Lstat(filepath.Join(d, "rootfs", file)); err == nil {
+			return
+		}
+	}
+	l.t.Errorf("image %s on %s: no layer holds %s", key, host, file)
+}
+
 // noImage fails the test if host holds image key, or the remains of a
 // copy of it.
 func (l *testLab) noImage(host, key string) {
@@ -52,7 +85,9 @@ func (l *testLab) noImage(host, key string) {
 	if _, err := os.Stat(l.imageDir(host, key)); !os.IsNotExist(err) {
 		l.t.Errorf("%s holds image %s (%v)", host, key, err)
 	}
-	if m, _ := filepath.Glob(filepath.Join(l.imageDir(host, ".tmp-*"))); len(m) > 0 {
+	m, _ := filepath.Glob(filepath.Join(l.imageDir(host, ".tmp-*")))
+	m2, _ := filepath.Glob(filepath.Join("/var/lib/coat/labs", l.name, host, "layers", ".tmp-*"))
+	if m = append(m, m2...); len(m) > 0 {
 		l.t.Errorf("%s holds the remains of image copies: %v", host, m)
 	}
 }
@@ -87,9 +122,7 @@ func TestMigrateCopiesImage(t *testing.T) {
 	if got := l.get("svc"); got.Host != "edge-2" || got.Status != "running" {
 		t.Fatalf("after the migration: %s on %s, want running on edge-2", got.Status, got.Host)
 	}
-	if _, err := os.Stat(filepath.Join(l.imageDir("edge-2", "sample"), "rootfs", "bin", "coat-sample")); err != nil {
-		t.Errorf("the image is not on edge-2: %v", err)
-	}
+	l.imageHas("edge-2", "sample", "bin/coat-sample")
 
 	// Back to edge-1, which no longer has it either.
 	l.must("image", "rm", "--host", "edge-1", "sample")
@@ -127,9 +160,10 @@ func TestMigrateRefusesBadImageCopy(t *testing.T) {
 	l := newLab(t, 2)
 	c := l.runSample("svc", "edge-1")
 	l.must("image", "rm", "--host", "edge-2", "sample")
-	// The source's kept copy of sample is swapped for another image's.
-	kept := filepath.Join(l.imageDir("edge-1", "sample"), "rootfs.tar.zst")
-	other, err := os.ReadFile(filepath.Join(l.imageDir("edge-1", "sockperf"), "rootfs.tar.zst"))
+	// The source's kept copy of sample's layer is swapped for another
+	// image's.
+	kept := filepath.Join(l.layersOf("edge-1", "sample")[0], "layer.tar.zst")
+	other, err := os.ReadFile(filepath.Join(l.layersOf("edge-1", "sockperf")[0], "layer.tar.zst"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +178,7 @@ func TestMigrateRefusesBadImageCopy(t *testing.T) {
 		t.Fatalf("migration with a bad image copy succeeded:\n%s", res)
 	}
 	t.Logf("coat migrate svc --to edge-2:\n%s", res)
-	for _, want := range []string{"copy image sample from edge-1", "the image's record says sha256:", "nothing was kept", "rolled back: the container still runs on the source"} {
+	for _, want := range []string{"copy image sample from edge-1", "the stream received has digest sha256:", "the layer was not kept", "rolled back: the container still runs on the source"} {
 		if !strings.Contains(res, want) {
 			t.Errorf("error does not say %q:\n%s", want, res)
 		}
@@ -224,7 +258,5 @@ func TestMigratePullsImageFromRegistry(t *testing.T) {
 	if v, err := l.ctl(c.IP, "get", "k"); err != nil || v != "v" {
 		t.Errorf("after the migrations: get k = %q, %v; want v", v, err)
 	}
-	if _, err := os.Stat(filepath.Join(l.imageDir("edge-1", key), "rootfs", "bin", "coat-sample")); err != nil {
-		t.Errorf("the image is not on edge-1: %v", err)
-	}
+	l.imageHas("edge-1", key, "bin/coat-sample")
 }

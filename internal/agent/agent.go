@@ -99,6 +99,9 @@ type Agent struct {
 	// imageBusy: images being imported, copied or removed here, each
 	// closed when done (imageLock).
 	imageBusy map[string]chan struct{}
+	// layerPending: layers received here that no image lists yet, and
+	// when: gcLayers leaves them to the image being made of them.
+	layerPending map[string]time.Time
 	// groups: group moves being restored here (group.go).
 	groups map[string]*incomingGroup
 	// metrics: nil without a metrics address (its methods are nil-safe).

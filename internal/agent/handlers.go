@@ -33,6 +33,9 @@ func (a *Agent) routes() http.Handler {
 	admin("POST /v1/containers/{name}/migrate", named(a.handleMigrate))
 	admin("PUT /v1/images/{name}", a.handleImport)
 	admin("DELETE /v1/images/{name}", a.handleImageRemove)
+	admin("PUT /v1/images/{name}/layers", a.handleImageLayers)
+	admin("POST /v1/layers/missing", a.handleMissingLayers)
+	admin("PUT /v1/layers/{digest}", a.handleLayerImport)
 	incoming("POST /v1/incoming/{name}/image", named(a.handleIncomingImage))
 	incoming(preparePattern, named(a.handlePrepare))
 	incoming("POST /v1/incoming/{name}/switch", named(a.handleSwitch))
@@ -41,6 +44,7 @@ func (a *Agent) routes() http.Handler {
 	incoming("POST /v1/incoming/{name}/abort", named(a.handleAbort))
 	mux.HandleFunc("POST /v1/tunnel/{name}/{kind}", a.guard(authz.Tunnel, named(a.handleTunnel)))
 	mux.HandleFunc("GET /v1/outgoing/{name}/image", a.guard(authz.Image, named(a.handleImageSend)))
+	mux.HandleFunc("GET /v1/outgoing/{name}/layers/{digest}", a.guard(authz.Image, named(a.handleLayerSend)))
 	incoming("POST /v1/incoming/{name}/fetched", named(a.handleFetched))
 	return a.authenticate(mux)
 }

@@ -8,10 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/names"
 	"github.com/coat-project/coat/internal/oci"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -118,4 +122,103 @@ func layerBytes(img v1.Image) (int64, error) {
 		n += s
 	}
 	return n, nil
+}
+
+// ensureLayered brings the layers of c's image (rec) that this host
+// lacks, each verified by its diffID: from the registry the image was
+// pulled from, if it answers at once and still serves the recorded
+// manifest, else (for those still missing) from c's host. Then it makes
+// the image here. The caller holds the image's lock.
+func (a *Agent) ensureLayered(ctx context.Context, c store.Container, im names.Image, rec store.Image) (api.ImageReply, error) {
+	ctx, cancel := context.WithTimeout(ctx, imageCopyTimeout)
+	defer cancel()
+	all := rec.LayerDigests()
+	var missing []string
+	for _, d := range all {
+		if !a.rt.HasLayer(d) {
+			missing = append(missing, d)
+		}
+	}
+	t0 := time.Now()
+	var n atomic.Int64
+	var from []string
+	var regErr string
+	if ref := registryRef(rec); ref != "" && len(missing) > 0 {
+		rest, err := a.pullLayers(ctx, ref, rec, missing, &n)
+		if len(rest) < len(missing) {
+			from = append(from, ref)
+		}
+		if err != nil {
+			regErr = fmt.Sprintf("registry %s: %v", ref, err)
+			a.log.Info("layers not pulled: copying them from the source", "image", c.Image, "container", c.Name, "err", err)
+		}
+		missing = rest
+	}
+	if len(missing) > 0 {
+		src, err := a.st.Host(ctx, c.Host)
+		if err != nil {
+			return api.ImageReply{}, fmt.Errorf("source host %s: %w", c.Host, err)
+		}
+		peer := a.peerClient(src)
+		for _, d := range missing {
+			if _, err := a.ensureLayer(ctx, d, fetchLayerFromPeer(peer, c.Name, d, &n)); err != nil {
+				if regErr != "" {
+					err = fmt.Errorf("%w; %s", err, regErr)
+				}
+				return api.ImageReply{}, fmt.Errorf("copy image %s from %s: layer %s: %w (the layer was not kept)", c.Image, src.Name, d, err)
+			}
+		}
+		from = append(from, src.Name)
+	}
+	if err := a.installLayered(ctx, im, all); err != nil {
+		return api.ImageReply{}, err
+	}
+	if len(from) == 0 {
+		return api.ImageReply{}, nil
+	}
+	d := time.Since(t0)
+	a.log.Info("image layers copied", "image", c.Image, "from", strings.Join(from, ", "), "container", c.Name, "bytes", n.Load(), "duration_ms", api.Ms(d))
+	return api.ImageReply{Copied: true, From: strings.Join(from, ", "), Bytes: n.Load(), MS: api.Ms(d), RegistryError: regErr}, nil
+}
+
+// pullLayers pulls the layers missing of rec's image from ref, each
+// checked by its diffID (and its compressed digest, which
+// go-containerregistry checks), adding their compressed sizes to n. It
+// returns the layers still missing. The registry must answer within
+// registryAnswer, with the manifest recorded.
+func (a *Agent) pullLayers(ctx context.Context, ref string, rec store.Image, missing []string, n *atomic.Int64) ([]string, error) {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := time.AfterFunc(registryAnswer, cancel)
+	img, err := oci.Pull(pctx, ref, rec.Insecure, v1.Platform{OS: "linux", Architecture: goruntime.GOARCH})
+	if !timer.Stop() {
+		return missing, fmt.Errorf("the registry did not answer within %v", registryAnswer)
+	}
+	if err != nil {
+		return missing, err
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return missing, err
+	}
+	if dg.String() != rec.Digest {
+		return missing, fmt.Errorf("%s is now %s, not the image recorded (%s)", ref, dg, rec.Digest)
+	}
+	for i, d := range missing {
+		h, err := v1.NewHash(d)
+		if err != nil {
+			return missing[i:], err
+		}
+		l, err := img.LayerByDiffID(h)
+		if err != nil {
+			return missing[i:], err
+		}
+		if _, err := a.ensureLayer(pctx, d, func(context.Context) (io.ReadCloser, error) { return l.Uncompressed() }); err != nil {
+			return missing[i:], fmt.Errorf("layer %s: %w", d, err)
+		}
+		if sz, err := l.Size(); err == nil {
+			n.Add(sz)
+		}
+	}
+	return nil, nil
 }

@@ -3,19 +3,22 @@ package agent
 // Images on a host, and how a migration brings one to a destination that
 // lacks it.
 //
-// Each image lives in StateDir/images/KEY (names.Image.Key):
+// An image is layered (layers.go: images/KEY/layers.json, its layers in
+// layers/) or, made by an older agent, flattened. This file keeps the
+// image-level operations (locks, removal, the image-ready step, which
+// hands a layered image to ensureLayered) and the flattened format, still
+// served and copied for images recorded before layers:
 //
 //	rootfs/          the root filesystem, a container's overlay lower layer
 //	rootfs.tar.zst   the tar stream it was made from, byte for byte, zstd'd
 //	digest           "sha256:HEX" of that tar stream
 //
-// The tar stream is the unit: the CLI sends the same one to every host and
-// records its digest in the image's etcd record (RootfsDigest). A
-// destination that lacks a migrating container's image fetches the
-// source's rootfs.tar.zst over the agents' mutual TLS, in the image-ready
-// phase, before anything is frozen; it unpacks it into a temporary
-// directory while hashing it, and renames it into place only if the
-// digest is the recorded one. A partial or mismatching copy is removed
+// For a flattened image the tar stream is the unit: its digest is in the
+// image's etcd record (RootfsDigest). A destination that lacks it fetches
+// the source's rootfs.tar.zst over the agents' mutual TLS, in the
+// image-ready phase, before anything is frozen; it unpacks it into a
+// temporary directory while hashing it, and renames it into place only if
+// the digest is the recorded one. A partial or mismatching copy is removed
 // with its directory, and the migration is refused before the freeze.
 // Every change to one image on a host (import, copy, removal) holds that
 // image's lock (imageLock).
@@ -281,6 +284,7 @@ func (a *Agent) handleImageRemove(w http.ResponseWriter, r *http.Request) {
 	if !lowerInUse(filepath.Join(old, "rootfs")) {
 		_ = os.RemoveAll(old)
 	}
+	a.gcLayers(r.Context())
 	a.log.Info("image removed", "image", name)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -370,6 +374,9 @@ func (a *Agent) ensureImage(ctx context.Context, c store.Container) (api.ImageRe
 	rec, err := a.st.Image(ctx, c.Image)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return api.ImageReply{}, err
+	}
+	if len(rec.Layers) > 0 {
+		return a.ensureLayered(ctx, c, im, rec)
 	}
 	if rec.RootfsDigest == "" {
 		return api.ImageReply{}, badRequest("image %s is not on host %s, and its record has no digest to check a copy against (it was imported before COAT recorded one): import it again (`coat image pull`, `load` or `import`)", c.Image, a.cfg.Name)

@@ -404,6 +404,8 @@ func (a *Agent) emptyTrash() {
 	// Images being received when the agent stopped.
 	m, _ := filepath.Glob(filepath.Join(a.imagesDir(), ".tmp-*"))
 	all = append(all, m...)
+	m, _ = filepath.Glob(filepath.Join(a.rt.LayersDir(), ".tmp-*"))
+	all = append(all, m...)
 	// An older agent's trash directory.
 	all = append(all, filepath.Join(a.cfg.StateDir, "trash"))
 	for _, p := range all {

@@ -374,6 +374,42 @@ func (c *Client) ImportImage(ctx context.Context, name, digest string, tarStream
 	return rep, nil
 }
 
+// Layers is a list of layer digests (diffIDs, "sha256:HEX"), bottom
+// first: the layers asked about, those missing, or an image's.
+type Layers struct {
+	Layers []string `json:"layers"`
+}
+
+// MissingLayers returns those of layers the agent's host lacks.
+func (c *Client) MissingLayers(ctx context.Context, layers []string) ([]string, error) {
+	var rep Layers
+	if err := c.JSON(ctx, http.MethodPost, "/v1/layers/missing", Layers{Layers: layers}, &rep); err != nil {
+		return nil, err
+	}
+	return rep.Layers, nil
+}
+
+// PutLayer sends a layer's uncompressed tar stream; the agent keeps it
+// only if it hashes to diffID.
+func (c *Client) PutLayer(ctx context.Context, diffID string, tarStream io.Reader) (ImportReply, error) {
+	var rep ImportReply
+	rc, err := c.Stream(ctx, http.MethodPut, "/v1/layers/"+url.PathEscape(diffID), tarStream, "application/x-tar")
+	if err != nil {
+		return rep, err
+	}
+	defer rc.Close()
+	if err := json.NewDecoder(rc).Decode(&rep); err != nil {
+		return rep, fmt.Errorf("layer %s: the agent's answer: %w", diffID, err)
+	}
+	return rep, nil
+}
+
+// PutImageLayers makes name, on the agent's host, the image of layers
+// (bottom first), all of which the host must hold.
+func (c *Client) PutImageLayers(ctx context.Context, name string, layers []string) error {
+	return c.JSON(ctx, http.MethodPut, "/v1/images/"+url.PathEscape(name)+"/layers", Layers{Layers: layers}, nil)
+}
+
 // RemoveImage deletes an image from the agent's host; refused (409)
 // while a container uses it.
 func (c *Client) RemoveImage(ctx context.Context, name string) error {

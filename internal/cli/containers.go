@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/spf13/cobra"
 
 	"github.com/coat-project/coat/internal/api"
@@ -341,23 +343,31 @@ func newImageCmd() *cobra.Command {
 	return img
 }
 
-// importDir packs a rootfs directory once into a temporary tar file,
-// imports it on every host and records the image with its digest.
+// importDir packs a rootfs directory once into a temporary tar file, one
+// layer, sends it to every host that lacks it and records the image.
 func importDir(ctx context.Context, out io.Writer, s *session, name, dir string) error {
 	tmp, err := os.MkdirTemp("", "coat-image-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	path := filepath.Join(tmp, "rootfs.tar")
+	path := filepath.Join(tmp, "layer.tar")
 	if err := packDir(dir, path); err != nil {
 		return fmt.Errorf("image %s: %w", name, err)
 	}
-	digest, size, err := importFile(ctx, out, s, name, path)
+	layer, err := tarball.LayerFromFile(path)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	diffID, err := layer.DiffID() // of the file just made
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	il, err := sendImage(ctx, out, s, name, []v1.Layer{layer}, []v1.Hash{diffID})
 	if err != nil {
 		return err
 	}
-	return s.st.PutImage(ctx, store.Image{Name: name, Source: dir, Size: size, RootfsDigest: digest, Created: time.Now().UTC()})
+	return s.st.PutImage(ctx, store.Image{Name: name, Source: dir, Size: il.Size, Layers: il.Layers, Created: time.Now().UTC()})
 }
 
 // containerArg checks the one argument of a command on a container: a

@@ -3,11 +3,8 @@ package cli
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -34,8 +31,11 @@ func imageSubcommands() []*cobra.Command {
 		Short: "Pull an image from an OCI registry onto every host",
 		Long: "Pull an image from any OCI registry (credentials from the Docker and Podman\n" +
 			"auth files, as `docker login`/`podman login` write them), check every layer\n" +
-			"against its digest, flatten it and import it on every host, with its\n" +
+			"against its digest, send every host the layers it lacks (each host keeps a\n" +
+			"layer once, for every image that has it) and record the image with its\n" +
 			"configuration (Entrypoint, Cmd, Env, WorkingDir, User) for `coat run`.\n" +
+			"REF may name a digest (NAME@sha256:HEX, NAME:TAG@sha256:HEX): the\n" +
+			"registry's manifest must have it.\n" +
 			"Setuid/setgid bits are cleared and device nodes left out (containers run\n" +
 			"with no_new_privs and get their own /dev). --insecure allows plain HTTP.",
 		Args: imageArg,
@@ -105,6 +105,12 @@ func imageSubcommands() []*cobra.Command {
 			if err != nil {
 				return fmt.Errorf("the archive names its image %q, which COAT does not accept: give another with --name NAME (%w)", ref, err)
 			}
+			// A name by digest must be the archive's image (a pull's
+			// digest go-containerregistry checks against the registry's
+			// manifest, or index for a multi-platform image).
+			if d, err := img.Digest(); err == nil && im.Digest != "" && im.Digest != d.String() {
+				return fmt.Errorf("the name %s gives a digest, but the archive's image is %s: nothing imported", im, d)
+			}
 			abs, _ := filepath.Abs(file)
 			return importOCI(ctx, ctx, cmd, s, img, im.String(), abs, false, false)
 		}),
@@ -120,8 +126,16 @@ func imageSubcommands() []*cobra.Command {
 			if err != nil {
 				return err
 			}
+			// How many images list each layer: SHARED is the part of an
+			// image's size that hosts store once for several images.
+			users := map[string]int{}
+			for _, im := range ims {
+				for _, l := range im.Layers {
+					users[l.Digest]++
+				}
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tSOURCE\tCREATED")
+			fmt.Fprintln(tw, "NAME\tDIGEST\tLAYERS\tSIZE\tSHARED\tSOURCE\tCREATED")
 			for _, im := range ims {
 				d := im.Digest
 				if d == "" {
@@ -129,11 +143,23 @@ func imageSubcommands() []*cobra.Command {
 				} else if len(d) > 19 {
 					d = d[:19]
 				}
-				size := "-" // imported from a directory: not measured
+				size := "-" // imported from a directory by an older CLI: not measured
 				if im.Size > 0 {
 					size = humanSize(im.Size)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Name, d, size, im.Source, im.Created.Format(time.RFC3339))
+				layers, shared := "flat", "-" // recorded before COAT stored layers
+				if len(im.Layers) > 0 {
+					// Layers' stream sizes, SIZE and SHARED alike.
+					var all, n int64
+					for _, l := range im.Layers {
+						all += l.Size
+						if users[l.Digest] > 1 {
+							n += l.Size
+						}
+					}
+					layers, size, shared = fmt.Sprint(len(im.Layers)), humanSize(all), humanSize(n)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", im.Name, d, layers, size, shared, im.Source, im.Created.Format(time.RFC3339))
 			}
 			return tw.Flush()
 		}),
@@ -230,11 +256,11 @@ func hostList(ctx context.Context, s *session) ([]store.Host, error) {
 	return hosts, nil
 }
 
-// importOCI checks img's layers against their digests and flattens it
-// into a temporary file (download says img is remote: it is copied once
-// to a local cache first), and only then imports it on every host and
-// records its configuration: a corrupt image changes nothing. insecure:
-// the registry was reached with --insecure.
+// importOCI checks img's layers against their digests (download says
+// img is remote: it is copied once to a local cache first), and only
+// then sends every host the layers it lacks (sendImage) and records the
+// image with its configuration: a corrupt image changes nothing.
+// insecure: the registry was reached with --insecure.
 func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.Image, name, source string, download, insecure bool) error {
 	out := cmd.OutOrStdout()
 	tmp, err := os.MkdirTemp("", "coat-image-")
@@ -261,98 +287,38 @@ func importOCI(ctx, dl context.Context, cmd *cobra.Command, s *session, img v1.I
 	if err != nil {
 		return fmt.Errorf("image %s: %w", name, err)
 	}
-	flatPath := filepath.Join(tmp, "rootfs.tar")
-	f, err := os.Create(flatPath)
-	if err != nil {
-		return err
-	}
-	flat, err := oci.Flatten(img, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	layers, err := img.Layers()
 	if err != nil {
 		return fmt.Errorf("image %s: %w", name, err)
 	}
-	if note := flat.Changes.String(); note != "" {
-		fmt.Fprintf(cmd.ErrOrStderr(), "coat image: %s: %s\n", name, note)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
 	}
-	rootfsDigest, _, err := importFile(ctx, out, s, name, flatPath)
+	il, err := sendImage(ctx, out, s, name, layers, cf.RootFS.DiffIDs)
 	if err != nil {
 		return err
 	}
+	if note := il.Changes.String(); note != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "coat image: %s: %s\n", name, note)
+	}
 	rec := store.Image{
-		Name: name, Source: source, Digest: digest.String(), Size: flat.Size, RootfsDigest: rootfsDigest, Insecure: insecure,
+		Name: name, Source: source, Digest: digest.String(), Size: il.Size, Layers: il.Layers, Insecure: insecure,
 		Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User,
-		Users: flat.Users, Groups: flat.Groups, Created: time.Now().UTC(),
+		Users: il.Users, Groups: il.Groups, Created: time.Now().UTC(),
 	}
 	return s.st.PutImage(ctx, rec)
 }
 
-// importFile sends the rootfs tar stream in path to every host, each of
-// which checks it against its digest, and returns that digest (for the
-// image's record: a host that lacks the image later gets a copy from
-// another, checked against it) and the stream's length.
-func importFile(ctx context.Context, out io.Writer, s *session, name, path string) (string, int64, error) {
-	digest, size, err := fileDigest(path)
-	if err != nil {
-		return "", 0, err
-	}
-	hosts, err := hostList(ctx, s)
-	if err != nil {
-		return "", 0, err
-	}
-	for _, h := range hosts {
-		cl, err := s.agent(ctx, h.Name)
-		if err != nil {
-			return "", 0, err
-		}
-		if err := sendFile(ctx, cl, name, digest, path); err != nil {
-			return "", 0, fmt.Errorf("import %s to %s: %w", name, h.Name, err)
-		}
-		if out != nil {
-			fmt.Fprintf(out, "image %s imported on %s\n", name, h.Name)
-		}
-	}
-	return digest, size, nil
-}
-
-func sendFile(ctx context.Context, cl *api.Client, name, digest, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	rep, err := cl.ImportImage(ctx, name, digest, f)
-	if err == nil && rep.Digest != "" && rep.Digest != digest {
-		err = fmt.Errorf("the agent received a stream with digest %s, not %s", rep.Digest, digest)
-	}
-	return err
-}
-
-// fileDigest is "sha256:HEX" of a file's content, and its length.
-func fileDigest(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
-// packDir packs the rootfs directory dir into the tar file path (names
-// under rootfs/), the stream every host gets.
+// packDir packs the rootfs directory dir into the tar file path, a
+// layer (names relative to dir).
 func packDir(dir, path string) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
 	tw := tar.NewWriter(f)
-	_, err = transfer.Pack(tw, dir, "rootfs/", false)
+	_, err = transfer.Pack(tw, dir, "", false)
 	if err == nil {
 		err = tw.Close()
 	}

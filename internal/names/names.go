@@ -6,12 +6,14 @@
 //     lowercase letters, digits and inner dashes. They become directory,
 //     namespace, cgroup and certificate file names as they are, which is
 //     safe only because nothing else passes.
-//   - Image names are references, name[:tag] (no digests yet): the name is
+//   - Image names are references, name[:tag][@sha256:HEX]: the name is
 //     one or more '/'-separated components of lowercase letters and
 //     digits, joined inside a component by single '.', '_' or '-' (so never
 //     "." or ".."), the first of several may end with a registry's :PORT
 //     (127.0.0.1:5000/app), the tag 1-128 letters, digits, '_', '.' and '-' not
-//     starting with '.' or '-'. "NAME:latest" is the same image as "NAME".
+//     starting with '.' or '-', the digest "sha256:" and 64 lowercase hex
+//     digits (the manifest's; the registry's answer is checked against
+//     it). "NAME:latest" is the same image as "NAME".
 //     An image is never stored under its name as given but under its Key,
 //     a single path element that cannot be empty, ".", ".." or hidden.
 package names
@@ -60,43 +62,66 @@ var (
 type Image struct {
 	Name string // e.g. "sample" or "lab/redis"
 	Tag  string // "" for latest
+	// Digest is the manifest's "sha256:HEX" for a reference by digest
+	// (NAME@sha256:HEX or NAME:TAG@sha256:HEX), else "".
+	Digest string
 }
 
-// String is the canonical reference: "NAME" or "NAME:TAG" (never ":latest").
+// String is the canonical reference: "NAME", "NAME:TAG" (never
+// ":latest"), followed by "@sha256:HEX" for a reference by digest.
 func (im Image) String() string {
-	if im.Tag == "" {
-		return im.Name
+	s := im.Name
+	if im.Tag != "" {
+		s += ":" + im.Tag
 	}
-	return im.Name + ":" + im.Tag
+	if im.Digest != "" {
+		s += "@" + im.Digest
+	}
+	return s
 }
 
-// Key is the image's directory name on disk: the canonical reference with
-// '/' written as '+' and ':' as '@' (neither can appear in a reference, so
-// two images never share a key: an '@' before the first '+' is a port's,
-// after the last '+' a tag's). It is one path element that never starts
-// with '.' (see the package comment).
+// Key is the image's directory name on disk: the reference without its
+// digest with '/' written as '+' and ':' as '@' (neither can appear in
+// it, so two such keys never collide: an '@' before the first '+' is a
+// port's, after the last '+' a tag's), then for a reference by digest
+// "=sha256-HEX" ('=' appears nowhere else, so the key still names one
+// reference only). It is one path element, with no ':' (overlayfs's
+// lowerdir separator), that never starts with '.' (see the package
+// comment).
 func (im Image) Key() string {
-	return strings.NewReplacer("/", "+", ":", "@").Replace(im.String())
+	k := strings.NewReplacer("/", "+", ":", "@").Replace(Image{Name: im.Name, Tag: im.Tag}.String())
+	if im.Digest != "" {
+		k += "=" + strings.Replace(im.Digest, ":", "-", 1)
+	}
+	return k
 }
 
-const imageRule = "an image name is NAME[:TAG]: NAME is lowercase letters and digits, separated by single '.', '_' or '-', in '/'-separated parts, the first of which may be a registry with a port (e.g. sample, lab/redis, docker.io/library/busybox, 127.0.0.1:5000/app), TAG is letters, digits, '_', '.' and '-' (e.g. 1.2)"
+const imageRule = "an image name is NAME[:TAG][@sha256:HEX]: NAME is lowercase letters and digits, separated by single '.', '_' or '-', in '/'-separated parts, the first of which may be a registry with a port (e.g. sample, lab/redis, docker.io/library/busybox, 127.0.0.1:5000/app), TAG is letters, digits, '_', '.' and '-' (e.g. 1.2), HEX 64 lowercase hex digits (a manifest's digest)"
+
+var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // ParseImage parses an image reference. The error says what is allowed.
 func ParseImage(s string) (Image, error) {
+	in := s
 	bad := func(why string) (Image, error) {
-		return Image{}, fmt.Errorf("invalid image %q: %s; %s", s, why, imageRule)
+		return Image{}, fmt.Errorf("invalid image %q: %s; %s", in, why, imageRule)
 	}
 	switch {
 	case s == "":
 		return bad("empty")
 	case len(s) > MaxImage:
 		return bad(fmt.Sprintf("longer than %d characters", MaxImage))
-	case strings.Contains(s, "@"):
-		return bad("digests (NAME@sha256:...) are not supported yet")
 	case strings.HasPrefix(s, "/"):
 		return bad("it is not a path: no leading '/'")
 	case strings.Contains(s, ".."):
 		return bad("it is not a path: no '..'")
+	}
+	var digest string
+	if i := strings.IndexByte(s, '@'); i >= 0 {
+		s, digest = s[:i], s[i+1:]
+		if !digestRE.MatchString(digest) {
+			return bad(fmt.Sprintf("bad digest %q: want sha256: and 64 lowercase hex digits", digest))
+		}
 	}
 	name, tag := s, ""
 	if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.Contains(s[i+1:], "/") {
@@ -126,7 +151,7 @@ func ParseImage(s string) (Image, error) {
 	if tag == "latest" {
 		tag = ""
 	}
-	return Image{Name: name, Tag: tag}, nil
+	return Image{Name: name, Tag: tag, Digest: digest}, nil
 }
 
 // ImageKey is ParseImage(s).Key().

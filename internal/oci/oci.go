@@ -1,19 +1,22 @@
 // Package oci reads OCI and Docker images, from a registry (Pull) or from
 // a `docker save`/`podman save` archive (Load), with go-containerregistry,
-// and flattens them into the root filesystem stream the agents' image
-// import takes (Flatten).
+// and prepares their layers for the agents' layer store (layer.go:
+// ScanLayer checks a layer against its diffID in the CLI, Normalize and
+// ApplyWhiteouts make it an overlayfs lower layer on a host). Flatten
+// makes the single root filesystem stream of images recorded before
+// layers, still copied for them.
 //
 // Every layer is read through go-containerregistry, which checks each
 // blob against its digest as it reads it: a layer that does not match is
-// an error, and Flatten fails. The CLI flattens into a temporary file
-// first and only then sends it to the hosts, so a bad image changes
-// nothing anywhere.
+// an error (Verify reads them all first). The CLI checks every layer
+// before it sends any host anything, so a bad image changes nothing
+// anywhere.
 //
-// Flattening adapts the image to what the agents accept (internal/transfer):
+// Layers are adapted to what the agents accept (internal/transfer):
 // setuid and setgid bits are cleared (containers run with no_new_privs, so
 // they do nothing there), device nodes are left out (a container gets its
-// own /dev) and extended attributes are dropped. Flatten reports each kind
-// of change.
+// own /dev) and extended attributes are dropped. Changes counts each
+// kind of change.
 package oci
 
 import (
@@ -272,46 +275,9 @@ func Flatten(img v1.Image, w io.Writer) (Flat, error) {
 		if err != nil {
 			return fl, fmt.Errorf("read the image's layers: %w", err)
 		}
-		name := strings.TrimPrefix(filepath.Clean("/"+hdr.Name), "/")
-		if name == "" {
+		out, name := adapt(hdr, "rootfs/", ch)
+		if out == nil {
 			continue
-		}
-		switch hdr.Typeflag {
-		case tar.TypeChar, tar.TypeBlock:
-			ch.Devices++
-			continue
-		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeFifo:
-		default:
-			continue
-		}
-		out := &tar.Header{
-			Name: "rootfs/" + name, Typeflag: hdr.Typeflag, Mode: hdr.Mode & 0o7777,
-			Uid: hdr.Uid, Gid: hdr.Gid, Size: hdr.Size, ModTime: hdr.ModTime,
-			Linkname: hdr.Linkname, Format: tar.FormatPAX,
-		}
-		if hdr.Typeflag == tar.TypeLink {
-			out.Linkname = "rootfs/" + strings.TrimPrefix(filepath.Clean("/"+hdr.Linkname), "/")
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			out.Name += "/"
-		}
-		if hdr.Typeflag != tar.TypeSymlink && out.Mode&0o6000 != 0 {
-			if out.Mode&0o4000 != 0 || hdr.Typeflag != tar.TypeDir {
-				ch.SetID++
-			}
-			out.Mode &^= 0o4000
-			if hdr.Typeflag != tar.TypeDir {
-				out.Mode &^= 0o2000
-			}
-		}
-		for k := range hdr.PAXRecords {
-			if strings.HasPrefix(k, "SCHILY.xattr.") {
-				ch.Xattrs++
-				break
-			}
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			out.Size = 0
 		}
 		if err := tw.WriteHeader(out); err != nil {
 			return fl, err
@@ -337,6 +303,56 @@ func Flatten(img v1.Image, w io.Writer) (Flat, error) {
 		}
 	}
 	return fl, tw.Close()
+}
+
+// adapt is the header hdr of a layer's entry as the agents accept it,
+// under prefix, and the entry's cleaned name (nil: the entry is left
+// out: the layer's root, a device node, an unknown type). It clears
+// setuid and setgid bits and drops extended attributes, counting each
+// change in ch.
+func adapt(hdr *tar.Header, prefix string, ch *Changes) (*tar.Header, string) {
+	name := strings.TrimPrefix(filepath.Clean("/"+hdr.Name), "/")
+	if name == "" {
+		return nil, ""
+	}
+	switch hdr.Typeflag {
+	case tar.TypeChar, tar.TypeBlock:
+		ch.Devices++
+		return nil, name
+	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeFifo:
+	default:
+		return nil, name
+	}
+	out := &tar.Header{
+		Name: prefix + name, Typeflag: hdr.Typeflag, Mode: hdr.Mode & 0o7777,
+		Uid: hdr.Uid, Gid: hdr.Gid, Size: hdr.Size, ModTime: hdr.ModTime,
+		Linkname: hdr.Linkname, Format: tar.FormatPAX,
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		out.Linkname = prefix + strings.TrimPrefix(filepath.Clean("/"+hdr.Linkname), "/")
+	}
+	if hdr.Typeflag == tar.TypeDir {
+		out.Name += "/"
+	}
+	if hdr.Typeflag != tar.TypeSymlink && out.Mode&0o6000 != 0 {
+		if out.Mode&0o4000 != 0 || hdr.Typeflag != tar.TypeDir {
+			ch.SetID++
+		}
+		out.Mode &^= 0o4000
+		if hdr.Typeflag != tar.TypeDir {
+			out.Mode &^= 0o2000
+		}
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") {
+			ch.Xattrs++
+			break
+		}
+	}
+	if hdr.Typeflag != tar.TypeReg {
+		out.Size = 0
+	}
+	return out, name
 }
 
 // Verify reads every layer of img and checks it against the digest its

@@ -22,8 +22,9 @@
 // The upper layer is the container's to change, so the agent reads its log
 // (OpenLog) without following a symlink at any step below the upper layer,
 // only if it is a regular file, and only its last MiB. Images live under
-// StateDir/images/KEY/rootfs, KEY the reference's key (names.Image.Key),
-// never the name as given; Prepare refuses invalid container and image
+// StateDir/images/KEY, KEY the reference's key (names.Image.Key), never
+// the name as given, their layers under StateDir/layers (layers.go);
+// Prepare refuses invalid container and image
 // names before it makes anything.
 //
 // Fast path (profile in docs/bench/profile.md): the agent freezes the

@@ -75,8 +75,9 @@ type Spec struct {
 	NetNS string // path of the network namespace
 }
 
-// ImageDir is the rootfs of an image on this host: under the image's
-// key (names.Image.Key), never under its name as given.
+// ImageDir is the rootfs of a flattened image on this host (see
+// layers.go): under the image's key (names.Image.Key), never under its
+// name as given.
 func (r *Runtime) ImageDir(image string) (string, error) {
 	key, err := names.ImageKey(image)
 	if err != nil {
@@ -86,14 +87,10 @@ func (r *Runtime) ImageDir(image string) (string, error) {
 }
 
 // HasImage reports whether image is a valid reference present on this
-// host.
+// host, with all its layers.
 func (r *Runtime) HasImage(image string) bool {
-	dir, err := r.ImageDir(image)
-	if err != nil {
-		return false
-	}
-	st, err := os.Lstat(dir)
-	return err == nil && st.IsDir()
+	_, err := r.Lowers(image)
+	return err == nil
 }
 
 // Dir is the container's directory (bundle, upper and work layers).
@@ -116,12 +113,16 @@ func (r *Runtime) Prepare(s Spec) error {
 	if err := names.Container(s.Name); err != nil {
 		return err
 	}
-	lower, err := r.ImageDir(s.Image)
+	if _, err := names.ParseImage(s.Image); err != nil {
+		return err
+	}
+	lowers, err := r.Lowers(s.Image)
 	if err != nil {
 		return err
 	}
-	if !r.HasImage(s.Image) {
-		return fmt.Errorf("image %q is not on host %s: import it with `coat image import %s DIR`", s.Image, r.Host, s.Image)
+	opts, err := overlayOptions(lowers, r.UpperDir(s.Name), filepath.Join(r.Dir(s.Name), "work"))
+	if err != nil {
+		return fmt.Errorf("image %s: %w", s.Image, err)
 	}
 	dir := r.Dir(s.Name)
 	for _, d := range []string{dir, r.UpperDir(s.Name), filepath.Join(dir, "work"), r.rootfs(s.Name)} {
@@ -133,7 +134,6 @@ func (r *Runtime) Prepare(s Spec) error {
 		return err
 	}
 	if !mounted(r.rootfs(s.Name)) {
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, r.UpperDir(s.Name), filepath.Join(dir, "work"))
 		if err := unix.Mount("overlay", r.rootfs(s.Name), "overlay", 0, opts); err != nil {
 			return fmt.Errorf("mount overlay rootfs for %s: %w", s.Name, err)
 		}

@@ -28,6 +28,11 @@ type Image struct {
 	// only if it has this digest. Records written before COAT recorded
 	// it have none: such an image cannot be copied (import it again).
 	RootfsDigest string `json:"rootfs_digest,omitempty"`
+	// Layers, bottom first: each host holds each layer once, under its
+	// diffID, and an image is its list. Records written before COAT
+	// stored layers have none (the image was flattened on every host:
+	// RootfsDigest above).
+	Layers []Layer `json:"layers,omitempty"`
 	// Insecure: pulled with --insecure (plain HTTP); a host that lacks
 	// the image pulls it the same way.
 	Insecure bool `json:"insecure,omitempty"`
@@ -42,6 +47,21 @@ type Image struct {
 	Users   map[string]string `json:"users,omitempty"`
 	Groups  map[string]string `json:"groups,omitempty"`
 	Created time.Time         `json:"created"`
+}
+
+// Layer is one layer of an image.
+type Layer struct {
+	Digest string `json:"digest"` // diffID: "sha256:HEX" of the uncompressed tar stream
+	Size   int64  `json:"size"`   // bytes of that stream
+}
+
+// LayerDigests are the image's layer digests, bottom first.
+func (im Image) LayerDigests() []string {
+	out := make([]string, len(im.Layers))
+	for i, l := range im.Layers {
+		out[i] = l.Digest
+	}
+	return out
 }
 
 func (s *Etcd) imageKey(name string) (string, error) {

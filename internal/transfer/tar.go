@@ -294,6 +294,11 @@ func resolve(dirs map[string]Dest, name string) (target string, dest Dest, err e
 	return "", Dest{}, fmt.Errorf("unexpected entry %q in stream: %w", name, ErrRefused)
 }
 
+// NoSymlinkParents refuses a target below root whose parents include a
+// symlink (see noSymlinkParents), for code that makes entries of its own
+// in a tree Unpack made (an image layer's whiteouts).
+func NoSymlinkParents(root, target string) error { return noSymlinkParents(root, target) }
+
 // noSymlinkParents refuses a target below root whose existing parent
 // directories include a symlink (one the stream itself may have planted):
 // following it would write outside root.
