@@ -263,8 +263,13 @@ func (a *Agent) restoreIncoming(ctx context.Context, c store.Container, req api.
 	}
 	work := filepath.Join(a.cfg.StateDir, "criu-logs", fmt.Sprintf("%s-%d-restore", c.Name, time.Now().UnixNano()))
 	// A restore that hangs must not hold the container hostage: the source
-	// rolls back once this fails.
-	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	// rolls back once this fails. A restore under way is not cut short
+	// when the source gives up (its budget spent, its call cancelled):
+	// runc killed mid-restore could leave restored sockets to close on a
+	// copy still attached to the overlay, and their RST would reach the
+	// clients of the copy the source resumes. It finishes, loses the
+	// commit, and is cut off before it is killed (dropIncoming).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
 	defer cancel()
 	var err error
 	if req.Lazy {
