@@ -152,7 +152,9 @@ func (l *testLab) ctl(ip string, args ...string) (string, error) {
 // runSample starts the sample service on host and waits until it answers.
 func (l *testLab) runSample(name, host string) container {
 	l.t.Helper()
-	l.must("run", "--host", host, "--name", name, "--image", "sample", "--", "/bin/coat-sample", "server")
+	// The lab's sample image has a default command (its server), as an
+	// OCI image's Cmd: run with no command, as `podman run sample` would.
+	l.must("run", "--host", host, "--name", name, "sample")
 	c := l.get(name)
 	l.waitCtl(c.IP)
 	return c

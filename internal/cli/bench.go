@@ -223,7 +223,7 @@ func redisImage(cmd *cobra.Command, s *session, st *lab.State) error {
 	if err := images.BuildRedis(dir); err != nil {
 		return fmt.Errorf("build image redis (scripts/install-deps.sh installs redis-server): %w", err)
 	}
-	return importDir(cmd.Context(), nil, s, "redis", dir)
+	return importDir(cmd.Context(), nil, s, "redis", dir, images.LabCmd("redis"))
 }
 
 func splitList(s string) []string {

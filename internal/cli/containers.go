@@ -336,7 +336,7 @@ func newImageCmd() *cobra.Command {
 				return err
 			}
 			abs, _ := filepath.Abs(dir)
-			return importDir(ctx, cmd.OutOrStdout(), s, name, abs)
+			return importDir(ctx, cmd.OutOrStdout(), s, name, abs, nil)
 		},
 	})
 	img.AddCommand(imageSubcommands()...)
@@ -345,7 +345,9 @@ func newImageCmd() *cobra.Command {
 
 // importDir packs a rootfs directory once into a temporary tar file, one
 // layer, sends it to every host that lacks it and records the image.
-func importDir(ctx context.Context, out io.Writer, s *session, name, dir string) error {
+// importDir makes one layer of dir and the image name of it on every host;
+// cmd is the image's default command (nil: none).
+func importDir(ctx context.Context, out io.Writer, s *session, name, dir string, cmd []string) error {
 	tmp, err := os.MkdirTemp("", "coat-image-")
 	if err != nil {
 		return err
@@ -367,7 +369,7 @@ func importDir(ctx context.Context, out io.Writer, s *session, name, dir string)
 	if err != nil {
 		return err
 	}
-	return s.st.PutImage(ctx, store.Image{Name: name, Source: dir, Size: il.Size, Layers: il.Layers, Created: time.Now().UTC()})
+	return s.st.PutImage(ctx, store.Image{Name: name, Source: dir, Size: il.Size, Layers: il.Layers, Cmd: cmd, Created: time.Now().UTC()})
 }
 
 // containerArg checks the one argument of a command on a container: a

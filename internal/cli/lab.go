@@ -184,7 +184,7 @@ func labImages(cmd *cobra.Command, st *lab.State) error {
 		if err := im.Build(dir); err != nil {
 			return fmt.Errorf("build image %s: %w", name, err)
 		}
-		if err := importDir(cmd.Context(), nil, s, name, dir); err != nil {
+		if err := importDir(cmd.Context(), nil, s, name, dir, im.Cmd); err != nil {
 			return err
 		}
 	}

@@ -18,6 +18,10 @@ func BuildRedis(dir string) error {
 type LabImage struct {
 	Name  string
 	Build func(dir string) error
+	// Cmd is the image's default command (its configuration's Cmd), so
+	// that `coat run --host H --name N IMAGE` starts its server as
+	// `podman run` would.
+	Cmd []string
 }
 
 // LabImages lists the lab's images in build order: sample (the static
@@ -25,9 +29,20 @@ type LabImage struct {
 // programs with their libraries).
 func LabImages(sampleBin string) []LabImage {
 	return []LabImage{
-		{"sample", func(d string) error { return BuildStatic(d, sampleBin, "coat-sample") }},
-		{"sockperf", func(d string) error { return BuildFromHost(d, []string{"sockperf"}) }},
-		{"iperf3", func(d string) error { return BuildFromHost(d, []string{"iperf3"}) }},
-		{"redis", BuildRedis},
+		{"sample", func(d string) error { return BuildStatic(d, sampleBin, "coat-sample") }, []string{"/bin/coat-sample", "server"}},
+		{"sockperf", func(d string) error { return BuildFromHost(d, []string{"sockperf"}) },
+			[]string{"sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111"}},
+		{"iperf3", func(d string) error { return BuildFromHost(d, []string{"iperf3"}) }, []string{"iperf3", "-s"}},
+		{"redis", BuildRedis, []string{"/usr/bin/redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"}},
 	}
+}
+
+// LabCmd is the default command of the lab image name (nil if none).
+func LabCmd(name string) []string {
+	for _, im := range LabImages("") {
+		if im.Name == name {
+			return im.Cmd
+		}
+	}
+	return nil
 }

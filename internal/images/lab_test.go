@@ -15,6 +15,12 @@ func TestLabImagesNames(t *testing.T) {
 		if im.Build == nil {
 			t.Errorf("image %s has no build function", im.Name)
 		}
+		if len(im.Cmd) == 0 || !strings.Contains(im.Cmd[0], map[string]string{"sample": "coat-sample", "redis": "redis-server"}[im.Name]+"") {
+			t.Errorf("image %s: default command %q", im.Name, im.Cmd)
+		}
+		if got := LabCmd(im.Name); strings.Join(got, " ") != strings.Join(im.Cmd, " ") {
+			t.Errorf("LabCmd(%s) = %q, want %q", im.Name, got, im.Cmd)
+		}
 	}
 	if got := strings.Join(names, ","); got != "sample,sockperf,iperf3,redis" {
 		t.Errorf("LabImages = %s", got)
