@@ -19,6 +19,9 @@ import (
 func TestBadInputChangesNothing(t *testing.T) {
 	l := newLab(t, 2)
 	c := l.runSample("bad", "edge-1")
+	// An image with no configuration (the lab's own have a default
+	// command): the sample's files imported as a directory.
+	l.must("image", "import", "nocmd", filepath.Join("/var/lib/coat/labs", ".images", "sample"))
 	cases := []struct {
 		name string
 		args []string
@@ -35,7 +38,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"run on unknown host", []string{"run", "--host", "edge-7", "--name", "x3", "--image", "sample", "--", "/bin/true"}, "unknown host"},
 		{"rm unknown", []string{"rm", "nosuch"}, "unknown container"},
 		{"logs unknown", []string{"logs", "nosuch"}, "unknown container"},
-		{"no command", []string{"run", "--host", "edge-1", "--name", "x4", "--image", "sample"}, "no command"},
+		{"no command", []string{"run", "--host", "edge-1", "--name", "x4", "--image", "nocmd"}, "no command"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
