@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -458,7 +459,47 @@ func (r *Runtime) RemoveFiles(name string) error {
 			return fmt.Errorf("unmount rootfs of %s: %w", name, err)
 		}
 	}
-	return os.RemoveAll(r.Dir(name))
+	// A directory that refills while it is removed (seen under load in
+	// a storm of migrations: ENOTEMPTY on the container's directory, its
+	// entries all removed) gets a few more tries; what stays is named.
+	var err error
+	for try := 0; try < 5; try++ {
+		if err = os.RemoveAll(r.Dir(name)); err == nil || !(errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EBUSY)) {
+			break
+		}
+		time.Sleep(time.Duration(try+1) * 50 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("%w (left: %s)", err, leftEntries(r.Dir(name), 8))
+	}
+	return nil
+}
+
+// leftEntries names up to max paths still under dir, with their mode: what
+// a failed removal could not delete or what appeared meanwhile.
+func leftEntries(dir string, max int) string {
+	var out []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return nil
+		}
+		if len(out) == max {
+			return filepath.SkipAll
+		}
+		mode := "?"
+		if info, ierr := d.Info(); ierr == nil {
+			mode = info.Mode().String()
+		}
+		if mounted(p) {
+			mode += " (a mount point)"
+		}
+		out = append(out, strings.TrimPrefix(p, dir+"/")+" "+mode)
+		return nil
+	})
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, ", ")
 }
 
 // List names the containers runc knows on this host.
