@@ -34,7 +34,7 @@ const (
 // and no container's network namespace exists on two hosts. The storm's
 // wall time, the downtime distribution and each moved container's
 // client stall minus its downtime are logged (the target is
-// stall <= downtime + 50 ms; asserted is only downtime + 10% + 1 s, as
+// stall <= downtime + 50 ms; asserted is only 2 x downtime + 1 s, as
 // the 2-core machine is shared; for the same reason the migrations get
 // freeze budgets of 60 s: the default 15 s can run out under load, and
 // TestRollbackDuringRestoreKeepsStream covers that rollback).
@@ -174,13 +174,15 @@ func TestStorm(t *testing.T) {
 		over = append(over, stall-r.DowntimeMS)
 		t.Logf("%s %s->%s: downtime %.0f ms (checkpoint %.0f, restore %.0f), total %.0f ms; client stall %.0f ms (%+.0f ms)",
 			name(i), r.From, r.To, r.DowntimeMS, r.CheckpointMS, r.RestoreMS, r.TotalMS, stall, stall-r.DowntimeMS)
-		// Generous (a loaded machine delays everything by seconds, and a
-		// frame lost in a storm costs a client TCP's back-off: seen +2.3 s
-		// in a loaded fresh-clone run): what it catches is a connection
-		// stuck far beyond its downtime. The issue's + 50 ms is counted
-		// and logged below.
-		if bound := r.DowntimeMS*1.1 + 5000; stall > bound {
-			t.Errorf("%s: client stalled %.0f ms for %.0f ms of downtime (bound: downtime + 10%% + 5 s = %.0f ms)", name(i), stall, r.DowntimeMS, bound)
+		// Generous: what it catches is a connection stuck far beyond its
+		// downtime. A retransmission lost in a storm on a loaded machine
+		// costs a client one more step of TCP's back-off, whose
+		// retransmissions come at 0.2 s x (2^k - 1): the first after a
+		// downtime D comes by 2D + 0.2 s (seen: +5.6 s for 8.2 s of
+		// downtime with 20 checkpoints on 2 shared cores). The issue's
+		// + 50 ms is counted and logged below.
+		if bound := r.DowntimeMS*2 + 1000; stall > bound {
+			t.Errorf("%s: client stalled %.0f ms for %.0f ms of downtime (bound: 2 x downtime + 1 s = %.0f ms)", name(i), stall, r.DowntimeMS, bound)
 		}
 		if stall <= r.DowntimeMS+50 {
 			within++
