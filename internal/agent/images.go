@@ -46,6 +46,7 @@ import (
 
 	"github.com/coat-project/coat/internal/api"
 	"github.com/coat-project/coat/internal/names"
+	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
 	"github.com/coat-project/coat/internal/transfer"
 )
@@ -291,7 +292,7 @@ func (a *Agent) handleImageRemove(w http.ResponseWriter, r *http.Request) {
 
 // lowerInUse reports whether an overlay mount uses dir as its lower layer.
 func lowerInUse(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	b, err := runtime.MountInfo()
 	return err == nil && strings.Contains(string(b), "lowerdir="+dir)
 }
 

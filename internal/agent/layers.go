@@ -333,7 +333,7 @@ func (a *Agent) gcLayers(ctx context.Context) {
 // layerMounted reports whether an overlay mount has dir among its lower
 // layers (anywhere in its lowerdir list: mountinfo shows them all).
 func layerMounted(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	b, err := runtime.MountInfo()
 	if err != nil {
 		return true // keep it: better a layer left than one torn from a mount
 	}

@@ -515,10 +515,25 @@ func (r *Runtime) List(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
+// MountInfo is the mount table of the calling thread's mount namespace.
+// Not /proc/self's: that is the main thread's, and a goroutine that left
+// the host's namespace for CRIU's cache (see criucache_linux.go) and ran on
+// the main thread leaves it there for good (Go parks the main thread
+// rather than discarding it), so /proc/self would show a private copy that
+// no later mount or unmount reaches. The threads that run the agent's
+// other goroutines never leave the host's namespace.
+func MountInfo() ([]byte, error) {
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if errors.Is(err, os.ErrNotExist) { // before Linux 3.17
+		return os.ReadFile(fmt.Sprintf("/proc/self/task/%d/mountinfo", unix.Gettid()))
+	}
+	return b, err
+}
+
 // mounted reports whether dir is a mount point (its device differs from its
 // parent's, or it is listed in mountinfo).
 func mounted(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	b, err := MountInfo()
 	if err != nil {
 		return false
 	}
