@@ -296,23 +296,32 @@ func lowerInUse(dir string) bool {
 	return err == nil && strings.Contains(string(b), "lowerdir="+dir)
 }
 
+// localImage opens the routes that send the image of a container
+// migrating from here: the container's record, which must say it runs on
+// this host, and its image reference.
+func (a *Agent) localImage(ctx context.Context, name string) (store.Container, names.Image, error) {
+	c, err := a.st.Container(ctx, name)
+	if err != nil {
+		return c, names.Image{}, err
+	}
+	if c.Host != a.cfg.Name {
+		return c, names.Image{}, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name)
+	}
+	im, err := names.ParseImage(c.Image)
+	if err != nil {
+		return c, names.Image{}, badRequest("%v", err)
+	}
+	return c, im, nil
+}
+
 // handleImageSend is the source's side of an image copy: it sends the
 // image of a container migrating from here to the caller (authz.Image
 // checks the migration record) as it keeps it, compressed.
 func (a *Agent) handleImageSend(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	c, err := a.st.Container(r.Context(), name)
+	_, im, err := a.localImage(r.Context(), name)
 	if err != nil {
 		httpError(w, err)
-		return
-	}
-	if c.Host != a.cfg.Name {
-		httpError(w, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name))
-		return
-	}
-	im, err := names.ParseImage(c.Image)
-	if err != nil {
-		httpError(w, badRequest("%v", err))
 		return
 	}
 	f, err := os.Open(filepath.Join(a.imagesDir(), im.Key(), imageTarFile))

@@ -360,21 +360,12 @@ func (a *Agent) handleLayerSend(w http.ResponseWriter, r *http.Request) {
 		httpError(w, badRequest("invalid layer digest %q", d))
 		return
 	}
-	c, err := a.st.Container(r.Context(), name)
+	c, im, err := a.localImage(r.Context(), name)
 	if err != nil {
 		httpError(w, err)
 		return
 	}
-	if c.Host != a.cfg.Name {
-		httpError(w, badRequest("container %s runs on %s, not on %s", name, c.Host, a.cfg.Name))
-		return
-	}
-	key, err := names.ImageKey(c.Image)
-	if err != nil {
-		httpError(w, badRequest("%v", err))
-		return
-	}
-	ls, err := runtime.ReadImageLayers(filepath.Join(a.imagesDir(), key))
+	ls, err := runtime.ReadImageLayers(filepath.Join(a.imagesDir(), im.Key()))
 	if err != nil {
 		httpError(w, err)
 		return

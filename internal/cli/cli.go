@@ -242,12 +242,19 @@ func (s *session) agent(ctx context.Context, host string) (*api.Client, error) {
 	}, nil
 }
 
-// container finds a container and the agent of the host it runs on.
-func (s *session) container(ctx context.Context, name string) (store.Container, *api.Client, error) {
+// record reads a container's record; an unknown name says where the
+// known ones are listed.
+func (s *session) record(ctx context.Context, name string) (store.Container, error) {
 	c, err := s.st.Container(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return c, nil, fmt.Errorf("unknown container %q: `coat ps` lists the containers", name)
+		return c, fmt.Errorf("unknown container %q: `coat ps` lists the containers", name)
 	}
+	return c, err
+}
+
+// container finds a container and the agent of the host it runs on.
+func (s *session) container(ctx context.Context, name string) (store.Container, *api.Client, error) {
+	c, err := s.record(ctx, name)
 	if err != nil {
 		return c, nil, err
 	}

@@ -42,9 +42,7 @@ func newFollowCmd() *cobra.Command {
 			name := args[0]
 			ctx, cancel := context.WithTimeout(ctx, followTimeout)
 			defer cancel()
-			if _, err := s.st.Container(ctx, name); errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("unknown container %q: `coat ps` lists the containers", name)
-			} else if err != nil {
+			if _, err := s.record(ctx, name); err != nil {
 				return err
 			}
 			cl, err := s.st.ClientRecord(ctx, client)
@@ -97,9 +95,7 @@ func newUnfollowCmd() *cobra.Command {
 			name := args[0]
 			ctx, cancel := context.WithTimeout(ctx, followTimeout)
 			defer cancel()
-			if _, err := s.st.Container(ctx, name); errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("unknown container %q: `coat ps` lists the containers", name)
-			} else if err != nil {
+			if _, err := s.record(ctx, name); err != nil {
 				return err
 			}
 			had, err := s.st.Unfollow(ctx, name)
