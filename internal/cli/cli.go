@@ -200,9 +200,27 @@ func connect(ctx context.Context) (*session, error) {
 	}
 	// The client waits for a usable connection forever by default (as when
 	// etcd refuses our certificate): probe it with a deadline.
+	// Alongside, a handshake of our own says at once when the store and
+	// this certificate are of different clusters.
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := cli.Get(pctx, "/coat/probe", clientv3.WithCountOnly()); err != nil {
+	got, refused := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := cli.Get(pctx, "/coat/probe", clientv3.WithCountOnly())
+		got <- err
+	}()
+	go func() { refused <- certRefused(pctx, r.endpoints, tc) }()
+	select {
+	case err = <-got:
+	case rerr := <-refused:
+		if rerr != nil {
+			cli.Close()
+			return nil, fmt.Errorf("cannot use the cluster store at %v: a certificate was refused (%v): the certificate in %s and the store are not of the same cluster's CA; use that cluster's certificates (--pki-dir, --lab or --config)",
+				r.endpoints, rerr, filepath.Dir(r.pki.Cert))
+		}
+		err = <-got
+	}
+	if err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("cannot use the cluster store at %v: %w (is it up? does its CA accept the certificate in %s?)", r.endpoints, err, filepath.Dir(r.pki.Cert))
 	}
