@@ -202,6 +202,11 @@ func TestOCIPullRunMigrate(t *testing.T) {
 		if !has(env, "GREETING=hello") || !has(env, "MODE=flag") || has(env, "MODE=image") {
 			t.Errorf("%s %s: env %q, want GREETING=hello from the image and MODE=flag from --env", name, where, env)
 		}
+		// HOME from the image's /etc/passwd (app: /srv, root: /root),
+		// as podman run sets it.
+		if wantHome := map[string]string{"1000": "HOME=/srv", "0": "HOME=/root"}[wantUID]; !has(env, wantHome) {
+			t.Errorf("%s %s: env %q, want %s", name, where, env, wantHome)
+		}
 	}
 	check("app", "on edge-1", "1000")
 	// The user app writes its data in the image's /srv (0777).

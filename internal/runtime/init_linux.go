@@ -27,6 +27,10 @@ func RunInit() int {
 	if len(args) > 0 && strings.HasPrefix(args[0], userFlag) {
 		user, args = strings.TrimPrefix(args[0], userFlag), args[1:]
 	}
+	home := false
+	if len(args) > 0 && args[0] == homeFlag {
+		home, args = true, args[1:]
+	}
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "coat init: no command")
 		return 127
@@ -58,6 +62,15 @@ func RunInit() int {
 	for fd, f := range []*os.File{null, logf, logf} {
 		if err := unix.Dup3(int(f.Fd()), fd, 0); err != nil {
 			fmt.Fprintln(os.Stderr, "coat init: dup:", err)
+			return 126
+		}
+	}
+	if home {
+		us, _, _ := strings.Cut(user, ":")
+		uid, _ := strconv.Atoi(us)
+		passwd, _ := os.ReadFile("/etc/passwd") // the container's
+		if err := os.Setenv("HOME", HomeDir(passwd, uid)); err != nil {
+			fmt.Fprintln(os.Stderr, "coat init:", err)
 			return 126
 		}
 	}

@@ -3,6 +3,8 @@ package runtime
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -29,7 +31,9 @@ func (r *Runtime) spec(s Spec) *specs.Spec {
 	// CRIU cannot dump MPTCP sockets, which Go >= 1.24 listeners use by
 	// default; the container's own --env can override this.
 	// A later KEY replaces an earlier one (a process sees only the first).
-	env := MergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "GODEBUG=multipathtcp=0"}, s.Env)
+	// HOME, unless the image or --env sets it, comes from the container's
+	// /etc/passwd: runc sets root's, the init another user's (homeFlag).
+	env := MergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GODEBUG=multipathtcp=0"}, s.Env)
 	cwd := s.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -116,12 +120,36 @@ func MergeEnv(lists ...[]string) []string {
 // to make the container's log file and /dev/shm.
 const userFlag = "--coat-user="
 
+// homeFlag, after userFlag, tells the init to set HOME from the
+// container's /etc/passwd for the user it becomes: neither the image nor
+// --env set it, and runc set it for root, as whom the init runs.
+const homeFlag = "--coat-home-from-passwd"
+
 // initArgs is the container process's argv: the init, the user to become
-// (if not root), then the command.
+// (if not root) and whether HOME is the init's to set, then the command.
 func initArgs(s Spec) []string {
 	args := []string{InitPath}
 	if s.UID != 0 || s.GID != 0 {
 		args = append(args, fmt.Sprintf("%s%d:%d", userFlag, s.UID, s.GID))
+		if !slices.ContainsFunc(s.Env, func(e string) bool { return strings.HasPrefix(e, "HOME=") }) {
+			args = append(args, homeFlag)
+		}
 	}
 	return append(args, s.Args...)
+}
+
+// HomeDir is uid's home directory in an /etc/passwd, as `podman run` and
+// `docker run` set HOME when the image does not: the entry's sixth field;
+// without an entry, /root for root and / for any other user.
+func HomeDir(passwd []byte, uid int) string {
+	for _, line := range strings.Split(string(passwd), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 6 && f[2] == strconv.Itoa(uid) && f[5] != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			return f[5]
+		}
+	}
+	if uid == 0 {
+		return "/root"
+	}
+	return "/"
 }

@@ -134,8 +134,16 @@ func TestSpecCwdAndUser(t *testing.T) {
 	}
 	// The init runs as root (it makes the log file and /dev/shm), then
 	// becomes the user before it execs the command.
-	if want := []string{InitPath, "--coat-user=1000:50", "/bin/app"}; !slices.Equal(p.Args, want) {
+	// HOME set by neither the image nor --env: the init sets the user's.
+	if want := []string{InitPath, "--coat-user=1000:50", "--coat-home-from-passwd", "/bin/app"}; !slices.Equal(p.Args, want) {
 		t.Errorf("Args = %q, want %q", p.Args, want)
+	}
+	withHome := r.spec(Spec{Name: "web", Args: []string{"/bin/app"}, UID: 1000, GID: 50, Env: []string{"HOME=/data"}}).Process
+	if want := []string{InitPath, "--coat-user=1000:50", "/bin/app"}; !slices.Equal(withHome.Args, want) || !slices.Contains(withHome.Env, "HOME=/data") {
+		t.Errorf("with HOME in the env: Args = %q, Env = %q, want %q and HOME=/data", withHome.Args, withHome.Env, want)
+	}
+	if root := r.spec(Spec{Name: "web", Args: []string{"/bin/app"}}).Process; !slices.Equal(root.Args, []string{InitPath, "/bin/app"}) {
+		t.Errorf("as root: Args = %q, want the init and the command (runc sets root's HOME)", root.Args)
 	}
 	if p.User.UID != 0 || p.User.GID != 0 {
 		t.Errorf("User = %+v, want root for the init", p.User)
@@ -236,11 +244,15 @@ func TestSpec(t *testing.T) {
 	if slices.Contains(p.Env, "GODEBUG=multipathtcp=0") {
 		t.Errorf("Env keeps the default GODEBUG the user replaced: %q", p.Env)
 	}
-	if got := slices.Index(p.Env, "GODEBUG=multipathtcp=1"); got != 2 {
-		t.Errorf("user's GODEBUG at %d, want 2 (in place of the default): %q", got, p.Env)
+	if got := slices.Index(p.Env, "GODEBUG=multipathtcp=1"); got != 1 {
+		t.Errorf("user's GODEBUG at %d, want 1 (in place of the default): %q", got, p.Env)
 	}
-	if p.Env[len(p.Env)-1] != "FOO=bar" || len(p.Env) != 4 {
-		t.Errorf("Env = %q, want the three defaults (GODEBUG replaced) then FOO=bar", p.Env)
+	if p.Env[len(p.Env)-1] != "FOO=bar" || len(p.Env) != 3 {
+		t.Errorf("Env = %q, want the two defaults (GODEBUG replaced) then FOO=bar", p.Env)
+	}
+	// HOME comes from the container's /etc/passwd (runc, the init).
+	if idx("HOME=") >= 0 {
+		t.Errorf("Env sets HOME: %q, want it left to runc and the init", p.Env)
 	}
 	if d := r.spec(Spec{Name: "web"}).Process.Env; !slices.Contains(d, "GODEBUG=multipathtcp=0") {
 		t.Errorf("default Env lacks GODEBUG=multipathtcp=0: %q", d)
@@ -514,6 +526,26 @@ func TestInstallInit(t *testing.T) {
 	for _, m := range r.spec(Spec{Name: "web"}).Mounts {
 		if m.Destination == InitPath && m.Source != p2 {
 			t.Errorf("init mount source %q, want %q", m.Source, p2)
+		}
+	}
+}
+
+func TestHomeDir(t *testing.T) {
+	passwd := []byte("root:x:0:0:root:/root:/bin/sh\n# app:x:1000:1000::/nope:/bin/sh\napp:x:1000:1000::/srv:/bin/sh\nnohome:x:1001:1001:::/bin/sh\n")
+	for _, c := range []struct {
+		passwd []byte
+		uid    int
+		want   string
+	}{
+		{passwd, 0, "/root"},
+		{passwd, 1000, "/srv"},
+		{passwd, 1001, "/"}, // an entry without a home
+		{passwd, 4242, "/"}, // no entry
+		{nil, 0, "/root"},   // no /etc/passwd
+		{[]byte("garbage"), 1000, "/"},
+	} {
+		if got := HomeDir(c.passwd, c.uid); got != c.want {
+			t.Errorf("HomeDir(uid %d) = %q, want %q", c.uid, got, c.want)
 		}
 	}
 }
