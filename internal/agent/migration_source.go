@@ -439,6 +439,12 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 					return err
 				}
 			}
+			// Nothing the frozen container's kernel still sends (TCP
+			// retransmissions) leaves after the switch: it would point
+			// learning peers back here (overlay.Muzzle).
+			if _, err := overlay.Muzzle(ep.NetNS, ep.MTU); err != nil {
+				o.a.log.Warn("muzzle", "container", o.c.Name, "err", err)
+			}
 			started = true
 			go func() {
 				defer close(marked)

@@ -255,7 +255,11 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 				_, _ = a.st.UpdateContainer(ctx, c)
 			}
 		case err == nil && c.Host == a.cfg.Name && c.Status == store.StatusRunning && status == "running":
-			if held, herr := a.ov.IsHeld(vethName(name)); herr == nil && held {
+			held, herr := a.ov.IsHeld(vethName(name))
+			if muzzled, merr := overlay.Muzzled(a.netnsPath(name)); merr == nil && muzzled {
+				held, herr = true, nil
+			}
+			if herr == nil && held {
 				a.log.Warn("releasing a held container of this host", "container", name)
 				if err := a.reattach(c); err != nil {
 					a.log.Warn("release", "container", name, "err", err)
@@ -394,6 +398,10 @@ func (a *Agent) reattach(c store.Container) error {
 // reopen undoes a migration's cut on this host: held frames go in, a
 // downed link comes up.
 func (a *Agent) reopen(name string) error {
+	// What the container sent since its freeze goes out first.
+	if err := overlay.Unmuzzle(a.netnsPath(name)); err != nil {
+		return err
+	}
 	if err := a.ov.Release(vethName(name)); err != nil {
 		return err
 	}

@@ -184,6 +184,13 @@ func configureEth0(cnl *netlink.Handle, ep Endpoint) error {
 	if err := ensureOnlyAddr(cnl, link, ep.Addr); err != nil {
 		return err
 	}
+	// The queue that muzzles the container at a freeze (see
+	// muzzle_linux.go) goes on while the link is down, open.
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := openMuzzle(ep.NetNS, link); err != nil {
+			return fmt.Errorf("%s queue: %w", containerIf, err)
+		}
+	}
 	if err := setState(cnl, link, true); err != nil {
 		return err
 	}
