@@ -249,6 +249,35 @@ func TestStrategiesOverShapedLink(t *testing.T) {
 	if got := l.get("sl"); got.Host != "edge-1" || got.Status != "running" {
 		t.Fatalf("after both: %+v", got)
 	}
+	// A post-copy whose budget runs out while memory is still moving
+	// (32 MiB takes ~3 s here, the restore comes ~1 s in) rolls back: the
+	// container runs on the source again with all its memory, exactly once.
+	// Before, the destination's copy went first, its lazy-pages daemon
+	// closed the page-server session in order, CRIU took that for success
+	// and ended the source's processes too: the container was lost.
+	out, err := l.coat("migrate", "sl", "--to", "edge-2", "--strategy", "post-copy", "--timeout", "2500ms")
+	if err == nil {
+		t.Fatalf("post-copy within a 2.5 s budget reported success:\n%s", out)
+	}
+	if !strings.Contains(out, "rolled back") {
+		t.Errorf("budget failure does not say it rolled back:\n%s", out)
+	}
+	if !strings.Contains(out, "post-copy") {
+		t.Logf("the budget ran out before the memory transfer (a slow machine?):\n%s", out)
+	}
+	waitFor(t, 30*time.Second, func() string {
+		if got := l.get("sl"); got.Host != "edge-1" || got.Status != "running" {
+			return fmt.Sprintf("record after the rollback: %+v", got)
+		}
+		if st := l.runcStatus("edge-1", "sl"); st != "running" {
+			return "runc on edge-1 says " + st
+		}
+		if st := l.runcStatus("edge-2", "sl"); st != "" {
+			return "runc on edge-2 still has it: " + st
+		}
+		return ""
+	})
+	check()
 }
 
 // A thousand established connections, each sending a line every 100 ms,

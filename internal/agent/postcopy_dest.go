@@ -56,7 +56,7 @@ func (a *Agent) restoreLazy(ctx context.Context, c store.Container, ckpt, work s
 	}
 	f := &fetch{start: time.Now(), done: make(chan struct{})}
 	// Before the daemon hears that the source went, the container stops.
-	f.relay, err = a.openRelay(context.WithoutCancel(ctx), src, c.Name, "lazy", func() { a.guardPages(c, f) })
+	f.relay, err = a.openRelay(context.WithoutCancel(ctx), src, c.Name, "lazy", func() { a.guardPages(c, f) }, ckpt)
 	if err != nil {
 		return err
 	}

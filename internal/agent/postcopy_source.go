@@ -118,17 +118,23 @@ func (o *outgoing) waitFetched(ctx context.Context) error {
 	}
 }
 
-// fetchFailed ends a post-copy that cannot finish. The destination's copy
-// goes first; then CRIU is made to take its failure path (a reset of its
-// connection), which resumes the processes it kept frozen with all their
-// memory: the container runs on the source again. Only if they are gone
-// is the container reported failed.
+// fetchFailed ends a post-copy that cannot finish. First CRIU is made to
+// take its failure path (a reset of its page server's connection), which
+// resumes the processes it kept frozen with all their memory: the
+// container runs on the source again. Only then does the destination's
+// copy go: killed, its processes end the lazy-pages daemon's work, and
+// the daemon closes its page-server session in order (PS_IOV_CLOSE),
+// which CRIU would take for success and end the source's processes (seen
+// when the budget ran out: both copies gone). The reset comes first so
+// that close never reaches CRIU; the destination's relay, losing the
+// source, stops its copy before its daemon hears (guardPages). Only if the
+// source's processes are gone is the container reported failed.
 func (o *outgoing) fetchFailed(ctx context.Context, cause error) error {
 	bg := context.WithoutCancel(ctx)
+	o.a.resetTunnel(o.c.Name, "lazy")
 	if aerr := o.Abort(bg); aerr != nil {
 		o.a.log.Error("post-copy: stop the destination's copy", "container", o.c.Name, "err", aerr)
 	}
-	o.a.resetTunnel(o.c.Name, "lazy")
 	select {
 	case <-o.lazy.Done():
 	case <-time.After(30 * time.Second):

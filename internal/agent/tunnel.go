@@ -220,16 +220,21 @@ type relay struct {
 	// beforeEOF, if set, runs when the peer's side ends, before CRIU
 	// hears of it.
 	beforeEOF func()
+	// images, if set, is the lazy restore's image directory: the relay
+	// then fetches pages ahead of CRIU's lazy-pages daemon (prefetch.go).
+	images     string
+	prefetched atomic.Int64
 }
 
 // openRelay listens on 127.0.0.1 for CRIU; its one connection goes to the
-// peer's tunnel (name, kind).
-func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, beforeEOF func()) (*relay, error) {
+// peer's tunnel (name, kind). With images set, the connection is the
+// lazy-pages daemon's and the relay prefetches from that image's pagemaps.
+func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, beforeEOF func(), images string) (*relay, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1), beforeEOF: beforeEOF}
+	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1), beforeEOF: beforeEOF, images: images}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -245,7 +250,17 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 			rl.done <- err
 			return
 		}
-		_, err = splice(local, remote, &rl.moved, rl.beforeEOF)
+		if rl.images != "" {
+			p := newPageProxy(local, remote, rl.images, &rl.moved, rl.beforeEOF)
+			p.noted = func(id uint64, ranges int, err error) {
+				a.log.Info("lazy pages: prefetch", "container", name, "image", id, "lazy_ranges", ranges, "err", err)
+			}
+			err = p.run()
+			rl.prefetched.Store(p.prefetched.Load())
+			a.log.Info("lazy pages relayed", "container", name, "bytes", rl.moved.Load(), "prefetched_bytes", p.prefetched.Load(), "err", err)
+		} else {
+			_, err = splice(local, remote, &rl.moved, rl.beforeEOF)
+		}
 		rl.done <- err
 	}()
 	return rl, nil
