@@ -70,6 +70,8 @@ func (a *Agent) restoreLazy(ctx context.Context, c store.Container, ckpt, work s
 		f.relay.Close()
 		return err
 	}
+	// The restore's own faults are served; the relay fetches ahead now.
+	f.relay.Begin()
 	a.mu.Lock()
 	a.fetching[c.Name] = f
 	a.mu.Unlock()

@@ -12,7 +12,11 @@ package agent
 // it keeps a window of requests of its own in flight on the same
 // connection, in address order, and holds what arrives until the daemon
 // asks for it. The page server answers requests one by one in order, so
-// the relay knows which answer is whose.
+// the relay knows which answer is whose. Behind every request it forwards
+// (a fault, mostly) it also asks for the next 64 KiB of that range: a
+// program that faults on one page of a value or a scan faults on the next
+// one moments later, and that page is then already on its way instead of
+// a round trip away.
 //
 // What keeps the daemon's view exact:
 //   - it gets its answers in the order of its requests, each in the page
@@ -41,6 +45,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -62,8 +67,14 @@ const (
 	// product at 30 ms: enough to fill it, little for a fault to queue
 	// behind); prefetchHeld what it holds before the daemon asks.
 	prefetchChunk  = 128 << 10
-	prefetchWindow = 3 * prefetchChunk
+	prefetchWindow = 4 * prefetchChunk
 	prefetchHeld   = 64 << 20
+	// readAhead is what the relay asks for right behind a request it
+	// forwards (a fault, mostly): the pages that follow, which a running
+	// program is likely to touch next (a value spanning pages, a scan),
+	// so that its next faults meet pages already on their way instead of
+	// a round trip each.
+	readAhead = 64 << 10
 
 	imgCommonMagic = 0x54564319 // CRIU's IMG_COMMON
 	pagemapMagic   = 0x56084025 // CRIU's PAGEMAP
@@ -226,6 +237,21 @@ func (ip *imagePages) nextRun(max uint64) (start, n uint64, ok bool) {
 	return 0, 0, false
 }
 
+// runAt marks in flight the run of unasked pages from addr (at most max
+// bytes, within addr's lazy range) and returns its page count.
+func (ip *imagePages) runAt(addr, max uint64) uint64 {
+	i := sort.Search(len(ip.ranges), func(i int) bool { return ip.ranges[i].end > addr })
+	if i == len(ip.ranges) || addr < ip.ranges[i].start {
+		return 0
+	}
+	var n uint64
+	for a := addr; a < ip.ranges[i].end && n*pageBytes < max && ip.state[a] == pageUnasked; a += pageBytes {
+		ip.state[a] = pageInFlight
+		n++
+	}
+	return n
+}
+
 // lead counts the pages from vaddr (at most n) whose state is in ok.
 func (ip *imagePages) lead(vaddr, n uint64, ok func(pageState) bool) uint64 {
 	var k uint64
@@ -276,13 +302,17 @@ type pageProxy struct {
 
 	stop     chan struct{} // closed at a failure or the source's end
 	stopOnce sync.Once
+	// begin, when closed, lets the relay's own fetching start: at the end
+	// of the restore, whose own faults (the restorer touches the threads'
+	// stacks) must not queue behind it; they are inside the downtime.
+	begin chan struct{}
 }
 
 // errClosing: the relay's own request is not sent after the daemon's close.
 var errClosing = errors.New("the daemon closed")
 
 func newPageProxy(daemon, source net.Conn, images string, moved *atomic.Int64, sourceEnded func()) *pageProxy {
-	p := &pageProxy{daemon: daemon, source: source, images: images, moved: moved, sourceEnded: sourceEnded, imgs: map[uint64]*imagePages{}, stop: make(chan struct{})}
+	p := &pageProxy{daemon: daemon, source: source, images: images, moved: moved, sourceEnded: sourceEnded, imgs: map[uint64]*imagePages{}, stop: make(chan struct{}), begin: make(chan struct{})}
 	p.cond = sync.NewCond(&p.mu)
 	return p
 }
@@ -423,6 +453,14 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 			}
 			q.nr = m
 		}
+		var ra psIov
+		if ip != nil && !p.closing {
+			if n := ip.runAt(q.vaddr+q.nr*pageBytes, readAhead); n > 0 {
+				ra = psIov{cmd: psIovGet, nr: n, vaddr: q.vaddr + q.nr*pageBytes, img: q.img}
+				p.inFlight += int64(n * pageBytes)
+				p.prefetched.Add(int64(n * pageBytes))
+			}
+		}
 		p.mu.Unlock()
 		dr := &daemonReq{q: q, ready: make(chan struct{})}
 		answers <- dr
@@ -430,11 +468,22 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 			p.failSource(fmt.Errorf("page server: %w", err))
 			return
 		}
+		if ra.nr > 0 {
+			if err := p.send(ra, nil); err != nil && !errors.Is(err, errClosing) {
+				p.failSource(fmt.Errorf("page server: %w", err))
+				return
+			}
+		}
 	}
 }
 
-// prefetch keeps the window full with the next unasked pages.
+// prefetch keeps the window full with the next unasked pages, once begun.
 func (p *pageProxy) prefetch() {
+	select {
+	case <-p.begin:
+	case <-p.stop:
+		return
+	}
 	for {
 		p.mu.Lock()
 		var (

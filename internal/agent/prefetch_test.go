@@ -186,6 +186,7 @@ func TestPageProxyPrefetch(t *testing.T) {
 			var moved atomic.Int64
 			var ended atomic.Bool
 			p := newPageProxy(relayLocal, relaySource, dir, &moved, func() { ended.Store(true) })
+			close(p.begin)
 			done := make(chan error, 1)
 			go func() { done <- p.run() }()
 

@@ -224,7 +224,12 @@ type relay struct {
 	// then fetches pages ahead of CRIU's lazy-pages daemon (prefetch.go).
 	images     string
 	prefetched atomic.Int64
+	begin      chan struct{} // closed by Begin
+	beginOnce  sync.Once
 }
+
+// Begin lets a lazy relay start fetching ahead (after the restore).
+func (rl *relay) Begin() { rl.beginOnce.Do(func() { close(rl.begin) }) }
 
 // openRelay listens on 127.0.0.1 for CRIU; its one connection goes to the
 // peer's tunnel (name, kind). With images set, the connection is the
@@ -234,7 +239,7 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 	if err != nil {
 		return nil, err
 	}
-	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1), beforeEOF: beforeEOF, images: images}
+	rl := &relay{ln: ln, port: ln.Addr().(*net.TCPAddr).Port, done: make(chan error, 1), beforeEOF: beforeEOF, images: images, begin: make(chan struct{})}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -252,6 +257,13 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 		}
 		if rl.images != "" {
 			p := newPageProxy(local, remote, rl.images, &rl.moved, rl.beforeEOF)
+			go func() {
+				select {
+				case <-rl.begin:
+					close(p.begin)
+				case <-p.stop:
+				}
+			}()
 			p.noted = func(id uint64, ranges int, err error) {
 				a.log.Info("lazy pages: prefetch", "container", name, "image", id, "lazy_ranges", ranges, "err", err)
 			}
