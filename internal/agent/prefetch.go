@@ -21,12 +21,16 @@ package agent
 // What keeps the daemon's view exact:
 //   - it gets its answers in the order of its requests, each in the page
 //     server's form (header, then the pages);
-//   - a request whose first pages are here (or on their way) is answered
-//     from here with that first run only: a page server may always send
-//     fewer pages than asked (criu/page-xfer.c), and the daemon asks again
-//     for the rest;
-//   - any other request is forwarded, cut to its first run of pages nobody
-//     asked for yet, so no page crosses the link twice;
+//   - every request of a known range is answered from here and whole: the
+//     pages not here or on their way are asked for at once (ahead of the
+//     relay's own fetching), and the answer goes when all are here. Never
+//     fewer pages than asked: a fault on a page of a request in flight
+//     waits for that request's answer (criu/uffd.c, is_page_queued), and
+//     a short answer would leave it waiting until the background transfer
+//     reached that page (seen: a redis request stalled for the whole
+//     31 s transfer); no page crosses the link twice;
+//   - requests the relay cannot place (no pagemap here, outside the lazy
+//     ranges) go to the page server unchanged;
 //   - the relay asks only for pages of lazy pagemap entries of processes
 //     the daemon asked for (the page server cannot answer others), and
 //     stops asking at the daemon's close.
@@ -48,6 +52,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -252,6 +257,12 @@ func (ip *imagePages) runAt(addr, max uint64) uint64 {
 	return n
 }
 
+// holds says whether [vaddr, vaddr+n pages) lies in one lazy range.
+func (ip *imagePages) holds(vaddr, n uint64) bool {
+	i := sort.Search(len(ip.ranges), func(i int) bool { return ip.ranges[i].end > vaddr })
+	return i < len(ip.ranges) && vaddr >= ip.ranges[i].start && vaddr+n*pageBytes <= ip.ranges[i].end
+}
+
 // lead counts the pages from vaddr (at most n) whose state is in ok.
 func (ip *imagePages) lead(vaddr, n uint64, ok func(pageState) bool) uint64 {
 	var k uint64
@@ -263,6 +274,7 @@ func (ip *imagePages) lead(vaddr, n uint64, ok func(pageState) bool) uint64 {
 
 // daemonReq is one of the daemon's requests, answered in its order.
 type daemonReq struct {
+	asked time.Time
 	local bool  // answered from here: pages q.nr from q.vaddr
 	q     psIov // as answered (local) or as forwarded
 	reply []byte
@@ -298,7 +310,10 @@ type pageProxy struct {
 	closing    bool // the daemon sent its close (or ended)
 	sourceDone bool
 	err        error
-	prefetched atomic.Int64 // bytes the relay asked for itself
+	prefetched atomic.Int64 // bytes the relay asked for ahead of the daemon
+	// Counters for the end-of-relay log line.
+	local, forwarded, clamped atomic.Int64
+	longestWait               atomic.Int64 // ns, a local answer's wait
 
 	stop     chan struct{} // closed at a failure or the source's end
 	stopOnce sync.Once
@@ -440,36 +455,48 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 		}
 		p.mu.Lock()
 		ip := p.image(q.img)
-		if ip != nil && q.nr > 0 {
-			if k := ip.lead(q.vaddr, q.nr, func(s pageState) bool { return s == pageInFlight || s == pageHere }); k > 0 {
-				q.nr = k
-				p.mu.Unlock()
-				answers <- &daemonReq{local: true, q: q}
+		if ip == nil || q.nr == 0 || !ip.holds(q.vaddr, q.nr) {
+			// Not a process or a range the relay knows: the page server
+			// answers it as it is.
+			p.mu.Unlock()
+			p.forwarded.Add(1)
+			dr := &daemonReq{q: q, ready: make(chan struct{})}
+			answers <- dr
+			if err := p.send(q, dr); err != nil {
+				p.failSource(fmt.Errorf("page server: %w", err))
+				return
+			}
+			continue
+		}
+		// Answered from here, whole: the pages nobody asked for yet are
+		// asked for now, ahead of the relay's own fetching; then the
+		// read-ahead behind them.
+		var need []psIov
+		for i := uint64(0); i < q.nr; i++ {
+			a := q.vaddr + i*pageBytes
+			if st := ip.state[a]; st != pageUnasked && st != pageGone {
 				continue
 			}
-			m := ip.lead(q.vaddr, q.nr, func(s pageState) bool { return s == pageUnasked || s == pageGone })
-			for i := uint64(0); i < m; i++ {
-				ip.state[q.vaddr+i*pageBytes] = pageGone
+			ip.state[a] = pageInFlight
+			p.inFlight += pageBytes
+			if k := len(need) - 1; k >= 0 && need[k].vaddr+need[k].nr*pageBytes == a {
+				need[k].nr++
+			} else {
+				need = append(need, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: q.img})
 			}
-			q.nr = m
 		}
-		var ra psIov
-		if ip != nil && !p.closing {
+		if !p.closing {
 			if n := ip.runAt(q.vaddr+q.nr*pageBytes, readAhead); n > 0 {
-				ra = psIov{cmd: psIovGet, nr: n, vaddr: q.vaddr + q.nr*pageBytes, img: q.img}
+				need = append(need, psIov{cmd: psIovGet, nr: n, vaddr: q.vaddr + q.nr*pageBytes, img: q.img})
 				p.inFlight += int64(n * pageBytes)
 				p.prefetched.Add(int64(n * pageBytes))
 			}
 		}
 		p.mu.Unlock()
-		dr := &daemonReq{q: q, ready: make(chan struct{})}
-		answers <- dr
-		if err := p.send(q, dr); err != nil {
-			p.failSource(fmt.Errorf("page server: %w", err))
-			return
-		}
-		if ra.nr > 0 {
-			if err := p.send(ra, nil); err != nil && !errors.Is(err, errClosing) {
+		p.local.Add(1)
+		answers <- &daemonReq{local: true, q: q, asked: time.Now()}
+		for _, r := range need {
+			if err := p.send(r, nil); err != nil && !errors.Is(err, errClosing) {
 				p.failSource(fmt.Errorf("page server: %w", err))
 				return
 			}
@@ -611,14 +638,17 @@ func (p *pageProxy) readSource(writerDone <-chan struct{}) {
 		p.mu.Unlock()
 		if a.nr < head.q.nr {
 			// The page server stops at the end of one of its buffers: ask
-			// for the rest (still in flight).
+			// for the rest (still in flight). Not from this goroutine: a
+			// write to the source must never wait on its reader.
 			rest := head.q
 			rest.vaddr += a.nr * pageBytes
 			rest.nr -= a.nr
-			if err := p.send(rest, nil); err != nil && !errors.Is(err, errClosing) {
-				p.failSource(err)
-				continue
-			}
+			p.clamped.Add(1)
+			go func() {
+				if err := p.send(rest, nil); err != nil && !errors.Is(err, errClosing) {
+					p.failSource(fmt.Errorf("page server: %w", err))
+				}
+			}()
 		}
 	}
 }
@@ -669,6 +699,9 @@ func (p *pageProxy) writeDaemon(answers <-chan *daemonReq) {
 			p.held -= int64(dr.q.nr * pageBytes)
 			p.cond.Broadcast()
 			p.mu.Unlock()
+			if w := int64(time.Since(dr.asked)); w > p.longestWait.Load() {
+				p.longestWait.Store(w)
+			}
 		} else {
 			select {
 			case <-dr.ready:
