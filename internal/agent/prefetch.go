@@ -12,11 +12,11 @@ package agent
 // it keeps a window of requests of its own in flight on the same
 // connection, in address order, and holds what arrives until the daemon
 // asks for it. The page server answers requests one by one in order, so
-// the relay knows which answer is whose. Behind every request it forwards
-// (a fault, mostly) it also asks for the next 64 KiB of that range: a
-// program that faults on one page of a value or a scan faults on the next
-// one moments later, and that page is then already on its way instead of
-// a round trip away.
+// the relay knows which answer is whose. Behind every request of the
+// daemon (a fault, mostly), once the restore is over, it also asks for
+// the next 64 KiB of that range: a program that faults on one page of a
+// value or a scan faults on the next one moments later, and that page is
+// then already on its way instead of a round trip away.
 //
 // What keeps the daemon's view exact:
 //   - it gets its answers in the order of its requests, each in the page
@@ -485,7 +485,7 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 				need = append(need, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: q.img})
 			}
 		}
-		if !p.closing {
+		if !p.closing && p.begun() {
 			if n := ip.runAt(q.vaddr+q.nr*pageBytes, readAhead); n > 0 {
 				need = append(need, psIov{cmd: psIovGet, nr: n, vaddr: q.vaddr + q.nr*pageBytes, img: q.img})
 				p.inFlight += int64(n * pageBytes)
@@ -501,6 +501,18 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 				return
 			}
 		}
+	}
+}
+
+// begun says whether the restore is over: before, the restorer's own
+// faults (scattered: stacks, rseq areas) are fetched alone, with nothing
+// queued ahead of the next one.
+func (p *pageProxy) begun() bool {
+	select {
+	case <-p.begin:
+		return true
+	default:
+		return false
 	}
 }
 
