@@ -297,6 +297,9 @@ type pageProxy struct {
 	// noted, if set, hears what was found for each process (ranges, or
 	// why none).
 	noted func(id uint64, ranges int, err error)
+	// noteStuck, if set, hears of a local answer that waited stuckAfter:
+	// its pages still in flight, those asked again, requests outstanding.
+	noteStuck func(q psIov, inFlight, reasked, outstanding int)
 
 	wmu sync.Mutex // order of writes to the source = order of sent
 
@@ -367,7 +370,24 @@ func (p *pageProxy) run() error {
 		}
 	}()
 	go func() { defer wg.Done(); p.readSource(writerDone) }()
+	// Waiters re-check now and then (see stuckAfter).
+	tickDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				p.mu.Lock()
+				p.cond.Broadcast()
+				p.mu.Unlock()
+			case <-tickDone:
+				return
+			}
+		}
+	}()
 	wg.Wait()
+	close(tickDone)
 	p.daemon.Close()
 	p.source.Close()
 	p.mu.Lock()
@@ -665,6 +685,59 @@ func (p *pageProxy) readSource(writerDone <-chan struct{}) {
 	}
 }
 
+// stuckAfter is how long a local answer waits before the relay checks
+// that each of its pages is on its way (a tick wakes waiters every
+// second). A variable for tests.
+var stuckAfter = 5 * time.Second
+
+// reask asks again for the pages of q that are neither here nor asked
+// for, and reports them (noteStuck). It never happens by design; it keeps a
+// mistake from stopping the container for good. Called with mu held.
+func (p *pageProxy) reask(ip *imagePages, q psIov) {
+	var redo []psIov
+	inFlight := 0
+	for i := uint64(0); i < q.nr; i++ {
+		a := q.vaddr + i*pageBytes
+		switch ip.state[a] {
+		case pageInFlight:
+			if p.requested(q.img, a) {
+				inFlight++
+				continue
+			}
+		case pageHere:
+			continue
+		}
+		ip.state[a] = pageInFlight
+		p.inFlight += pageBytes
+		if k := len(redo) - 1; k >= 0 && redo[k].vaddr+redo[k].nr*pageBytes == a {
+			redo[k].nr++
+		} else {
+			redo = append(redo, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: q.img})
+		}
+	}
+	if p.noteStuck != nil {
+		p.noteStuck(q, inFlight, len(redo), len(p.sent))
+	}
+	for _, r := range redo {
+		go func() {
+			if err := p.send(r, nil); err != nil && !errors.Is(err, errClosing) {
+				p.failSource(fmt.Errorf("page server: %w", err))
+			}
+		}()
+	}
+}
+
+// requested says whether a request of the relay's own for page a of img
+// is still unanswered. Called with mu held.
+func (p *pageProxy) requested(img, a uint64) bool {
+	for _, r := range p.sent {
+		if r.dr == nil && r.q.img == img && a >= r.q.vaddr && a < r.q.vaddr+r.q.nr*pageBytes {
+			return true
+		}
+	}
+	return false
+}
+
 // writeDaemon gives the daemon its answers in the order it asked. Once
 // the source has ended (or anything failed) it stops at the first answer
 // that is not complete here.
@@ -693,7 +766,14 @@ func (p *pageProxy) writeDaemon(answers <-chan *daemonReq) {
 			p.mu.Lock()
 			ip := p.imgs[dr.q.img]
 			here := func(s pageState) bool { return s == pageHere }
+			checked := false
 			for p.err == nil && !p.sourceDone && ip.lead(dr.q.vaddr, dr.q.nr, here) < dr.q.nr {
+				if !checked && time.Since(dr.asked) > stuckAfter {
+					// Every page of a local answer is here or asked for; a
+					// wait this long means one is not: ask again, and say so.
+					checked = true
+					p.reask(ip, dr.q)
+				}
 				p.cond.Wait()
 			}
 			if ip.lead(dr.q.vaddr, dr.q.nr, here) < dr.q.nr {

@@ -359,3 +359,59 @@ func TestLazyRanges(t *testing.T) {
 		t.Fatal("a file that is no pagemap image was read")
 	}
 }
+
+// TestPageProxyReasks: a page marked on its way with no request for it
+// (a mistake the design rules out) does not stall the daemon for good:
+// after stuckAfter it is asked for again, delivered, and reported.
+func TestPageProxyReasks(t *testing.T) {
+	old := stuckAfter
+	stuckAfter = 200 * time.Millisecond
+	t.Cleanup(func() { stuckAfter = old })
+	dir := t.TempDir()
+	writePagemap(t, dir, 1, []testEntry{entry(0x10000, 8, peLazy)})
+	srv := &fakePageServer{ranges: map[uint64][]pageRange{1: {{0x10000, 0x10000 + 8*pageBytes}}}, sent: map[[2]uint64]int{}}
+	daemonSide, relayLocal := tcpPair(t)
+	relaySource, serverSide := tcpPair(t)
+	go srv.serve(serverSide)
+	var moved atomic.Int64
+	p := newPageProxy(relayLocal, relaySource, dir, &moved, nil)
+	var stuck atomic.Int64
+	p.noteStuck = func(q psIov, inFlight, reasked, outstanding int) { stuck.Add(int64(reasked)) }
+	p.mu.Lock()
+	ip := p.image(1)
+	ip.state[0x10000+3*pageBytes] = pageInFlight // the mistake: nobody asked
+	p.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- p.run() }()
+	if _, err := daemonSide.Write(psIov{cmd: psIovGet, nr: 8, vaddr: 0x10000, img: 1}.marshal()); err != nil {
+		t.Fatal(err)
+	}
+	_ = daemonSide.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hdr := make([]byte, psIovSize)
+	if _, err := io.ReadFull(daemonSide, hdr); err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if a := parsePsIov(hdr); a.nr != 8 {
+		t.Fatalf("answered %d pages, want 8", a.nr)
+	}
+	data := make([]byte, 8*pageBytes)
+	if _, err := io.ReadFull(daemonSide, data); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(0); i < 8; i++ {
+		if !bytes.Equal(data[i*pageBytes:(i+1)*pageBytes], pageContent(1, 0x10000+i*pageBytes)) {
+			t.Fatalf("page %d wrong", i)
+		}
+	}
+	if stuck.Load() != 1 {
+		t.Fatalf("%d pages reported asked again, want 1", stuck.Load())
+	}
+	_, _ = daemonSide.Write(psIov{cmd: psIovClose}.marshal())
+	_, _ = io.ReadFull(daemonSide, make([]byte, 4))
+	_ = daemonSide.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
+	}
+}

@@ -267,6 +267,10 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 			p.noted = func(id uint64, ranges int, err error) {
 				a.log.Info("lazy pages: prefetch", "container", name, "image", id, "lazy_ranges", ranges, "err", err)
 			}
+			p.noteStuck = func(q psIov, inFlight, reasked, outstanding int) {
+				a.log.Warn("lazy pages: an answer waited long", "container", name, "image", q.img, "vaddr", fmt.Sprintf("%#x", q.vaddr),
+					"pages", q.nr, "in_flight", inFlight, "asked_again", reasked, "outstanding_requests", outstanding)
+			}
 			err = p.run()
 			rl.prefetched.Store(p.prefetched.Load())
 			a.log.Info("lazy pages relayed", "container", name, "bytes", rl.moved.Load(), "prefetched_bytes", p.prefetched.Load(),
