@@ -27,8 +27,9 @@ package agent
 //     fewer pages than asked: a fault on a page of a request in flight
 //     waits for that request's answer (criu/uffd.c, is_page_queued), and
 //     a short answer would leave it waiting until the background transfer
-//     reached that page (seen: a redis request stalled for the whole
-//     31 s transfer); no page crosses the link twice;
+//     reached that page (seen with an earlier relay that did: a redis
+//     request stalled for the whole 6.8 s transfer); no page crosses the
+//     link twice;
 //   - requests the relay cannot place (no pagemap here, outside the lazy
 //     ranges) go to the page server unchanged;
 //   - the relay asks only for pages of lazy pagemap entries of processes
@@ -64,21 +65,22 @@ const (
 	peLazy     = 1 << 1 // pagemap entry flag: pages may come lazily
 	psCmdBits  = 16
 	psCmdMask  = 1<<psCmdBits - 1
-	pageBytes  = 4096
-	psCloseAck = 4 // the page server's answer to a close: an int32 status
+	pageBytes  = 4096 // the page size of the hosts COAT runs on (x86-64)
+	psCloseAck = 4    // the page server's answer to a close: an int32 status
 
 	// prefetchChunk is one request of the relay's own; prefetchWindow
-	// what it keeps in flight (about a 100 Mbit/s link's bandwidth-delay
-	// product at 30 ms: enough to fill it, little for a fault to queue
-	// behind); prefetchHeld what it holds before the daemon asks.
+	// what it keeps in flight (a 100 Mbit/s link's bandwidth-delay
+	// product at 20 ms of RTT plus its shaper's queue: enough to fill it,
+	// little for a fault to queue behind; 384 KiB left it at ~83 Mbit/s);
+	// prefetchHeld what it holds before the daemon asks.
 	prefetchChunk  = 128 << 10
 	prefetchWindow = 4 * prefetchChunk
 	prefetchHeld   = 64 << 20
-	// readAhead is what the relay asks for right behind a request it
-	// forwards (a fault, mostly): the pages that follow, which a running
-	// program is likely to touch next (a value spanning pages, a scan),
-	// so that its next faults meet pages already on their way instead of
-	// a round trip each.
+	// readAhead is what the relay asks for behind each of the daemon's
+	// requests (a fault, mostly; after the restore): the pages that
+	// follow, which a running program is likely to touch next (a value
+	// spanning pages, a scan), so that its next faults meet pages already
+	// on their way instead of a round trip each.
 	readAhead = 64 << 10
 
 	imgCommonMagic = 0x54564319 // CRIU's IMG_COMMON

@@ -222,10 +222,9 @@ type relay struct {
 	beforeEOF func()
 	// images, if set, is the lazy restore's image directory: the relay
 	// then fetches pages ahead of CRIU's lazy-pages daemon (prefetch.go).
-	images     string
-	prefetched atomic.Int64
-	begin      chan struct{} // closed by Begin
-	beginOnce  sync.Once
+	images    string
+	begin     chan struct{} // closed by Begin
+	beginOnce sync.Once
 }
 
 // Begin lets a lazy relay start fetching ahead (after the restore).
@@ -272,7 +271,6 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 					"pages", q.nr, "in_flight", inFlight, "asked_again", reasked, "outstanding_requests", outstanding)
 			}
 			err = p.run()
-			rl.prefetched.Store(p.prefetched.Load())
 			a.log.Info("lazy pages relayed", "container", name, "bytes", rl.moved.Load(), "prefetched_bytes", p.prefetched.Load(),
 				"answered_here", p.local.Load(), "forwarded", p.forwarded.Load(), "clamped", p.clamped.Load(),
 				"longest_wait_ms", time.Duration(p.longestWait.Load()).Milliseconds(), "err", err)
