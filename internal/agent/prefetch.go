@@ -499,13 +499,7 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 			if st := ip.state[a]; st != pageUnasked && st != pageGone {
 				continue
 			}
-			ip.state[a] = pageInFlight
-			p.inFlight += pageBytes
-			if k := len(need) - 1; k >= 0 && need[k].vaddr+need[k].nr*pageBytes == a {
-				need[k].nr++
-			} else {
-				need = append(need, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: q.img})
-			}
+			need = p.askPage(ip, need, q.img, a)
 		}
 		if !p.closing && p.begun() {
 			if n := ip.runAt(q.vaddr+q.nr*pageBytes, readAhead); n > 0 {
@@ -709,13 +703,7 @@ func (p *pageProxy) reask(ip *imagePages, q psIov) {
 		case pageHere:
 			continue
 		}
-		ip.state[a] = pageInFlight
-		p.inFlight += pageBytes
-		if k := len(redo) - 1; k >= 0 && redo[k].vaddr+redo[k].nr*pageBytes == a {
-			redo[k].nr++
-		} else {
-			redo = append(redo, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: q.img})
-		}
+		redo = p.askPage(ip, redo, q.img, a)
 	}
 	if p.noteStuck != nil {
 		p.noteStuck(q, inFlight, len(redo), len(p.sent))
@@ -727,6 +715,18 @@ func (p *pageProxy) reask(ip *imagePages, q psIov) {
 			}
 		}()
 	}
+}
+
+// askPage marks page a of img in flight and adds it to the requests
+// runs, extending the last one when a follows it. Called with mu held.
+func (p *pageProxy) askPage(ip *imagePages, runs []psIov, img, a uint64) []psIov {
+	ip.state[a] = pageInFlight
+	p.inFlight += pageBytes
+	if k := len(runs) - 1; k >= 0 && runs[k].vaddr+runs[k].nr*pageBytes == a {
+		runs[k].nr++
+		return runs
+	}
+	return append(runs, psIov{cmd: psIovGet, nr: 1, vaddr: a, img: img})
 }
 
 // requested says whether a request of the relay's own for page a of img
