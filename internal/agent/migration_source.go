@@ -445,6 +445,12 @@ func (o *outgoing) Checkpoint(ctx context.Context) error {
 			if _, err := overlay.Muzzle(ep.NetNS, ep.MTU); err != nil {
 				o.a.log.Warn("muzzle", "container", o.c.Name, "err", err)
 			}
+			if o.req.CrashAfter == "frozen" && testHooks() {
+				// Killed during the dump: frozen, muzzled, its address
+				// taken, an empty image directory.
+				o.a.log.Error("test hook: exiting mid-migration", "after", "frozen")
+				os.Exit(3)
+			}
 			started = true
 			go func() {
 				defer close(marked)

@@ -142,6 +142,10 @@ func (a *Agent) recoverMigration(ctx context.Context, m store.Migration) error {
 		}
 	} else if err := a.reattach(c); err != nil {
 		return err
+	} else {
+		// Never stopped (its coordinator died with it frozen, before or
+		// during the dump): the image, whole or not, is of no use.
+		a.removeImages(c.Name)
 	}
 	if h, err := a.st.Host(ctx, m.To); err == nil {
 		actx, cancel := context.WithTimeout(ctx, callTimeout)
@@ -215,6 +219,7 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 	fine := a.settled(ctx)
 	for _, name := range a.localNames() {
 		if fine[name] {
+			a.dropStaleImages(ctx, name)
 			continue
 		}
 		if !a.lock(name) {
@@ -230,9 +235,7 @@ func (a *Agent) collectLeftovers(ctx context.Context) error {
 			a.cutOff(name)
 			a.teardown(ctx, store.Container{Name: name})
 			_ = os.RemoveAll(a.incomingDir(name))
-			for _, d := range a.checkpointImages(name) {
-				_ = os.RemoveAll(d)
-			}
+			a.removeImages(name)
 		case stale && err == nil && !a.isFetching(name):
 			// Running here, but the record says it runs on c.Host: a
 			// copy that lost the commit point. It never let a packet in.
@@ -406,6 +409,37 @@ func (a *Agent) reopen(name string) error {
 		return err
 	}
 	return a.ov.SetEndpointUp(vethName(name), true)
+}
+
+// dropStaleImages removes the checkpoint images of a container that
+// runs here as its record says: left by a migration whose agent died
+// before it could remove them (the coordinator's own cleanup, or a
+// recovery that thawed the container rather than restoring it). A
+// migration holds the name's lock until its images are gone or handed to
+// a failed record, so under the lock, with the record and runc read
+// afresh, an image of a running container is nobody's.
+func (a *Agent) dropStaleImages(ctx context.Context, name string) {
+	if len(a.checkpointImages(name)) == 0 || !a.lock(name) {
+		return
+	}
+	defer a.unlock(name)
+	c, err := a.st.Container(ctx, name)
+	if err != nil || c.Host != a.cfg.Name || c.Status != store.StatusRunning || c.MigratingTo != "" {
+		return
+	}
+	if a.rt.Status(ctx, name) != "running" {
+		return
+	}
+	a.log.Info("removing checkpoint images of a container that runs here", "container", name)
+	a.removeImages(name)
+}
+
+// removeImages removes this host's checkpoint images of the container.
+func (a *Agent) removeImages(name string) {
+	for _, d := range a.checkpointImages(name) {
+		_ = os.RemoveAll(d)
+		_ = os.Remove(d + postcopyMarker)
+	}
 }
 
 // checkpointImages lists this host's checkpoint images of the container

@@ -55,7 +55,8 @@ type MigrateRequest struct {
 	Slow bool `json:"slow,omitempty"`
 	// CrashAfter makes the coordinating agent exit right after this phase
 	// (a test hook honoured only by agents started with COAT_TEST_HOOKS=1),
-	// to exercise recovery of a migration whose coordinator died.
+	// to exercise recovery of a migration whose coordinator died; "frozen"
+	// exits during the dump, once the container is frozen.
 	CrashAfter string `json:"crash_after,omitempty"`
 	// FailResume also makes the source's own restore fail, so that the
 	// rollback fails too (a test hook honoured only by agents started with
