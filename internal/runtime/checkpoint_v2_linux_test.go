@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +75,16 @@ func TestCheckpointCgroupV2(t *testing.T) {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)
 	}
-	err = unix.Mount("/proc/thread-self/ns/net", netns, "", unix.MS_BIND, "")
+	// Loopback up, as in the agent's namespaces: CRIU runs in there and
+	// probes TCP repair over it when it has no feature cache.
+	if lo, lerr := netlink.LinkByName("lo"); lerr != nil {
+		err = lerr
+	} else {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err == nil {
+		err = unix.Mount("/proc/thread-self/ns/net", netns, "", unix.MS_BIND, "")
+	}
 	if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
 		t.Fatalf("back to the test's network namespace: %v", serr)
 	}

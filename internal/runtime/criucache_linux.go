@@ -101,20 +101,78 @@ func isReadOnly(dir string) bool {
 // withCriuCache runs f (which runs runc) where /run is the cache tmpfs;
 // with slow (the stock path) or without the tmpfs, f runs as it is.
 func (r *Runtime) withCriuCache(slow bool, f func() error) error {
+	return r.withCriuIn(slow, "", f)
+}
+
+// withCriuIn is withCriuCache, with f run inside the network namespace
+// netns (a path) as well, when netns is set (the package note: dumps
+// inside the network namespace). Failing to
+// enter it is an error, and f does not run: an image dumped inside the
+// namespace must be restored inside one.
+func (r *Runtime) withCriuIn(slow bool, netns string, f func() error) error {
 	if r.criuRun == "" || slow {
-		return f()
+		if netns == "" {
+			return f()
+		}
+		return inNetNSHere(netns, f)
 	}
 	done := make(chan error, 1)
 	go func() {
 		goruntime.LockOSThread()
 		// No UnlockOSThread: once this thread has left the host's mount
-		// namespace it must not run anything else.
-		// If the namespace cannot be made, f still runs: CRIU probes the
-		// kernel as it would without the cache.
-		_ = privateRun(r.criuRun)
+		// (or network) namespace it must not run anything else.
+		// If the mount namespace cannot be made, f still runs: CRIU
+		// probes the kernel as it would without the cache.
+		if r.criuRun != "" && !slow {
+			_ = privateRun(r.criuRun)
+		}
+		if netns != "" {
+			if err := enterNetNS(netns); err != nil {
+				done <- err
+				return
+			}
+		}
 		done <- f()
 	}()
 	return <-done
+}
+
+// inNetNSHere runs f on the calling goroutine's thread, moved into the
+// network namespace at path for the call and back afterwards (the
+// thread's mount namespace, in which path resolves, stays as it is).
+func inNetNSHere(path string, f func() error) error {
+	goruntime.LockOSThread()
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		goruntime.UnlockOSThread()
+		return fmt.Errorf("open this thread's network namespace: %w", err)
+	}
+	defer unix.Close(orig)
+	if err := enterNetNS(path); err != nil {
+		goruntime.UnlockOSThread()
+		return err
+	}
+	ferr := f()
+	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+		// The thread stays locked, so that nothing else runs in the
+		// container's namespace; Go ends it with its goroutine.
+		return errors.Join(ferr, fmt.Errorf("return to the host's network namespace: %w", err))
+	}
+	goruntime.UnlockOSThread()
+	return ferr
+}
+
+// enterNetNS moves the calling thread into the network namespace at path.
+func enterNetNS(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	return nil
 }
 
 // privateRun moves the calling thread into a mount namespace of its own in

@@ -33,4 +33,19 @@
 // directories external; runc and CRIU run where the agent's tmpfs is /run,
 // so CRIU keeps its kernel-feature cache (criucache_linux.go). Slow is the
 // stock path, kept to measure the difference.
+//
+// Dumps inside the network namespace. CRIU dumps a task's network
+// namespace when it is not CRIU's own, even when it is external: it mounts a
+// sysfs for it and walks the conntrack table twice. That walk covers every
+// bucket of the host's whole table (nf_conntrack_buckets, 262,144 here):
+// ~12 ms even for an empty namespace, and the sysfs's release waits for an
+// RCU grace period; with the rest, 25-30 ms of every frozen dump. A
+// stop-and-copy dump therefore runs runc, and so CRIU, with the thread's
+// network namespace set to the container's: the namespace is CRIU's own,
+// which it skips (its TCP sockets are dumped as before). The image then
+// holds no network namespace, so it is marked (coat-in-netns) and its
+// restore runs inside the destination's prepared namespace as well, on
+// either host (rollback and recovery included); an image without the mark
+// restores as before. Lazy (post-copy) dumps stay outside: CRIU's page
+// server listens on the host's side.
 package runtime

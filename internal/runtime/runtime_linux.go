@@ -236,12 +236,19 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 			frozen = true
 		}
 	}
+	netns := ""
+	if !o.Slow && !o.lazy {
+		netns = r.netNSOf(name)
+	}
 	var err error
-	if o.AfterFreeze != nil {
+	if netns != "" {
+		err = os.WriteFile(filepath.Join(o.ImageDir, inNetNSMarker), nil, 0o600)
+	}
+	if err == nil && o.AfterFreeze != nil {
 		err = o.AfterFreeze()
 	}
 	if err == nil {
-		err = r.withCriuCache(o.Slow, func() error { return r.runc.Checkpoint(ctx, name, opts, actions...) })
+		err = r.withCriuIn(o.Slow, netns, func() error { return r.runc.Checkpoint(ctx, name, opts, actions...) })
 	}
 	if err != nil && frozen {
 		if terr := r.freeze(name, false); terr != nil {
@@ -320,13 +327,20 @@ type RestoreOpts struct {
 
 // Restore brings a prepared container back from a checkpoint image.
 func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
+	netns := ""
+	if _, err := os.Stat(filepath.Join(o.ImageDir, inNetNSMarker)); err == nil {
+		if s.NetNS == "" {
+			return fmt.Errorf("restore %s: its image was dumped inside its network namespace, and it has none to restore into", s.Name)
+		}
+		netns = s.NetNS
+	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return err
 	}
 	if err := r.criuConf(s.Name, o.Slow, o.CloseTCP, true); err != nil {
 		return err
 	}
-	err := r.withCriuCache(o.Slow, func() error {
+	err := r.withCriuIn(o.Slow, netns, func() error {
 		_, err := r.runc.Restore(ctx, s.Name, r.Dir(s.Name), &runc.RestoreOpts{
 			CheckpointOpts: runc.CheckpointOpts{
 				ImagePath:    o.ImageDir,
@@ -349,6 +363,37 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 		return &RestoreError{Name: s.Name, Log: log, Hint: criuHint(log), Err: fmt.Errorf("%w%s", err, r.lastRuncError())}
 	}
 	return nil
+}
+
+// inNetNSMarker, in an image directory, says CRIU dumped the container from
+// inside its network namespace (see inNetNS in doc.go); its restore must
+// run inside the destination's namespace too.
+const inNetNSMarker = "coat-in-netns"
+
+// netNSOf is the network namespace path in the container's config.json
+// ("" if none can be read).
+func (r *Runtime) netNSOf(name string) string {
+	b, err := os.ReadFile(filepath.Join(r.Dir(name), "config.json"))
+	if err != nil {
+		return ""
+	}
+	var spec struct {
+		Linux struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+		} `json:"linux"`
+	}
+	if json.Unmarshal(b, &spec) != nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == "network" {
+			return ns.Path
+		}
+	}
+	return ""
 }
 
 // RestoreError is a failed restore; Log is CRIU's restore log, Hint what
