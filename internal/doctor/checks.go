@@ -126,11 +126,13 @@ func checkTools(env Env) []Result {
 const conntrackBucketsWarn = 65536
 
 // checkConntrack: CRIU dumps a network namespace's conntrack entries (and
-// expectations) on every checkpoint, even for the external namespace of a
-// container; each dump walks the kernel's whole, host-wide hash table,
-// empty or not. Its size follows the host's memory (262144 buckets on 24
-// GiB), and at that size each walk took ~9 ms on the project's VM, ~18 ms
-// of every freeze (0.6 ms each at 16384 buckets).
+// expectations) on every checkpoint that runs outside it, even for the
+// external namespace of a container; each dump walks the kernel's whole,
+// host-wide hash table, empty or not. Its size follows the host's memory
+// (262144 buckets on 24 GiB), and at that size each walk took ~9 ms on the
+// project's VM, ~18 ms of every freeze (0.6 ms each at 16384 buckets).
+// Stop-and-copy dumps run inside the namespace and skip it (see
+// internal/runtime's package note); post-copy dumps cannot.
 func checkConntrack(env Env) Result {
 	const name = "conntrack"
 	b, err := env.ReadFile("/proc/sys/net/netfilter/nf_conntrack_buckets")
@@ -144,9 +146,9 @@ func checkConntrack(env Env) Result {
 	detail := fmt.Sprintf("%d hash buckets", n)
 	if n > conntrackBucketsWarn {
 		return warn(name, detail,
-			"CRIU walks the whole conntrack table twice in every checkpoint, while the container is frozen "+
+			"CRIU walks the whole conntrack table twice in every post-copy checkpoint, while the container is frozen "+
 				"(~9 ms per walk at 262144 buckets on the project's VM, 0.6 ms at 16384). If this host tracks few "+
-				"connections, a smaller table shortens every migration's downtime: "+
+				"connections, a smaller table shortens post-copy migrations' downtime: "+
 				"sysctl -w net.netfilter.nf_conntrack_buckets=16384 (and the same in /etc/sysctl.d to keep it).")
 	}
 	return ok(name, detail)
