@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -104,17 +105,16 @@ func (r *Runtime) withCriuCache(slow bool, f func() error) error {
 	return r.withCriuIn(slow, "", f)
 }
 
-// withCriuIn is withCriuCache, with f run inside the network namespace
-// netns (a path) as well, when netns is set (the package note: dumps
-// inside the network namespace). Failing to
-// enter it is an error, and f does not run: an image dumped inside the
-// namespace must be restored inside one.
-func (r *Runtime) withCriuIn(slow bool, netns string, f func() error) error {
+// withCriuIn is withCriuCache, with f run inside the network namespace at
+// nsPath as well when nsPath is set (the package note: dumps inside the
+// network namespace). Failing to enter it is an error, and f does not run:
+// an image dumped inside the namespace must be restored inside one.
+func (r *Runtime) withCriuIn(slow bool, nsPath string, f func() error) error {
 	if r.criuRun == "" || slow {
-		if netns == "" {
+		if nsPath == "" {
 			return f()
 		}
-		return inNetNSHere(netns, f)
+		return inNetNSHere(nsPath, f)
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -123,11 +123,9 @@ func (r *Runtime) withCriuIn(slow bool, netns string, f func() error) error {
 		// (or network) namespace it must not run anything else.
 		// If the mount namespace cannot be made, f still runs: CRIU
 		// probes the kernel as it would without the cache.
-		if r.criuRun != "" && !slow {
-			_ = privateRun(r.criuRun)
-		}
-		if netns != "" {
-			if err := enterNetNS(netns); err != nil {
+		_ = privateRun(r.criuRun)
+		if nsPath != "" {
+			if err := enterNetNS(nsPath); err != nil {
 				done <- err
 				return
 			}
@@ -142,18 +140,18 @@ func (r *Runtime) withCriuIn(slow bool, netns string, f func() error) error {
 // thread's mount namespace, in which path resolves, stays as it is).
 func inNetNSHere(path string, f func() error) error {
 	goruntime.LockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	orig, err := netns.Get()
 	if err != nil {
 		goruntime.UnlockOSThread()
-		return fmt.Errorf("open this thread's network namespace: %w", err)
+		return fmt.Errorf("this thread's network namespace: %w", err)
 	}
-	defer unix.Close(orig)
+	defer orig.Close()
 	if err := enterNetNS(path); err != nil {
 		goruntime.UnlockOSThread()
 		return err
 	}
 	ferr := f()
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+	if err := netns.Set(orig); err != nil {
 		// The thread stays locked, so that nothing else runs in the
 		// container's namespace; Go ends it with its goroutine.
 		return errors.Join(ferr, fmt.Errorf("return to the host's network namespace: %w", err))
@@ -164,12 +162,12 @@ func inNetNSHere(path string, f func() error) error {
 
 // enterNetNS moves the calling thread into the network namespace at path.
 func enterNetNS(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
-	defer unix.Close(fd)
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
 		return fmt.Errorf("enter network namespace %s: %w", path, err)
 	}
 	return nil
