@@ -5,7 +5,8 @@
 # in turn; prints each build's medians. Usage:
 #   scripts/ab-migrate.sh N NAME=PATH/TO/bin/coat NAME=PATH/TO/bin/coat ...
 # e.g. a build of the commit before a change in a git worktree against
-# this tree's bin/coat.
+# this tree's bin/coat. MIGRATE_ARGS adds flags to every migrate (e.g.
+# MIGRATE_ARGS="--strategy post-copy").
 set -euo pipefail
 N=${1:?usage: $0 N NAME=BIN ... (NAME: up to 6 lowercase letters and digits)}; shift
 names=(); bins=()
@@ -22,7 +23,7 @@ for r in $(seq "$N"); do
   to=$([ $((r % 2)) = 1 ] && echo edge-2 || echo edge-1)
   for i in "${!names[@]}"; do
     printf '%s ' "${names[$i]}" >>"$out"
-    "${bins[$i]}" --lab "ab${names[$i]}" migrate ab --to "$to" --json | tr -d '\n' >>"$out"
+    "${bins[$i]}" --lab "ab${names[$i]}" migrate ab --to "$to" --json ${MIGRATE_ARGS:-} | tr -d '\n' >>"$out"
     echo >>"$out"
   done
 done

@@ -171,7 +171,7 @@ func TestAuthorize(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(a.incomingDir("local"), "container.json"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a.allowTunnel("open", "lazy", "edge-2", "127.0.0.1:1")
+	a.allowTunnel("open", "lazy", "edge-2", "127.0.0.1:1", "")
 	ips := map[string]string{"cli": "192.0.2.1", "edge-2": "10.201.0.12", "edge-3": "10.201.0.13"}
 	for _, tc := range []struct {
 		who, method, path string

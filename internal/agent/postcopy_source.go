@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coat-project/coat/internal/api"
+	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/runtime"
 	"github.com/coat-project/coat/internal/store"
 )
@@ -29,7 +30,11 @@ import (
 const postcopyMarker = ".postcopy"
 
 func (o *outgoing) checkpointLazy(ctx context.Context, opts runtime.CheckpointOpts) error {
-	port, err := freePort()
+	// CRIU dumps from inside the container's network namespace (see
+	// internal/runtime's package note), so its page server listens on
+	// that namespace's loopback, reached from there (dialIn).
+	ns := o.a.netnsPath(o.c.Name)
+	port, err := freePort(ns)
 	if err != nil {
 		return err
 	}
@@ -38,7 +43,7 @@ func (o *outgoing) checkpointLazy(ctx context.Context, opts runtime.CheckpointOp
 	if err := os.WriteFile(o.ckptDir+postcopyMarker, nil, 0o600); err != nil {
 		return err
 	}
-	o.untunnel = o.a.allowTunnel(o.c.Name, "lazy", o.dest.Name, o.pageAddr)
+	o.untunnel = o.a.allowTunnel(o.c.Name, "lazy", o.dest.Name, o.pageAddr, ns)
 	o.lazy, err = o.a.rt.CheckpointLazy(ctx, o.c.Name, opts)
 	if err != nil {
 		o.untunnel()
@@ -47,14 +52,20 @@ func (o *outgoing) checkpointLazy(ctx context.Context, opts runtime.CheckpointOp
 	return err
 }
 
-// freePort finds an unused loopback port for CRIU's page server.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+// freePort finds an unused loopback port for CRIU's page server in the
+// network namespace at netns.
+func freePort(netns string) (int, error) {
+	port := 0
+	err := overlay.InNetNS(netns, func() error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		port = ln.Addr().(*net.TCPAddr).Port
+		return nil
+	})
+	return port, err
 }
 
 // fetchStall is how long the memory may stop moving before the

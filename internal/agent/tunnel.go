@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coat-project/coat/internal/overlay"
 	"github.com/coat-project/coat/internal/store"
 )
 
@@ -40,7 +41,10 @@ var keepalive = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: t
 type tunnelTarget struct {
 	peer string // the peer host's name
 	addr string // 127.0.0.1:PORT
-	used bool   // the peer dialled it
+	// netns is the network namespace addr is in (the container's, where
+	// its dump runs); "" for the agent's own.
+	netns string
+	used  bool // the peer dialled it
 	// moved counts the bytes from CRIU to the peer; local is CRIU's
 	// connection once dialled (closing it resets it).
 	moved *atomic.Int64
@@ -51,12 +55,12 @@ func tunnelKey(name, kind string) string { return name + "/" + kind }
 
 // allowTunnel lets peer reach addr as (name, kind) until the returned
 // function is called.
-func (a *Agent) allowTunnel(name, kind, peer, addr string) func() {
+func (a *Agent) allowTunnel(name, kind, peer, addr, netns string) func() {
 	a.mu.Lock()
 	if a.tunnels == nil {
 		a.tunnels = map[string]tunnelTarget{}
 	}
-	a.tunnels[tunnelKey(name, kind)] = tunnelTarget{peer: peer, addr: addr, moved: &atomic.Int64{}}
+	a.tunnels[tunnelKey(name, kind)] = tunnelTarget{peer: peer, addr: addr, netns: netns, moved: &atomic.Int64{}}
 	a.mu.Unlock()
 	return func() {
 		a.mu.Lock()
@@ -102,7 +106,7 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		httpError(w, badRequest("a tunnel needs Upgrade: %s", tunnelProto))
 		return
 	}
-	local, err := net.DialTimeout("tcp", t.addr, 5*time.Second)
+	local, err := dialIn(t.netns, t.addr)
 	if err != nil {
 		httpError(w, fmt.Errorf("dial CRIU at %s: %w", t.addr, err))
 		return
@@ -381,4 +385,19 @@ func closeWrite(c net.Conn) {
 	case *tls.Conn:
 		_ = c.CloseWrite()
 	}
+}
+
+// dialIn connects to addr from inside the network namespace at netns (the
+// agent's own if ""); the connection stays in that namespace.
+func dialIn(netns, addr string) (net.Conn, error) {
+	if netns == "" {
+		return net.DialTimeout("tcp", addr, 5*time.Second)
+	}
+	var c net.Conn
+	err := overlay.InNetNS(netns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	return c, err
 }

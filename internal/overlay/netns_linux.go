@@ -99,6 +99,10 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 	return fn(h)
 }
 
+// InNetNS runs fn on an OS thread that has joined the network namespace at
+// path: sockets fn opens belong to that namespace.
+func InNetNS(path string, fn func() error) error { return inNetNS(path, fn) }
+
 // inNetNS runs fn on an OS thread that has joined the netns at path.
 func inNetNS(path string, fn func() error) error {
 	ns, err := netns.GetFromPath(path)

@@ -40,12 +40,13 @@
 // bucket of the host's whole table (nf_conntrack_buckets, 262,144 here):
 // ~12 ms even for an empty namespace, and the sysfs's release waits for an
 // RCU grace period; with the rest, 25-30 ms of every frozen dump. A
-// stop-and-copy dump therefore runs runc, and so CRIU, with the thread's
-// network namespace set to the container's: the namespace is CRIU's own,
-// which it skips (its TCP sockets are dumped as before). The image then
-// holds no network namespace, so it is marked (coat-in-netns) and its
-// restore runs inside the destination's prepared namespace as well, on
+// dump (stop-and-copy or lazy) therefore runs runc, and so CRIU, with the
+// thread's network namespace set to the container's: the namespace is
+// CRIU's own, which it skips (its TCP sockets are dumped as before). A
+// lazy dump's page server then listens on that namespace's loopback; the
+// agent picks its port and dials it from inside the namespace too. The
+// image holds no network namespace, so it is marked (coat-in-netns) and
+// its restore runs inside the destination's prepared namespace as well, on
 // either host (rollback and recovery included); an image without the mark
-// restores as before. Lazy (post-copy) dumps stay outside: CRIU's page
-// server listens on the host's side.
+// restores as before. Slow (runc's stock path) stays outside.
 package runtime

@@ -237,7 +237,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 		}
 	}
 	netns := ""
-	if !o.Slow && !o.lazy {
+	if !o.Slow {
 		netns = r.netNSOf(name)
 	}
 	var err error
