@@ -36,8 +36,17 @@ package agent
 //     the daemon asked for (the page server cannot answer others), and
 //     stops asking at the daemon's close.
 //
-// Memory: at most prefetchHeld bytes held here and prefetchWindow bytes
-// in flight. A failure of either side ends both connections, as a plain
+// The daemon asks again for pages it was given when its copy into the
+// process fails with EAGAIN (the process's memory map was changing: a
+// munmap, mremap or madvise event still pending, as redis's allocator
+// purging pages makes them): CRIU puts the uncopied part back on its list
+// (criu/uffd.c, uffd_io_complete). Each such page would cross the link
+// again; in one run of a 37 MiB redis that was 279 MB, and the migration
+// ran out of its budget. So the relay keeps what it answered, the last
+// keptMax bytes of it, and answers such a request from there.
+//
+// Memory: at most prefetchHeld bytes held here, keptMax bytes kept after
+// they were answered, and prefetchWindow bytes in flight. A failure of either side ends both connections, as a plain
 // relay would; the source's end still runs the guard (sourceEnded) before
 // the daemon hears of it.
 
@@ -210,7 +219,14 @@ const (
 	pageInFlight                  // the relay asked for it
 	pageHere                      // arrived, held for the daemon
 	pageGone                      // the daemon has it, or asked the source itself
+	pageKept                      // the daemon has it; its data is kept (keptMax)
 )
+
+// keptMax bounds the answered pages kept for the daemon's repeated asks.
+const keptMax = 32 << 20
+
+// keptPage is one answered page in the order it was kept.
+type keptPage struct{ img, addr uint64 }
 
 // imagePages is what the relay knows of one process's lazy memory.
 type imagePages struct {
@@ -305,19 +321,25 @@ type pageProxy struct {
 
 	wmu sync.Mutex // order of writes to the source = order of sent
 
-	mu         sync.Mutex
-	cond       *sync.Cond
-	imgs       map[uint64]*imagePages
-	order      []uint64
-	sent       []sourceReq
-	held       int64
-	inFlight   int64
+	mu       sync.Mutex
+	cond     *sync.Cond
+	imgs     map[uint64]*imagePages
+	order    []uint64
+	sent     []sourceReq
+	held     int64
+	inFlight int64
+	// kept are the answered pages whose data is kept, oldest first (an
+	// entry whose page left pageKept since is skipped); keptBytes their
+	// size.
+	kept       []keptPage
+	keptBytes  int64
 	closing    bool // the daemon sent its close (or ended)
 	sourceDone bool
 	err        error
 	prefetched atomic.Int64 // bytes the relay asked for ahead of the daemon
 	// Counters for the end-of-relay log line.
 	local, forwarded, clamped atomic.Int64
+	repeated                  atomic.Int64 // pages the daemon asked for again
 	longestWait               atomic.Int64 // ns, a local answer's wait
 
 	stop     chan struct{} // closed at a failure or the source's end
@@ -496,10 +518,18 @@ func (p *pageProxy) readDaemon(answers chan<- *daemonReq) {
 		var need []psIov
 		for i := uint64(0); i < q.nr; i++ {
 			a := q.vaddr + i*pageBytes
-			if st := ip.state[a]; st != pageUnasked && st != pageGone {
+			switch ip.state[a] {
+			case pageKept:
+				// Asked again (see the note): here again, so that it
+				// stays until this answer takes it.
+				ip.state[a] = pageHere
+				p.held += pageBytes
+				p.keptBytes -= pageBytes
+				p.repeated.Add(1)
 				continue
+			case pageUnasked, pageGone:
+				need = p.askPage(ip, need, q.img, a)
 			}
-			need = p.askPage(ip, need, q.img, a)
 		}
 		if !p.closing && p.begun() {
 			if n := ip.runAt(q.vaddr+q.nr*pageBytes, readAhead); n > 0 {
@@ -700,7 +730,7 @@ func (p *pageProxy) reask(ip *imagePages, q psIov) {
 				inFlight++
 				continue
 			}
-		case pageHere:
+		case pageHere, pageKept:
 			continue
 		}
 		redo = p.askPage(ip, redo, q.img, a)
@@ -714,6 +744,22 @@ func (p *pageProxy) reask(ip *imagePages, q psIov) {
 				p.failSource(fmt.Errorf("page server: %w", err))
 			}
 		}()
+	}
+}
+
+// dropKept forgets the oldest kept pages beyond keptMax. Called with mu
+// held.
+func (p *pageProxy) dropKept() {
+	for p.keptBytes > keptMax && len(p.kept) > 0 {
+		k := p.kept[0]
+		p.kept = p.kept[1:]
+		ip := p.imgs[k.img]
+		if ip == nil || ip.state[k.addr] != pageKept {
+			continue // asked again since: here, and counted there
+		}
+		delete(ip.data, k.addr)
+		ip.state[k.addr] = pageGone
+		p.keptBytes -= pageBytes
 	}
 }
 
@@ -767,7 +813,7 @@ func (p *pageProxy) writeDaemon(answers <-chan *daemonReq) {
 		if dr.local {
 			p.mu.Lock()
 			ip := p.imgs[dr.q.img]
-			here := func(s pageState) bool { return s == pageHere }
+			here := func(s pageState) bool { return s == pageHere || s == pageKept }
 			checked := false
 			for p.err == nil && !p.sourceDone && ip.lead(dr.q.vaddr, dr.q.nr, here) < dr.q.nr {
 				if !checked && time.Since(dr.asked) > stuckAfter {
@@ -787,10 +833,15 @@ func (p *pageProxy) writeDaemon(answers <-chan *daemonReq) {
 			for i := uint64(0); i < dr.q.nr; i++ {
 				addr := dr.q.vaddr + i*pageBytes
 				reply = append(reply, ip.data[addr]...)
-				delete(ip.data, addr)
-				ip.state[addr] = pageGone
+				if ip.state[addr] == pageHere {
+					// (pageKept: an earlier answer in this queue had it.)
+					ip.state[addr] = pageKept
+					p.kept = append(p.kept, keptPage{img: dr.q.img, addr: addr})
+					p.held -= pageBytes
+					p.keptBytes += pageBytes
+				}
 			}
-			p.held -= int64(dr.q.nr * pageBytes)
+			p.dropKept()
 			p.cond.Broadcast()
 			p.mu.Unlock()
 			if w := int64(time.Since(dr.asked)); w > p.longestWait.Load() {

@@ -415,3 +415,81 @@ func TestPageProxyReasks(t *testing.T) {
 		t.Fatal("relay did not end")
 	}
 }
+
+// TestPageProxyAskedAgain: the daemon asks again for pages it was given
+// (its copy into the process failed with EAGAIN, as when the process's
+// memory map was changing); the relay answers from what it kept, and the
+// source sends each page once.
+func TestPageProxyAskedAgain(t *testing.T) {
+	dir := t.TempDir()
+	const pages = 64
+	writePagemap(t, dir, 1, []testEntry{entry(0x10000, pages, peLazy|pePresent)})
+	srv := &fakePageServer{ranges: map[uint64][]pageRange{1: {{0x10000, 0x10000 + pages*pageBytes}}}, sent: map[[2]uint64]int{}}
+	daemonSide, relayLocal := tcpPair(t)
+	relaySource, serverSide := tcpPair(t)
+	go srv.serve(serverSide)
+	var moved atomic.Int64
+	p := newPageProxy(relayLocal, relaySource, dir, &moved, func() {})
+	close(p.begin)
+	done := make(chan error, 1)
+	go func() { done <- p.run() }()
+	ask := func(addr, n uint64) {
+		t.Helper()
+		if _, err := daemonSide.Write(psIov{cmd: psIovGet, nr: n, vaddr: addr, img: 1}.marshal()); err != nil {
+			t.Fatal(err)
+		}
+		hdr := make([]byte, psIovSize)
+		if _, err := io.ReadFull(daemonSide, hdr); err != nil {
+			t.Fatal(err)
+		}
+		if a := parsePsIov(hdr); a.vaddr != addr || a.nr != n {
+			t.Fatalf("asked %d at %#x, answered %d at %#x", n, addr, a.nr, a.vaddr)
+		}
+		data := make([]byte, n*pageBytes)
+		if _, err := io.ReadFull(daemonSide, data); err != nil {
+			t.Fatal(err)
+		}
+		for i := uint64(0); i < n; i++ {
+			if !bytes.Equal(data[i*pageBytes:(i+1)*pageBytes], pageContent(1, addr+i*pageBytes)) {
+				t.Fatalf("page %#x: wrong content", addr+i*pageBytes)
+			}
+		}
+	}
+	for a := uint64(0x10000); a < 0x10000+pages*pageBytes; a += 8 * pageBytes {
+		ask(a, 8)
+		ask(a, 8)             // the whole answer again
+		ask(a+2*pageBytes, 3) // and a part of it
+	}
+	ask(0x10000, pages) // all of it, once more
+	if _, err := daemonSide.Write(psIov{cmd: psIovClose}.marshal()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(daemonSide, make([]byte, 4)); err != nil {
+		t.Fatalf("close answer: %v", err)
+	}
+	_ = daemonSide.CloseWrite()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("relay: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.bad != nil {
+		t.Fatalf("page server: %v", srv.bad)
+	}
+	for k, n := range srv.sent {
+		if n != 1 {
+			t.Errorf("page %#x sent %d times", k[1], n)
+		}
+	}
+	if len(srv.sent) != pages {
+		t.Errorf("the source sent %d pages, want %d", len(srv.sent), pages)
+	}
+	if p.repeated.Load() == 0 {
+		t.Error("no page was counted as asked again")
+	}
+}

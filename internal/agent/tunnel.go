@@ -276,7 +276,7 @@ func (a *Agent) openRelay(ctx context.Context, h store.Host, name, kind string, 
 			}
 			err = p.run()
 			a.log.Info("lazy pages relayed", "container", name, "bytes", rl.moved.Load(), "prefetched_bytes", p.prefetched.Load(),
-				"answered_here", p.local.Load(), "forwarded", p.forwarded.Load(), "clamped", p.clamped.Load(),
+				"answered_here", p.local.Load(), "forwarded", p.forwarded.Load(), "clamped", p.clamped.Load(), "asked_again_pages", p.repeated.Load(),
 				"longest_wait_ms", time.Duration(p.longestWait.Load()).Milliseconds(), "err", err)
 		} else {
 			_, err = splice(local, remote, &rl.moved, rl.beforeEOF)
