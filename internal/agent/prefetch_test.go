@@ -253,35 +253,7 @@ func TestPageProxyPrefetch(t *testing.T) {
 			if len(missing) != 0 {
 				t.Fatalf("%d pages never delivered", len(missing))
 			}
-			if _, err := daemonSide.Write(psIov{cmd: psIovClose}.marshal()); err != nil {
-				t.Fatal(err)
-			}
-			ack := make([]byte, 4)
-			if _, err := io.ReadFull(daemonSide, ack); err != nil {
-				t.Fatalf("close answer: %v", err)
-			}
-			_ = daemonSide.CloseWrite()
-			if _, err := daemonSide.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-				t.Fatalf("after the close the relay's side should end in order, got %v", err)
-			}
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("relay: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("relay did not end")
-			}
-			srv.mu.Lock()
-			defer srv.mu.Unlock()
-			if srv.bad != nil {
-				t.Fatalf("page server: %v", srv.bad)
-			}
-			for k, n := range srv.sent {
-				if n != 1 {
-					t.Errorf("page %#x sent %d times", k[1], n)
-				}
-			}
+			closeAndCheckOnce(t, daemonSide, done, srv)
 			if p.prefetched.Load() == 0 {
 				t.Error("the relay fetched nothing ahead")
 			}
@@ -461,6 +433,21 @@ func TestPageProxyAskedAgain(t *testing.T) {
 		ask(a+2*pageBytes, 3) // and a part of it
 	}
 	ask(0x10000, pages) // all of it, once more
+	closeAndCheckOnce(t, daemonSide, done, srv)
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.sent) != pages {
+		t.Errorf("the source sent %d pages, want %d", len(srv.sent), pages)
+	}
+	if p.repeated.Load() == 0 {
+		t.Error("no page was counted as asked again")
+	}
+}
+
+// closeAndCheckOnce sends the daemon's close, checks its answer and the
+// relay's orderly end, and that the page server sent each page once.
+func closeAndCheckOnce(t *testing.T, daemonSide *net.TCPConn, done <-chan error, srv *fakePageServer) {
+	t.Helper()
 	if _, err := daemonSide.Write(psIov{cmd: psIovClose}.marshal()); err != nil {
 		t.Fatal(err)
 	}
@@ -468,6 +455,9 @@ func TestPageProxyAskedAgain(t *testing.T) {
 		t.Fatalf("close answer: %v", err)
 	}
 	_ = daemonSide.CloseWrite()
+	if _, err := daemonSide.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the close the relay's side should end in order, got %v", err)
+	}
 	select {
 	case err := <-done:
 		if err != nil {
@@ -485,11 +475,5 @@ func TestPageProxyAskedAgain(t *testing.T) {
 		if n != 1 {
 			t.Errorf("page %#x sent %d times", k[1], n)
 		}
-	}
-	if len(srv.sent) != pages {
-		t.Errorf("the source sent %d pages, want %d", len(srv.sent), pages)
-	}
-	if p.repeated.Load() == 0 {
-		t.Error("no page was counted as asked again")
 	}
 }
