@@ -366,7 +366,7 @@ func (r *Runtime) Restore(ctx context.Context, s Spec, o RestoreOpts) error {
 }
 
 // inNetNSMarker, in an image directory, says CRIU dumped the container from
-// inside its network namespace (see inNetNS in doc.go); its restore must
+// inside its network namespace (the package note in doc.go); its restore must
 // run inside the destination's namespace too.
 const inNetNSMarker = "coat-in-netns"
 
