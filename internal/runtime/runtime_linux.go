@@ -222,6 +222,17 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 	if err := r.criuConf(name, o.Slow, false, false); err != nil {
 		return err
 	}
+	// Read and marked before the freeze: none of it needs the container
+	// stopped.
+	netns := ""
+	if !o.Slow {
+		netns = r.netNSOf(name)
+	}
+	if netns != "" {
+		if err := os.WriteFile(filepath.Join(o.ImageDir, inNetNSMarker), nil, 0o600); err != nil {
+			return err
+		}
+	}
 	frozen := false
 	if !o.Slow {
 		// Freeze it ourselves (cgroup v1 or v2, see freeze_linux.go):
@@ -236,15 +247,8 @@ func (r *Runtime) Checkpoint(ctx context.Context, name string, o CheckpointOpts)
 			frozen = true
 		}
 	}
-	netns := ""
-	if !o.Slow {
-		netns = r.netNSOf(name)
-	}
 	var err error
-	if netns != "" {
-		err = os.WriteFile(filepath.Join(o.ImageDir, inNetNSMarker), nil, 0o600)
-	}
-	if err == nil && o.AfterFreeze != nil {
+	if o.AfterFreeze != nil {
 		err = o.AfterFreeze()
 	}
 	if err == nil {
