@@ -2,6 +2,7 @@ package agent
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -63,8 +64,11 @@ func (o *outgoing) packStream(w io.Writer, zip bool) error {
 		defer zw.Close()
 		w = zw
 	}
-	tw := tar.NewWriter(w)
-	n, err := transfer.Follow(tw, o.ckptDir, "checkpoint/", o.stream.finished)
+	// Small writes (tar headers, small files) gather here rather than
+	// each becoming a chunk, a TLS record and a packet of its own.
+	bw := bufio.NewWriterSize(w, 64<<10)
+	tw := tar.NewWriter(bw)
+	n, err := transfer.Follow(tw, bw.Flush, o.ckptDir, "checkpoint/", o.stream.finished)
 	o.imageBytes = n
 	if err == nil && o.stream.dumpErr != nil {
 		err = errors.New("checkpoint failed")
@@ -73,6 +77,9 @@ func (o *outgoing) packStream(w io.Writer, zip bool) error {
 		return err
 	}
 	if err := o.packUpper(tw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
 		return err
 	}
 	if zw, ok := w.(*zstd.Encoder); ok {

@@ -2,7 +2,9 @@ package transfer
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
@@ -37,7 +39,7 @@ func TestFollowWhileWritten(t *testing.T) {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		_, err := Follow(tw, src, "checkpoint/", done)
+		_, err := Follow(tw, nil, src, "checkpoint/", done)
 		if err == nil {
 			err = tw.Close()
 		}
@@ -77,7 +79,7 @@ func TestFollowResendsRewrittenFile(t *testing.T) {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		_, err := Follow(tw, src, "checkpoint/", done)
+		_, err := Follow(tw, nil, src, "checkpoint/", done)
 		if err == nil {
 			err = tw.Close()
 		}
@@ -93,5 +95,60 @@ func TestFollowResendsRewrittenFile(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "inventory.img")); string(got) != "second version, longer" {
 		t.Fatalf("receiver has %q", got)
+	}
+}
+
+// TestFollowFlushesBeforeWaiting: small files written behind a buffer
+// reach the receiver while the dump still runs (Follow flushes before each
+// wait), not only at its end.
+func TestFollowFlushesBeforeWaiting(t *testing.T) {
+	src := t.TempDir()
+	done := make(chan struct{})
+	defer func() {
+		select {
+		case <-done:
+		default:
+			close(done)
+		}
+	}()
+	pr, pw := io.Pipe()
+	defer pr.Close()
+	go func() {
+		bw := bufio.NewWriterSize(pw, 64<<10)
+		tw := tar.NewWriter(bw)
+		_, err := Follow(tw, bw.Flush, src, "checkpoint/", done)
+		if err == nil {
+			err = tw.Close()
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+	}()
+	const files = 20 // about 20 KiB with their headers: less than the buffer
+	for i := range files {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("tcp-stream-%d.img", i)), []byte("connection"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan int, 1)
+	go func() {
+		tr := tar.NewReader(pr)
+		n := 0
+		for n < files {
+			if _, err := tr.Next(); err != nil {
+				break
+			}
+			n++
+		}
+		got <- n
+	}()
+	select {
+	case n := <-got:
+		if n != files {
+			t.Fatalf("received %d of %d files", n, files)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the files written during the dump did not arrive before its end")
 	}
 }
