@@ -51,3 +51,47 @@ func TestParseSockperfMigrationPastTheRun(t *testing.T) {
 			late.Survived, late.StallMS, late.ClientError)
 	}
 }
+
+// iperfLog writes iperf3 -J output with 100 ms intervals from 0 to 3 s at
+// 100 Mbit/s, receiving nothing from gapFrom to gapTo (seconds).
+func iperfLog(t *testing.T, gapFrom, gapTo float64) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString(`{"intervals": [`)
+	for i := 0; i < 30; i++ {
+		start, end := float64(i)/10, float64(i+1)/10
+		got := 0.1 // seconds of the interval that received
+		if lo, hi := max(start, gapFrom), min(end, gapTo); hi > lo {
+			got -= hi - lo
+		}
+		bytes := got * 100e6 / 8
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"sum": {"start": %.1f, "end": %.1f, "bytes": %.0f, "bits_per_second": %.0f}}`, start, end, bytes, bytes*8/0.1)
+	}
+	b.WriteString(`]}`)
+	f := filepath.Join(t.TempDir(), "iperf3.json")
+	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// iperf3's stall is counted in whole receive intervals: a stall of 270 ms
+// may cover two (read as 200 ms), one of 250 ms only one (100 ms), one of
+// 80 ms none (0).
+func TestParseIperfStallInIntervals(t *testing.T) {
+	for _, c := range []struct {
+		from, to float64
+		want     float64
+	}{{1.25, 1.52, 200}, {1.23, 1.48, 100}, {1.31, 1.39, 0}, {1.0, 1.6, 600}} {
+		r := Run{MigStartMS: 1000, MigEndMS: 1700}
+		if err := parseIperf(&r, nil, nil, iperfLog(t, c.from, c.to), time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		if r.StallMS < c.want-1 || r.StallMS > c.want+1 || !r.Survived {
+			t.Errorf("received nothing %.2f-%.2f s: stall %.1f ms, survived %v; want %.0f ms, kept", c.from, c.to, r.StallMS, r.Survived, c.want)
+		}
+	}
+}

@@ -119,7 +119,11 @@ var workloads = map[string]workload{
 	"iperf3": {
 		image: "iperf3", args: []string{"iperf3", "-s"}, port: 5201,
 		client: func(cfg Config, ip, logFile string) []string {
-			return []string{"iperf3", "-c", ip, "-t", fmt.Sprint(int(cfg.ClientTime.Seconds())), "-i", "0.1", "-J",
+			// -R: the container sends and the client receives, so the
+			// client's intervals count what arrived. Counted where it
+			// leaves (iperf3's default), a freeze hides in the sender's
+			// socket buffer and every interval looks full.
+			return []string{"iperf3", "-c", ip, "-R", "-t", fmt.Sprint(int(cfg.ClientTime.Seconds())), "-i", "0.1", "-J",
 				"-b", "100M", "--logfile", logFile}
 		},
 		parse: parseIperf,
