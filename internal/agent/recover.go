@@ -216,6 +216,7 @@ func (a *Agent) resumeFromCheckpoint(ctx context.Context, c store.Container) err
 // containers of this host left held (a crash between commit and release).
 func (a *Agent) collectLeftovers(ctx context.Context) error {
 	a.collectIncoming(ctx)
+	pruneCriuLogs(filepath.Join(a.cfg.StateDir, "criu-logs"), criuLogsKept)
 	fine := a.settled(ctx)
 	for _, name := range a.localNames() {
 		if fine[name] {
