@@ -60,7 +60,11 @@ func (h *Host) TakeHeld(hostVeth, nsPath string, mac net.HardwareAddr) ([][]byte
 	fd := -1
 	err = inNetNS(nsPath, func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		// Protocol 0: no capture until the bind. Made with ETH_P_ALL, the
+		// socket would capture on every interface at once, and the bind
+		// to one would first take that back and wait for an RCU grace
+		// period (synchronize_net: 6-10 ms here, inside the freeze).
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
