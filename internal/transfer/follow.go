@@ -68,6 +68,11 @@ func Follow(tw *tar.Writer, flush func() error, dir, prefix string, done <-chan 
 		for _, p := range m {
 			f.pages[filepath.Base(p)] = true
 		}
+		// Files closed before the watch began sent no event: they go now
+		// (and again at the end if they changed since).
+		if err := f.sendClosed(); err != nil {
+			return f.total, err
+		}
 	}
 	for {
 		if flush != nil {
@@ -163,6 +168,12 @@ func (f *follower) finish() error {
 	if err := f.grow(true); err != nil {
 		return err
 	}
+	return f.sendClosed()
+}
+
+// sendClosed sends every file but the pages files that was not sent as it
+// is now.
+func (f *follower) sendClosed() error {
 	ents, err := os.ReadDir(f.dir)
 	if err != nil {
 		return err
