@@ -131,13 +131,22 @@ func parseIperf(r *Run, exitErr error, out []byte, logFile string, _ time.Time) 
 	if err := json.Unmarshal(b, &rep); err != nil {
 		return fmt.Errorf("iperf3 json: %w", err)
 	}
-	var vals []float64
+	// The rate to compare with is the one before the migration: a stall
+	// over most of the run would make the whole run's median 0.
+	var vals, pre []float64
 	for _, iv := range rep.Intervals {
 		vals = append(vals, iv.Sum.Bytes)
+		if iv.Sum.End*1000 <= r.MigStartMS {
+			pre = append(pre, iv.Sum.Bytes)
+		}
 		r.Timeline = append(r.Timeline, Point{T: iv.Sum.Start * 1000, V: iv.Sum.BitsPerSecond / 1e6})
+	}
+	if len(pre) >= 3 {
+		vals = pre
 	}
 	median := pct(vals, 50)
 	run, longest := 0.0, 0.0
+	resumed := false
 	var before, after []float64
 	for _, iv := range rep.Intervals {
 		s := iv.Sum
@@ -146,6 +155,9 @@ func parseIperf(r *Run, exitErr error, out []byte, logFile string, _ time.Time) 
 			longest = max(longest, run)
 		} else {
 			run = 0
+			if s.Start*1000 >= r.MigEndMS {
+				resumed = true
+			}
 		}
 		if s.End*1000 <= r.MigStartMS && s.End*1000 > r.MigStartMS-1000 {
 			before = append(before, s.BitsPerSecond/1e6)
@@ -158,6 +170,12 @@ func parseIperf(r *Run, exitErr error, out []byte, logFile string, _ time.Time) 
 	r.ThroughputBeforeMbps, r.ThroughputAfterMbps = mean(before), mean(after)
 	r.ClientError = rep.Error
 	r.Survived = exitErr == nil && rep.Error == ""
+	if r.Survived && r.MigEndMS > 0 && !resumed {
+		// Nothing arrived after the migration before the client ended:
+		// whether the connection lives cannot be told (as for sockperf).
+		r.Survived = false
+		r.ClientError = "no data after the migration: the client's run ended first (too short to tell whether the connection survived)"
+	}
 	if !r.Survived && r.ClientError == "" {
 		r.ClientError = firstLine(tail(out, 400), exitErr)
 	}

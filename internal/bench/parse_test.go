@@ -80,18 +80,27 @@ func iperfLog(t *testing.T, gapFrom, gapTo float64) string {
 
 // iperf3's stall is counted in whole receive intervals: a stall of 270 ms
 // may cover two (read as 200 ms), one of 250 ms only one (100 ms), one of
-// 80 ms none (0).
+// 80 ms none (0). A stall over most of the run is measured against the
+// rate before the migration (the whole run's median interval is empty),
+// and a stream that never resumes before the client ends is not counted as
+// kept.
 func TestParseIperfStallInIntervals(t *testing.T) {
 	for _, c := range []struct {
 		from, to float64
 		want     float64
-	}{{1.25, 1.52, 200}, {1.23, 1.48, 100}, {1.31, 1.39, 0}, {1.0, 1.6, 600}} {
+		kept     bool
+	}{
+		{1.25, 1.52, 200, true}, {1.23, 1.48, 100, true}, {1.31, 1.39, 0, true}, {1.0, 1.6, 600, true},
+		{1.0, 2.7, 1700, true}, // 17 of 30 intervals empty
+		{1.0, 9, 2000, false},  // nothing after the migration
+	} {
 		r := Run{MigStartMS: 1000, MigEndMS: 1700}
 		if err := parseIperf(&r, nil, nil, iperfLog(t, c.from, c.to), time.Time{}); err != nil {
 			t.Fatal(err)
 		}
-		if r.StallMS < c.want-1 || r.StallMS > c.want+1 || !r.Survived {
-			t.Errorf("received nothing %.2f-%.2f s: stall %.1f ms, survived %v; want %.0f ms, kept", c.from, c.to, r.StallMS, r.Survived, c.want)
+		if r.StallMS < c.want-1 || r.StallMS > c.want+1 || r.Survived != c.kept {
+			t.Errorf("received nothing %.2f-%.2f s: stall %.1f ms, kept %v (%s); want %.0f ms, kept %v",
+				c.from, c.to, r.StallMS, r.Survived, r.ClientError, c.want, c.kept)
 		}
 	}
 }

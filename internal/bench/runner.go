@@ -91,11 +91,14 @@ type workload struct {
 	// (sockperf spends about 2 s getting ready); the migration starts
 	// MigrateAt after that.
 	startup time.Duration
-	image   string
-	args    []string
-	port    int
-	client  func(cfg Config, ip, logFile string) []string
-	parse   func(r *Run, exitErr error, out []byte, logFile string, t0 time.Time) error
+	// extra is how much longer than ClientTime the client runs, in every
+	// mode, so that a stall that outlasts the run is still seen to end.
+	extra  time.Duration
+	image  string
+	args   []string
+	port   int
+	client func(cfg Config, ip, logFile string) []string
+	parse  func(r *Run, exitErr error, out []byte, logFile string, t0 time.Time) error
 }
 
 var workloads = map[string]workload{
@@ -117,6 +120,10 @@ var workloads = map[string]workload{
 		parse: parseSockperf,
 	},
 	"iperf3": {
+		// The receiving client sees a stall end only when the restored
+		// sender retransmits: after TCP's back-off (1.5-2 s without
+		// holding, measured) the 3 s run would be over.
+		extra: 3 * time.Second,
 		image: "iperf3", args: []string{"iperf3", "-s"}, port: 5201,
 		client: func(cfg Config, ip, logFile string) []string {
 			// -R: the container sends and the client receives, so the
@@ -263,6 +270,7 @@ func runOne(ctx context.Context, ops Ops, cfg Config, wl, mode string, i int) (R
 		return r, err
 	}
 	ccfg := cfg
+	ccfg.ClientTime += w.extra
 	if mode == ModePodman {
 		// Podman's migration takes seconds: the client runs on past it,
 		// or a stall still open at its end would not be seen (sockperf
