@@ -285,7 +285,10 @@ func TestPartitionAndBudgetRollBack(t *testing.T) {
 // invariants. (`make chaos` runs 200 migrations.)
 func TestChaos(t *testing.T) {
 	l := newLab(t, 3)
-	out, err := l.coat("chaos", "--migrations", "60", "--seed", "11", "--json")
+	// Within chaos's own bounds (its migrations, then up to two minutes
+	// for the cluster to settle, then its checks), so that a slow settle
+	// ends in chaos's report, not in a kill that says nothing.
+	out, err := l.coatWithin(5*time.Minute, "chaos", "--migrations", "60", "--seed", "11", "--json")
 	var rep struct {
 		Migrations int            `json:"migrations"`
 		Faults     map[string]int `json:"faults"`

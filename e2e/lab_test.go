@@ -58,7 +58,13 @@ func (l *testLab) dumpLogs() {
 
 // coat runs the CLI against this lab and returns its combined output.
 func (l *testLab) coat(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return l.coatWithin(2*time.Minute, args...)
+}
+
+// coatWithin runs coat with a deadline of its own, for commands whose own
+// bounds exceed coat's usual two minutes.
+func (l *testLab) coatWithin(limit time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	bin := l.bin
 	if bin == "" {

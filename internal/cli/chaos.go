@@ -333,36 +333,53 @@ func (r *chaosRun) repairAll(ctx context.Context) {
 // migration record or lock is left, and every host is registered.
 func (r *chaosRun) settle(ctx context.Context, names []string) {
 	deadline := time.Now().Add(2 * time.Minute)
+	said := time.Now()
 	for time.Now().Before(deadline) {
-		if r.settled(ctx, names) {
+		why := r.unsettled(ctx, names)
+		if why == "" {
 			// The recovery loops run every 2 s: give them one more pass
 			// to remove what the last decisions left behind.
 			time.Sleep(5 * time.Second)
 			return
 		}
+		if time.Since(said) >= 20*time.Second {
+			fmt.Fprintf(r.log, "chaos: still settling: %s\n", why)
+			said = time.Now()
+		}
 		time.Sleep(time.Second)
 	}
+	fmt.Fprintf(r.log, "chaos: not settled after 2 minutes: %s\n", r.unsettled(ctx, names))
 }
 
-func (r *chaosRun) settled(ctx context.Context, names []string) bool {
+// unsettled says what the cluster still has under way ("" once nothing).
+func (r *chaosRun) unsettled(ctx context.Context, names []string) string {
 	hosts, err := r.s.st.Hosts(ctx)
-	if err != nil || len(hosts) < r.st.Hosts {
-		return false
+	if err != nil {
+		return "hosts: " + err.Error()
+	}
+	if len(hosts) < r.st.Hosts {
+		return fmt.Sprintf("%d of %d hosts registered", len(hosts), r.st.Hosts)
 	}
 	ms, err := r.s.st.Migrations(ctx)
-	if err != nil || len(ms) > 0 {
-		return false
+	if err != nil {
+		return "migrations: " + err.Error()
+	}
+	if len(ms) > 0 {
+		return fmt.Sprintf("migration record of %s (%s -> %s, %s)", ms[0].Name, ms[0].From, ms[0].To, ms[0].Phase)
 	}
 	for _, n := range names {
 		c, err := r.s.st.Container(ctx, n)
-		if err != nil || c.Status == store.StatusMigrating {
-			return false
+		if err != nil {
+			return n + ": " + err.Error()
+		}
+		if c.Status == store.StatusMigrating {
+			return n + " migrating"
 		}
 		if locked, err := r.s.st.Locked(ctx, n); err != nil || locked {
-			return false
+			return fmt.Sprintf("%s locked (%v)", n, err)
 		}
 	}
-	return true
+	return ""
 }
 
 // observe gathers a container's end state from the store, runc on every
