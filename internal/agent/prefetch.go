@@ -46,9 +46,9 @@ package agent
 // keptMax bytes of it, and answers such a request from there.
 //
 // Memory: at most prefetchHeld bytes held here, keptMax bytes kept after
-// they were answered, and prefetchWindow bytes in flight. A failure of either side ends both connections, as a plain
-// relay would; the source's end still runs the guard (sourceEnded) before
-// the daemon hears of it.
+// they were answered, and prefetchWindow bytes in flight. A failure of
+// either side ends both connections, as a plain relay would; the source's
+// end still runs the guard (sourceEnded) before the daemon hears of it.
 
 import (
 	"bufio"

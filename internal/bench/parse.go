@@ -105,14 +105,15 @@ func parseSockperf(r *Run, exitErr error, out []byte, logFile string, _ time.Tim
 	return nil
 }
 
-// parseIperf reads iperf3's JSON (-J with 100 ms intervals, the client
-// receiving: -R). The stall is the longest run of intervals that received
-// almost nothing (under 5% of the median interval): a multiple of 100 ms,
-// 0 for a stall that never covers a whole interval, and at most 200 ms
-// short of the real one (the intervals at its edges received something).
-// IperfResolutionMS is that resolution, for the report.
+// IperfResolutionMS is the resolution of iperf3's stall (its intervals).
 const IperfResolutionMS = 100
 
+// parseIperf reads iperf3's JSON (-J with 100 ms intervals, the client
+// receiving: -R). The stall is the longest run of intervals that received
+// almost nothing (under 5% of the median interval before the migration): a
+// multiple of 100 ms, 0 for a stall that never covers a whole interval,
+// and at most 200 ms short of the real one (the intervals at its edges
+// received something).
 func parseIperf(r *Run, exitErr error, out []byte, logFile string, _ time.Time) error {
 	b, err := os.ReadFile(logFile)
 	if err != nil {

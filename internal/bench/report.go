@@ -320,7 +320,7 @@ func WriteMarkdown(w io.Writer, s Summary, m Machine, t Targets) error {
 			}
 		}
 		if ws.Workload == "iperf3" {
-			p("\nThe container sends and the client receives (iperf3 -R, 100 Mbit/s). Stall = the longest run of iperf3's %d ms intervals in which the client received almost nothing (under 5%% of the median interval): a multiple of %d ms, up to %d ms short of the real stall (the intervals at its edges received something), and 0 for a stall that never covers a whole interval.\n", IperfResolutionMS, IperfResolutionMS, 2*IperfResolutionMS)
+			p("\nThe container sends and the client receives (iperf3 -R, 100 Mbit/s). Stall = the longest run of iperf3's %d ms intervals in which the client received almost nothing (under 5%% of the median interval before the migration): a multiple of %d ms, up to %d ms short of the real stall (the intervals at its edges received something), and 0 for a stall that never covers a whole interval.\n", IperfResolutionMS, IperfResolutionMS, 2*IperfResolutionMS)
 			p("\niperf3 throughput in the second before / after the migration, medians (Mbit/s):\n\n")
 			p("| mode | before | after |\n|---|---:|---:|\n")
 			for _, g := range ws.Groups {

@@ -121,8 +121,8 @@ var workloads = map[string]workload{
 	},
 	"iperf3": {
 		// The receiving client sees a stall end only when the restored
-		// sender retransmits: after TCP's back-off (1.5-2 s without
-		// holding, measured) the 3 s run would be over.
+		// sender retransmits: after TCP's back-off (1.1-4.4 s without
+		// holding, measured) the 3 s run would often be over.
 		extra: 3 * time.Second,
 		image: "iperf3", args: []string{"iperf3", "-s"}, port: 5201,
 		client: func(cfg Config, ip, logFile string) []string {

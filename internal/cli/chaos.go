@@ -375,8 +375,12 @@ func (r *chaosRun) unsettled(ctx context.Context, names []string) string {
 		if c.Status == store.StatusMigrating {
 			return n + " migrating"
 		}
-		if locked, err := r.s.st.Locked(ctx, n); err != nil || locked {
-			return fmt.Sprintf("%s locked (%v)", n, err)
+		locked, err := r.s.st.Locked(ctx, n)
+		if err != nil {
+			return n + ": lock: " + err.Error()
+		}
+		if locked {
+			return n + " locked"
 		}
 	}
 	return ""

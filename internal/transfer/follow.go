@@ -268,12 +268,7 @@ func sendFrom(tw *tar.Writer, path, name string, sent map[string]sentFile, final
 	if err := tw.WriteHeader(hdr); err != nil {
 		return 0, err
 	}
-	if off > 0 {
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return 0, err
-		}
-	}
-	n, err := io.CopyBuffer(tw, io.LimitReader(f, size), buf)
+	n, err := io.CopyBuffer(tw, io.NewSectionReader(f, off, size), buf)
 	if err == nil && n < size {
 		err = io.ErrUnexpectedEOF
 	}

@@ -397,12 +397,8 @@ func extract(tr *tar.Reader, hdr *tar.Header, target string, dirs map[string]Des
 	default:
 		return 0, nil
 	}
-	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, xattrPAX); ok {
-			if err := unix.Lsetxattr(target, name, []byte(v), 0); err != nil {
-				return n, fmt.Errorf("set xattr %s: %w", name, err)
-			}
-		}
+	if err := setXattrs(hdr, func(name string, v []byte) error { return unix.Lsetxattr(target, name, v, 0) }); err != nil {
+		return n, err
 	}
 	if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil && euid == 0 {
 		return n, err
@@ -427,17 +423,25 @@ var euid = os.Geteuid()
 // mode), through the descriptor.
 func finishFile(f *os.File, hdr *tar.Header, mode uint32) error {
 	fd := int(f.Fd())
-	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, xattrPAX); ok {
-			if err := unix.Fsetxattr(fd, name, []byte(v), 0); err != nil {
-				return fmt.Errorf("set xattr %s: %w", name, err)
-			}
-		}
+	if err := setXattrs(hdr, func(name string, v []byte) error { return unix.Fsetxattr(fd, name, v, 0) }); err != nil {
+		return err
 	}
 	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil && euid == 0 {
 		return err
 	}
 	return unix.Fchmod(fd, mode)
+}
+
+// setXattrs sets the extended attributes of hdr's PAX records with set.
+func setXattrs(hdr *tar.Header, set func(name string, v []byte) error) error {
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, xattrPAX); ok {
+			if err := set(name, []byte(v)); err != nil {
+				return fmt.Errorf("set xattr %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // onlyWriter hides an *os.File's ReadFrom, which would copy through a
