@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -57,29 +58,46 @@ func TestDrainFiveStreams(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- drain.Wait() }()
-	sawHost, sawPs, sawPsJSON := false, false, false
-	var derrRun error
-poll:
-	for {
-		select {
-		case derrRun = <-done:
-			break poll
-		case <-time.After(150 * time.Millisecond):
-		}
-		if out, err := l.coat("hosts"); err == nil && strings.Contains(out, "draining") {
-			for _, line := range strings.Split(out, "\n") {
-				if strings.HasPrefix(line, "edge-1 ") && strings.HasSuffix(strings.TrimSpace(line), "draining") {
-					sawHost = true
+	// Each view is polled on its own for the whole drain: taking turns,
+	// three CLI runs a round, a fast drain could end between two looks
+	// at the same view.
+	stopPoll := make(chan struct{})
+	var pollers sync.WaitGroup
+	watch := func(saw *bool, args []string, seen func(out string) bool) {
+		pollers.Add(1)
+		go func() {
+			defer pollers.Done()
+			for {
+				if out, err := l.coat(args...); err == nil && seen(out) {
+					*saw = true
+					return
+				}
+				select {
+				case <-stopPoll:
+					return
+				case <-time.After(50 * time.Millisecond):
 				}
 			}
-		}
-		if out, err := l.coat("ps"); err == nil && (strings.Contains(out, "(draining -> edge-") || strings.Contains(out, "migrating -> edge-")) {
-			sawPs = true
-		}
-		if out, err := l.coat("ps", "--json"); err == nil && strings.Contains(out, `"draining_to": "edge-`) {
-			sawPsJSON = true
-		}
+		}()
 	}
+	sawHost, sawPs, sawPsJSON := false, false, false
+	watch(&sawHost, []string{"hosts"}, func(out string) bool {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "edge-1 ") && strings.HasSuffix(strings.TrimSpace(line), "draining") {
+				return true
+			}
+		}
+		return false
+	})
+	watch(&sawPs, []string{"ps"}, func(out string) bool {
+		return strings.Contains(out, "(draining -> edge-") || strings.Contains(out, "migrating -> edge-")
+	})
+	watch(&sawPsJSON, []string{"ps", "--json"}, func(out string) bool {
+		return strings.Contains(out, `"draining_to": "edge-`)
+	})
+	derrRun := <-done
+	close(stopPoll)
+	pollers.Wait()
 	if derrRun != nil {
 		t.Fatalf("coat drain edge-1: %v\nstdout: %s\nstderr: %s", derrRun, dout.String(), derr.String())
 	}
